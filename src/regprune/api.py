@@ -1,0 +1,154 @@
+"""The one-call API: ``regprune.prune(model, example_inputs, ratio=... | target_macs=...)``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from regprune.allocation import MacsModel, Plan, allocate, validate_target
+from regprune.graph import DependencyGraph, trace_graph
+from regprune.importance import Importance, get_importance
+from regprune.metrics import count
+from regprune.metrics._inputs import as_input_tuple
+from regprune.surgery import apply_plan
+
+
+@dataclass
+class PruneResult:
+    """What one-shot pruning produced, for users who want more than the model."""
+
+    model: nn.Module
+    plan: Plan
+    graph: DependencyGraph
+    macs_before: int
+    macs_after: int
+
+
+def make_plan(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    ratio: float | None = None,
+    target_macs: float | None = None,
+    importance: str | Importance = "l1",
+    scope: str = "local",
+    ignore: Iterable[nn.Module | str] = (),
+    round_to: int = 1,
+    seed: int = 0,
+    scores: dict[int, torch.Tensor] | None = None,
+    graph: DependencyGraph | None = None,
+) -> tuple[DependencyGraph, Plan]:
+    """Trace, score and allocate: the plan a one-shot prune would apply (nothing is modified).
+
+    ``scores`` overrides the importance criterion (one score per channel of every group of
+    ``graph``, which must then be given too).
+    """
+    validate_target(ratio, target_macs, scope, round_to)
+    if graph is None:
+        graph = trace_graph(model, example_inputs, ignore=ignore)
+    criterion = get_importance(importance, seed=seed)
+    if scores is None:
+        scores = criterion(model, graph)
+    macs_model = None
+    if target_macs is not None:
+        macs_model = MacsModel(graph, count(model, example_inputs).macs)
+    plan = allocate(
+        graph,
+        scores,
+        ratio=ratio,
+        target_macs=target_macs,
+        scope=scope,
+        round_to=round_to,
+        comparable=criterion.comparable,
+        macs_model=macs_model,
+    )
+    return graph, plan
+
+
+def check_runs(model: nn.Module, example_inputs: Any, expected: Any) -> None:
+    """Run the pruned model once; its outputs must have the original shapes."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(*as_input_tuple(example_inputs))
+    except Exception as error:
+        raise RuntimeError(
+            f"the pruned model fails on the example inputs ({error}); please report this "
+            "model, and pass ignore=[...] for the layer named in the error meanwhile"
+        ) from error
+    finally:
+        model.train(was_training)
+    got = [t.shape for t in _tensors(output)]
+    want = [t.shape for t in _tensors(expected)]
+    if got != want:
+        raise RuntimeError(f"the pruned model's outputs have shapes {got}, expected {want}")
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    from regprune.graph.tracer import iter_tensors
+
+    return list(iter_tensors(value))
+
+
+def prune_with_result(model: nn.Module, example_inputs: Any, **kwargs: Any) -> PruneResult:
+    """Like :func:`prune` but also returns the plan, the graph and the MACs before and after."""
+    graph, plan = make_plan(model, example_inputs, **kwargs)
+    pruned = apply_plan(model, graph, plan)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        expected = model(*as_input_tuple(example_inputs))
+    model.train(was_training)
+    check_runs(pruned, example_inputs, expected)
+    return PruneResult(
+        pruned, plan, graph, count(model, example_inputs).macs, count(pruned, example_inputs).macs
+    )
+
+
+def prune(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    ratio: float | None = None,
+    target_macs: float | None = None,
+    importance: str | Importance = "l1",
+    scope: str = "local",
+    ignore: Iterable[nn.Module | str] = (),
+    round_to: int = 1,
+    seed: int = 0,
+) -> nn.Module:
+    """One-shot structural pruning of any traceable model.
+
+    Args:
+        model: the model to prune; it is left untouched.
+        example_inputs: a tensor or tuple of tensors the model accepts (batch 1 is enough).
+        ratio: fraction of channels to remove, in [0, 1).
+        target_macs: fraction of the MACs to keep, in (0, 1]; met within 1%.
+        importance: ``l1``, ``l2``, ``bn_scale``, ``fpgm``, ``random`` or an Importance.
+        scope: ``local`` (same ratio in every group) or ``global`` (one ranking).
+        ignore: modules (or their names) whose outputs must keep their width.
+        round_to: kept widths are multiples of this.
+        seed: for the random criterion.
+
+    Returns:
+        A new, physically smaller ``nn.Module`` with the same output shapes.
+
+    Example:
+        >>> small = regprune.prune(model, torch.randn(1, 3, 32, 32), target_macs=0.5)
+    """
+    return prune_with_result(
+        model,
+        example_inputs,
+        ratio=ratio,
+        target_macs=target_macs,
+        importance=importance,
+        scope=scope,
+        ignore=ignore,
+        round_to=round_to,
+        seed=seed,
+    ).model

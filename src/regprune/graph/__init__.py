@@ -1,0 +1,67 @@
+"""Tracing a model and finding its channel groups."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from torch import nn
+
+from regprune.graph.dependency import DependencyGraph, Unprunable, build_dependency_graph
+from regprune.graph.groups import ChannelGroup, ParamSlice
+from regprune.graph.tracer import TraceError, Tracer
+
+
+def resolve_ignore(model: nn.Module, ignore: Iterable[nn.Module | str]) -> list[str]:
+    """Turn ``ignore`` entries (modules or qualified names) into names, rejecting strangers."""
+    names_by_id = {id(m): name for name, m in model.named_modules()}
+    all_names = set(names_by_id.values())
+    resolved = []
+    for entry in ignore:
+        if isinstance(entry, nn.Module):
+            if id(entry) not in names_by_id:
+                raise ValueError(
+                    f"ignore entry {type(entry).__name__} is not a submodule of the model being "
+                    "pruned; pass modules of this model (e.g. model.fc) or their names"
+                )
+            resolved.append(names_by_id[id(entry)])
+        elif isinstance(entry, str):
+            if entry not in all_names:
+                close = sorted(n for n in all_names if entry.split(".")[-1] in n)[:5]
+                raise ValueError(
+                    f"ignore entry '{entry}' names no submodule of the model"
+                    + (f"; similar names: {close}" if close else "")
+                )
+            resolved.append(entry)
+        else:
+            raise TypeError(f"ignore entries must be modules or names, got {type(entry).__name__}")
+    return resolved
+
+
+def trace_graph(
+    model: nn.Module, example_inputs: Any, ignore: Iterable[nn.Module | str] = ()
+) -> DependencyGraph:
+    """Trace ``model`` once on ``example_inputs`` and return its channel groups.
+
+    The model is traced in eval mode (so BatchNorm uses running statistics and dropout is off)
+    and put back in the mode it was in; its parameters are not modified.
+    """
+    ignored = resolve_ignore(model, ignore)
+    was_training = model.training
+    model.eval()
+    try:
+        tracer = Tracer(model, ignored)
+        tracer.run(example_inputs)
+        return build_dependency_graph(model, tracer)
+    finally:
+        model.train(was_training)
+
+
+__all__ = [
+    "ChannelGroup",
+    "DependencyGraph",
+    "ParamSlice",
+    "TraceError",
+    "Unprunable",
+    "trace_graph",
+]

@@ -1,0 +1,256 @@
+"""From a trace to channel groups: the engine's view of what can be removed.
+
+Components of the coupling edges are the removable *channels*; a channel is prunable when it
+contains at least one producer output (a conv filter, a linear row) and no locked atom.
+Channels with the same set of producing layers form a *group* (one conv's filters; one residual
+stream), ordered by their producers' output index, so channel ``k`` of a plain conv's group is
+filter ``k``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from regprune.graph.groups import ChannelGroup, ParamSlice
+from regprune.graph.tracer import FreeParam, Tracer
+from regprune.surgery.rules import LayerRecord, is_per_channel_layer
+
+
+@dataclass
+class FreeParamSlicing:
+    """How surgery slices one directly used parameter: along ``dim``, by ``component`` index."""
+
+    param: FreeParam
+    dim: int
+    component: torch.Tensor  # component id of every index along ``dim`` (-1 = untouched)
+
+
+@dataclass
+class Unprunable:
+    """Channels kept whole, and why (shown to the user; never silently skipped)."""
+
+    layer: str
+    channels: int
+    total: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.layer}: {self.channels}/{self.total} channels kept whole ({self.reason})"
+
+
+@dataclass
+class DependencyGraph:
+    """Everything the rest of the engine needs to know about a traced model.
+
+    Attributes:
+        groups: the prunable channel groups.
+        records: every traced conv / linear / embedding layer, in call order.
+        component: component id of every atom.
+        group_of_component / channel_of_component: where each component sits (-1 if nowhere).
+        free_slicings: how each directly used parameter is sliced.
+        unprunable: what was kept whole, and why.
+        model_type: the traced model's class name (plans check it before they apply).
+    """
+
+    groups: list[ChannelGroup]
+    records: list[LayerRecord]
+    component: torch.Tensor
+    group_of_component: torch.Tensor
+    channel_of_component: torch.Tensor
+    free_slicings: list[FreeParamSlicing]
+    unprunable: list[Unprunable] = field(default_factory=list)
+    model_type: str = ""
+
+    def channel_index(self, atoms: torch.Tensor, group_id: int) -> torch.Tensor:
+        """Group channel index of each atom (-1 for atoms outside the group or no atom)."""
+        valid = atoms >= 0
+        component = self.component[atoms.clamp(min=0)]
+        inside = valid & (self.group_of_component[component] == group_id)
+        return torch.where(inside, self.channel_of_component[component], -1)
+
+    def group_components(self, group_id: int) -> torch.Tensor:
+        """Component id of each channel of a group, in channel order."""
+        in_group = torch.nonzero(self.group_of_component == group_id).reshape(-1)
+        order = torch.argsort(self.channel_of_component[in_group])
+        return in_group[order]
+
+    def describe(self) -> str:
+        lines = [f"{len(self.groups)} prunable channel groups:"]
+        lines += [f"  {group!r}" for group in self.groups]
+        if self.unprunable:
+            lines.append("kept whole:")
+            lines += [f"  {item}" for item in self.unprunable]
+        return "\n".join(lines)
+
+
+def build_dependency_graph(model: nn.Module, tracer: Tracer) -> DependencyGraph:
+    atoms = tracer.atoms
+    records = list(tracer.records.values())
+    component = atoms.components()
+    num_components = int(component.max()) + 1 if component.numel() else 0
+    locked = torch.zeros(num_components, dtype=torch.bool)
+    reason_of = torch.full((num_components,), -1, dtype=torch.long)
+    for index, lock in enumerate(atoms.lock_reasons):
+        components = component[lock.atoms]
+        fresh = components[reason_of[components] < 0]
+        reason_of[fresh] = index
+        locked[components] = True
+
+    slicings = _free_param_slicings(tracer, component, locked, reason_of)
+
+    produced = torch.zeros(num_components, dtype=torch.bool)
+    for record in records:
+        produced[component[record.out_atoms]] = True
+    prunable = produced & ~locked
+
+    group_of, channel_of, groups = _form_groups(records, component, prunable)
+    inexact = atoms.inexact_atoms()
+    inexact_groups = set(group_of[component[inexact]].tolist()) if inexact.numel() else set()
+    graph = DependencyGraph(
+        groups=groups,
+        records=records,
+        component=component,
+        group_of_component=group_of,
+        channel_of_component=channel_of,
+        free_slicings=slicings,
+        model_type=type(model).__name__,
+    )
+    for group in groups:
+        group.exact = group.id not in inexact_groups
+        group.slices = _group_slices(model, graph, group.id, slicings)
+    graph.unprunable = _unprunable(records, component, locked, reason_of, atoms.lock_reasons)
+    return graph
+
+
+def _form_groups(
+    records: list[LayerRecord], component: torch.Tensor, prunable: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, list[ChannelGroup]]:
+    """Group prunable components by the set of layers producing them (a hashed signature)."""
+    num_components = prunable.numel()
+    generator = torch.Generator().manual_seed(0)
+    signature = torch.zeros(num_components, dtype=torch.long)
+    first_atom = torch.full((num_components,), torch.iinfo(torch.long).max, dtype=torch.long)
+    producer_names: dict[int, list[str]] = {}
+    for record in records:
+        components = torch.unique(component[record.out_atoms])
+        key = int(torch.randint(1, 2**62, (1,), generator=generator))
+        signature.index_add_(0, components, torch.full_like(components, key))
+        first_atom.scatter_reduce_(0, component[record.out_atoms], record.out_atoms, "amin")
+    group_of = torch.full((num_components,), -1, dtype=torch.long)
+    channel_of = torch.full((num_components,), -1, dtype=torch.long)
+    candidates = torch.nonzero(prunable).reshape(-1)
+    groups: list[ChannelGroup] = []
+    if candidates.numel() == 0:
+        return group_of, channel_of, groups
+    unique_signatures, group_index = torch.unique(signature[candidates], return_inverse=True)
+    # order groups by their first producer atom, i.e. by where they appear in the model
+    group_first = torch.full((unique_signatures.numel(),), torch.iinfo(torch.long).max)
+    group_first.scatter_reduce_(0, group_index, first_atom[candidates], "amin")
+    group_rank = torch.empty_like(group_first)
+    group_rank[torch.argsort(group_first)] = torch.arange(group_first.numel())
+    group_of[candidates] = group_rank[group_index]
+    for gid in range(unique_signatures.numel()):
+        members = candidates[group_of[candidates] == gid]
+        order = torch.argsort(first_atom[members])
+        channel_of[members[order]] = torch.arange(members.numel())
+        groups.append(ChannelGroup(id=gid, size=members.numel()))
+    for record in records:
+        for gid in torch.unique(group_of[component[record.out_atoms]]).tolist():
+            if gid >= 0:
+                producer_names.setdefault(gid, []).append(record.name)
+    for group in groups:
+        group.producers = producer_names.get(group.id, [])
+    return group_of, channel_of, groups
+
+
+def _free_param_slicings(
+    tracer: Tracer, component: torch.Tensor, locked: torch.Tensor, reason_of: torch.Tensor
+) -> list[FreeParamSlicing]:
+    """Pick, for every directly used parameter, the one dim its channels run along.
+
+    A parameter can be sliced only if every removable channel touching it occupies whole
+    slices along a single dim (a (C,) scale, a (1, L, C) position embedding along C). Channels
+    that would cut it any other way are locked here.
+    """
+    slicings = []
+    for param in tracer.free_params.values():
+        comps = component[param.atoms]
+        if comps.dim() == 0:
+            continue
+        chosen = None
+        for dim in range(comps.dim()):
+            if comps.shape[dim] < 2:
+                continue
+            moved = comps.movedim(dim, 0).reshape(comps.shape[dim], -1)
+            pure = (moved == moved[:, :1]).all(dim=1)
+            if bool(pure.all()):
+                chosen = FreeParamSlicing(param, dim, moved[:, 0].clone())
+                break
+        if chosen is not None:
+            slicings.append(chosen)
+            continue
+        for dim in range(comps.dim()):
+            # channels that would cut the parameter across dims are locked
+            moved = comps.movedim(dim, 0).reshape(comps.shape[dim], -1)
+            pure = (moved == moved[:, :1]).all(dim=1)
+            locked[torch.unique(moved[~pure])] = True
+    return slicings
+
+
+def _group_slices(
+    model: nn.Module, graph: DependencyGraph, gid: int, slicings: list[FreeParamSlicing]
+) -> list[ParamSlice]:
+    slices: list[ParamSlice] = []
+    for record in graph.records:
+        module = model.get_submodule(record.name)
+        out_index = graph.channel_index(record.out_atoms, gid)
+        if bool((out_index >= 0).any()):
+            rule = record.rule
+            slices.append(ParamSlice(record.name, "weight", rule.out_dim, "out", out_index))
+            if getattr(module, "bias", None) is not None:
+                slices.append(ParamSlice(record.name, "bias", 0, "out", out_index))
+        if record.groups == 1 and record.in_atoms.numel():
+            in_index = graph.channel_index(record.in_atoms, gid)
+            if bool((in_index >= 0).any()):
+                slices.append(ParamSlice(record.name, "weight", record.rule.in_dim, "in", in_index))
+    for slicing in slicings:
+        if not slicing.param.is_parameter:
+            continue
+        in_group = slicing.component >= 0
+        channel = torch.where(
+            in_group & (graph.group_of_component[slicing.component.clamp(min=0)] == gid),
+            graph.channel_of_component[slicing.component.clamp(min=0)],
+            -1,
+        )
+        if bool((channel >= 0).any()):
+            owner = model.get_submodule(slicing.param.module) if slicing.param.module else model
+            role = "norm" if is_per_channel_layer(owner) else "free"
+            slices.append(ParamSlice(slicing.param.module, slicing.param.attr, slicing.dim, role, channel))
+    return slices
+
+
+def _unprunable(
+    records: list[LayerRecord],
+    component: torch.Tensor,
+    locked: torch.Tensor,
+    reason_of: torch.Tensor,
+    reasons: list[Any],
+) -> list[Unprunable]:
+    found = []
+    for record in records:
+        comps = component[record.out_atoms]
+        is_locked = locked[comps]
+        if bool(is_locked.any()):
+            reason_ids = reason_of[comps[is_locked]]
+            known = reason_ids[reason_ids >= 0]
+            if known.numel():
+                lock = reasons[int(known[0])]
+                text = f"{lock.reason}, at {lock.where}"
+            else:
+                text = "coupled with a parameter that cannot be sliced"
+            found.append(Unprunable(record.name, int(is_locked.sum()), comps.numel(), text))
+    return found

@@ -1,0 +1,260 @@
+"""Trace a model once and record how its channels are coupled.
+
+The tracer runs one real forward pass under a ``TorchFunctionMode``: it sees every top-level
+torch call with its concrete arguments, so data-dependent Python control flow is no obstacle
+(unlike ``torch.fx``), and ops are known by the function that ran rather than guessed from the
+names of autograd nodes (Torch-Pruning's approach, which silently treats unknown ops as
+element-wise). Layers in the rule table (conv, linear, embedding) are recorded whole through
+module hooks; everything else is followed function by function (see :mod:`regprune.graph.ops`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils.weak import WeakIdKeyDictionary
+
+from regprune.graph.atoms import AtomTable
+from regprune.graph.labels import atoms_in, constant_label
+from regprune.surgery.rules import (
+    LayerRecord,
+    LayerRule,
+    input_channel_atoms,
+    opaque_reason,
+    output_label,
+    rule_for,
+)
+
+
+class TraceError(RuntimeError):
+    """The model's forward failed while being traced."""
+
+
+@dataclass
+class FreeParam:
+    """A parameter or buffer used directly in the forward (BN scales, layer scales, tokens).
+
+    ``atoms`` has the parameter's shape: one atom per element, so that however the value is
+    broadcast, sliced or concatenated, each element couples with the channel it meets.
+    """
+
+    module: str
+    attr: str
+    atoms: torch.Tensor
+    is_parameter: bool
+
+
+def iter_tensors(value: Any) -> Iterator[torch.Tensor]:
+    """Every tensor inside nested tuples, lists and dicts (model outputs, op arguments)."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from iter_tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from iter_tensors(item)
+
+
+class Tracer(TorchFunctionMode):
+    """Records atoms, coupling edges, layer records and free parameters during one forward."""
+
+    def __init__(self, model: nn.Module, ignored: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.model = model
+        self.atoms = AtomTable()
+        self.labels: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self.records: dict[str, LayerRecord] = {}
+        self.free_params: dict[tuple[str, str], FreeParam] = {}
+        self.ignored = tuple(ignored)
+        self.module_stack: list[str] = [""]
+        self._suppress = 0
+        self._busy = False
+        self._owner: dict[int, tuple[str, str, bool]] = {}
+        self._rule_modules: dict[str, LayerRule] = {}
+        self._functionally_used_rule_modules: set[str] = set()
+        for name, module in model.named_modules():
+            for attr, tensor in module.named_parameters(recurse=False):
+                self._owner.setdefault(id(tensor), (name, attr, True))
+            for attr, tensor in module.named_buffers(recurse=False):
+                if tensor is not None:
+                    self._owner.setdefault(id(tensor), (name, attr, False))
+            rule = rule_for(module)
+            if rule is not None:
+                self._rule_modules[name] = rule
+
+    @property
+    def where(self) -> str:
+        return self.module_stack[-1] or "<model>"
+
+    def is_ignored(self, name: str) -> bool:
+        return any(name == i or name.startswith(i + ".") for i in self.ignored)
+
+    # ---- labels -------------------------------------------------------------------------
+    def label(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The label of a tensor; parameters used directly get one atom per element."""
+        known = self.labels.get(tensor)
+        if known is not None:
+            return known
+        owner = self._owner.get(id(tensor))
+        if owner is None:
+            return constant_label(tensor.dim())
+        module, attr, is_parameter = owner
+        key = (module, attr)
+        if key not in self.free_params:
+            atoms = self.atoms.new(tensor.numel()).reshape(tensor.shape)
+            self.free_params[key] = FreeParam(module, attr, atoms, is_parameter)
+            if module in self._rule_modules:
+                self._functionally_used_rule_modules.add(module)
+                self.atoms.lock(atoms, module, f"{attr} of {module} is used outside its forward")
+            elif self.is_ignored(module):
+                self.atoms.lock(atoms, module, "ignored by the user")
+        label = self.free_params[key].atoms
+        self.labels[tensor] = label
+        return label
+
+    def has_atoms(self, tensor: torch.Tensor) -> bool:
+        return tensor in self.labels or id(tensor) in self._owner
+
+    def set_label(self, tensor: torch.Tensor, label: torch.Tensor) -> None:
+        self.labels[tensor] = label
+
+    def lock_inputs(self, tensors: Iterable[torch.Tensor], reason: str) -> None:
+        for tensor in tensors:
+            self.atoms.lock(atoms_in(self.label(tensor)), self.where, reason)
+
+    def locked_label(self, tensor: torch.Tensor, reason: str) -> torch.Tensor:
+        atom = self.atoms.new_locked(self.where, reason)
+        return atom.reshape((1,) * tensor.dim())
+
+    # ---- the mode -----------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self._busy or self._suppress:
+            return out
+        self._busy = True
+        try:
+            from regprune.graph.ops import record_function
+
+            record_function(self, func, args, kwargs, out)
+        finally:
+            self._busy = False
+        return out
+
+    # ---- module hooks -------------------------------------------------------------------
+    def _pre_hook(self, name: str, module: nn.Module, args: tuple) -> None:
+        self.module_stack.append(name)
+        if self._suppress:
+            self._suppress += 1
+            return
+        if name in self._rule_modules or opaque_reason(module) is not None:
+            self._suppress += 1
+
+    def _post_hook(self, name: str, module: nn.Module, args: tuple, output: Any) -> None:
+        if self._suppress:
+            self._suppress -= 1
+            if not self._suppress:
+                self._busy = True
+                try:
+                    rule = self._rule_modules.get(name)
+                    if rule is not None:
+                        self._record_layer(name, module, rule, args, output)
+                    else:
+                        self._record_opaque(module, args, output)
+                finally:
+                    self._busy = False
+        self.module_stack.pop()
+
+    def _record_layer(
+        self, name: str, module: nn.Module, rule: LayerRule, args: tuple, output: Any
+    ) -> None:
+        x = args[0]
+        if not isinstance(output, torch.Tensor) or not isinstance(x, torch.Tensor):
+            self._record_opaque(module, args, output)
+            return
+        x_label = self.label(x)
+        in_atoms = input_channel_atoms(rule, x_label, x, module)
+        if in_atoms is None:
+            in_atoms = self.atoms.new_locked(name, "its input has no channel structure")
+            in_atoms = in_atoms.expand(rule.input_channels(module)).clone()
+            self.atoms.lock(atoms_in(x_label), name, "its input has no channel structure")
+        record = self.records.get(name)
+        if record is None:
+            out_atoms = self.atoms.new(rule.output_channels(module))
+            record = LayerRecord(name, rule, in_atoms, out_atoms, rule.groups(module))
+            self.records[name] = record
+            if self.is_ignored(name):
+                self.atoms.lock(out_atoms, name, "ignored by the user")
+            if record.groups > 1:
+                self._couple_conv_groups(record)
+        else:
+            self.atoms.couple(record.in_atoms, in_atoms)
+        record.macs_unit += rule.macs_unit(module, x, output)
+        self.set_label(output, output_label(rule, record.out_atoms, output))
+
+    def _couple_conv_groups(self, record: LayerRecord) -> None:
+        """A grouped conv is pruned by whole groups: couple every channel of a group."""
+        groups = record.groups
+        out_atoms = record.out_atoms.reshape(groups, -1)
+        in_atoms = record.in_atoms.reshape(groups, -1)
+        self.atoms.couple(out_atoms[:, :1].expand_as(out_atoms), out_atoms)
+        self.atoms.couple(out_atoms[:, :1].expand_as(in_atoms), in_atoms)
+        constant_input = (in_atoms < 0).any(dim=1)
+        if bool(constant_input.any()):
+            self.atoms.lock(
+                out_atoms[constant_input], record.name, "a group reads a fixed-size input"
+            )
+
+    def _record_opaque(self, module: nn.Module, args: tuple, output: Any) -> None:
+        reason = opaque_reason(module) or f"{type(module).__name__} cannot be traced into"
+        self.lock_inputs(iter_tensors(args), reason)
+        for tensor in iter_tensors(output):
+            self.set_label(tensor, self.locked_label(tensor, reason))
+
+    # ---- running ------------------------------------------------------------------------
+    def run(self, example_inputs: Any) -> Any:
+        handles = []
+        for name, module in self.model.named_modules():
+            handles.append(
+                module.register_forward_pre_hook(
+                    lambda m, a, name=name: self._pre_hook(name, m, a)
+                )
+            )
+            handles.append(
+                module.register_forward_hook(
+                    lambda m, a, o, name=name: self._post_hook(name, m, a, o)
+                )
+            )
+        inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+        try:
+            with torch.no_grad(), self:
+                output = self.model(*inputs)
+        except Exception as error:
+            where = self.module_stack[-1] or "<model>"
+            raise TraceError(
+                f"the forward pass failed inside module '{where}' while tracing: {error}. "
+                f"Check that example_inputs match what the model expects; if this module "
+                f"cannot run under tracing, pass ignore=['{where}'] or replace it."
+            ) from error
+        finally:
+            for handle in handles:
+                handle.remove()
+        self._busy = True
+        try:
+            for tensor in iter_tensors(output):
+                self.atoms.lock(atoms_in(self.label(tensor)), "<output>", "it is a model output")
+            for name in self._functionally_used_rule_modules:
+                record = self.records.get(name)
+                if record is not None:
+                    reason = "its weight is also used outside its forward"
+                    self.atoms.lock(record.out_atoms, name, reason)
+                    self.atoms.lock(record.in_atoms, name, reason)
+        finally:
+            self._busy = False
+        return output

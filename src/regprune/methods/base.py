@@ -1,0 +1,69 @@
+"""The one life cycle every pruning method shares.
+
+Why one base class: the trainer must never special-case a method. Each method is a composition of
+a regularizer (a loss term or a gradient edit), an importance criterion, an allocation rule and a
+schedule; the trainer only ever calls the five hooks below, in this order, every iteration::
+
+    loss = criterion(model(x), y) + method.penalty()
+    loss.backward()
+    method.after_backward()      # gradient edits (slimming's s*sign(gamma), GReg's lambda*w)
+    optimizer.step()
+    method.step()                # schedules: growing lambdas, phase changes, gate clamping
+    ...
+    small = method.prune()       # a NEW, physically smaller nn.Module
+
+and saves ``method.state_dict()`` inside every checkpoint so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class PruningMethod:
+    """Base class: a method that does nothing during training and prunes nothing.
+
+    Subclasses override only the hooks they need. ``state_dict`` must hold every piece of state
+    that changes during training (iteration counters, lambdas, masks, phase), as tensors or plain
+    Python values, so ``torch.load(..., weights_only=True)`` can read it back.
+    """
+
+    name: str = "none"
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.iteration = 0
+
+    def penalty(self) -> torch.Tensor:
+        """The loss term to add to the task loss (a scalar tensor; zero for gradient-edit methods)."""
+        param = next(self.model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        return torch.zeros((), device=device)
+
+    def after_backward(self) -> None:
+        """Edit gradients in place after ``loss.backward()`` and before ``optimizer.step()``."""
+
+    def step(self) -> None:
+        """Advance schedules after ``optimizer.step()``; called once per training iteration."""
+        self.iteration += 1
+
+    def wants_more_training(self) -> bool:
+        """False once the method's own schedule is done (GReg stops growing and stabilizes)."""
+        return True
+
+    def prune(self) -> nn.Module:
+        """Return a new, physically smaller model; the model being trained is left untouched."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement prune()")
+
+    def sparsity_stats(self) -> dict[str, float]:
+        """Scalars worth logging during sparsity training (mean |gamma| of the masked set, ...)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"iteration": self.iteration}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.iteration = int(state["iteration"])

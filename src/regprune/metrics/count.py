@@ -1,0 +1,346 @@
+"""MACs, FLOPs and parameters of a model, measured on one forward pass.
+
+Convention (the one pruning papers use, and the one behind torchvision's published "GFLOPS",
+which are in fact GMACs): count the multiply-accumulates of convolutions, linear layers and the
+matmuls of attention, nothing else. Norm layers (BatchNorm / LayerNorm / GroupNorm / InstanceNorm),
+activations, pooling and element-wise adds are *not* counted: they are cheap, can be folded, and
+counting them is what makes peer tools disagree in the second digit. FLOPs are always ``2 * MACs``;
+the two names are never used for the same number.
+
+How, in one ``torch.no_grad()`` forward in eval mode:
+
+- Forward hooks on the modules that have a MAC rule (:data:`MAC_RULES`: conv, linear, multi-head
+  attention) give their MACs from shapes. The rule wins inside such a module, because PyTorch's
+  fused fast paths (``nn.MultiheadAttention`` in eval, CPU flash attention) hide the matmuls from
+  op-level counting. A module with a rule is not descended into (MHA owns ``out_proj`` but calls it
+  functionally).
+- Everywhere else, matrix multiplies and convolutions are counted at the op level with
+  :class:`torch.utils.flop_counter.FlopCounterMode`, so MACs that a model computes functionally
+  (torchvision's Swin calls ``F.linear`` on ``qkv.weight``; MaxViT's attention is
+  ``torch.matmul``) are not lost. Inside a leaf module they are that layer's MACs; in the forward
+  code of a container they are reported as :attr:`ModelCount.unattributed_macs`.
+
+The model may live on the ``meta`` device: counting a large model then allocates and computes
+nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from regprune.metrics._inputs import ExampleInputs, as_input_tuple
+
+MacRule = Callable[..., int]
+"""``rule(module, args, kwargs, output) -> MACs`` of one call of the module."""
+
+
+def _conv_macs(module: nn.modules.conv._ConvNd, args: tuple, kwargs: dict, out: Any) -> int:
+    kernel = math.prod(module.kernel_size)
+    if module.transposed:
+        # Every input element is scattered through the kernel into out_channels/groups outputs;
+        # counting from the output side would overcount by stride**dims.
+        return args[0].numel() * (module.out_channels // module.groups) * kernel
+    return out.numel() * (module.in_channels // module.groups) * kernel
+
+
+def _linear_macs(module: nn.Linear, args: tuple, kwargs: dict, out: Any) -> int:
+    tokens = args[0].numel() // module.in_features  # every leading dim is a token
+    return tokens * module.in_features * module.out_features
+
+
+def _mha_macs(module: nn.MultiheadAttention, args: tuple, kwargs: dict, out: Any) -> int:
+    names = ("query", "key", "value")
+    query, key, value = (args[i] if i < len(args) else kwargs[n] for i, n in enumerate(names))
+    embed = module.embed_dim
+    q_tokens = query.numel() // embed  # batch * target length
+    k_tokens = key.numel() // module.kdim  # batch * source length
+    v_tokens = value.numel() // module.vdim
+    batch_dim = 0 if module.batch_first else 1
+    batch = query.shape[batch_dim] if query.dim() == 3 else 1  # 2-D query: unbatched
+    target_len, source_len = q_tokens // batch, k_tokens // batch
+    in_proj = (q_tokens * embed + k_tokens * module.kdim + v_tokens * module.vdim) * embed
+    # Summed over heads, Q @ K^T and attn @ V each cost batch * L * S * embed_dim.
+    attention = 2 * batch * target_len * source_len * embed
+    out_proj = q_tokens * embed * embed
+    return in_proj + attention + out_proj
+
+
+# Layer-type knowledge lives here and nowhere else: one small rule per type.
+MAC_RULES: dict[type[nn.Module], MacRule] = {
+    nn.modules.conv._ConvNd: _conv_macs,
+    nn.Linear: _linear_macs,
+    nn.MultiheadAttention: _mha_macs,
+}
+
+
+def _sdpa_cpu_flops(query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> int:
+    """FLOPs of CPU flash attention (shapes ``(..., L, E)``, ``(..., S, E)``, ``(..., S, Ev)``).
+
+    FlopCounterMode knows the CUDA attention kernels but not this one, so scaled-dot-product
+    attention on CPU would otherwise count as zero.
+    """
+    *batch, target_len, embed = query
+    source_len, value_embed = key[-2], value[-1]
+    return 2 * math.prod(batch) * target_len * source_len * (embed + value_embed)
+
+
+# Op-level formulas torch lacks, for FlopCounterMode (which passes shapes, not tensors).
+EXTRA_OP_FORMULAS: dict[Any, Callable[..., int]] = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
+}
+
+
+def _rule_for(module: nn.Module) -> MacRule | None:
+    for module_type, rule in MAC_RULES.items():
+        if isinstance(module, module_type):
+            return rule
+    return None
+
+
+@dataclass(frozen=True)
+class LayerCount:
+    """What one module cost during the counted forward.
+
+    Attributes:
+        name: qualified module name (as in ``model.named_modules()``).
+        type_name: the module's class name.
+        macs: multiply-accumulates, summed over all calls of the module.
+        params: parameters owned by the module (a tied parameter counts at its first owner only).
+        output_shape: shape of the module's (first tensor) output at its first call.
+        calls: how many times the module ran (a shared module runs more than once).
+    """
+
+    name: str
+    type_name: str
+    macs: int
+    params: int
+    output_shape: tuple[int, ...]
+    calls: int = 1
+
+    @property
+    def flops(self) -> int:
+        """``2 * macs``."""
+        return 2 * self.macs
+
+
+@dataclass(frozen=True)
+class ModelCount:
+    """Cost of a whole model for one forward of the example inputs.
+
+    Attributes:
+        macs: total multiply-accumulates: the layers' MACs plus ``unattributed_macs``.
+        params: unique parameters of the model (tied weights once), whether or not they ran.
+        per_layer: one entry per counted module that ran (modules with a MAC rule and leaf
+            modules), in first-call order; empty unless asked for.
+        unattributed_macs: MACs of matmuls and convolutions run in the forward code of container
+            modules rather than inside a counted module (functional attention, for example).
+    """
+
+    macs: int
+    params: int
+    per_layer: tuple[LayerCount, ...] = ()
+    unattributed_macs: int = 0
+
+    @property
+    def flops(self) -> int:
+        """``2 * macs``: one multiply-accumulate is two floating-point operations."""
+        return 2 * self.macs
+
+    def table(self) -> str:
+        """A plain-text table: one row per layer (if counted per layer) and a total row."""
+        header = ("layer", "type", "output", "MACs", "FLOPs", "params")
+        rows = [
+            _row(
+                layer.name or "(model)",
+                layer.type_name,
+                layer.output_shape,
+                layer.macs,
+                layer.params,
+            )
+            for layer in self.per_layer
+        ]
+        if self.unattributed_macs:
+            rows.append(_row("(outside layers)", "", (), self.unattributed_macs, 0))
+        total = _row("total", "", (), self.macs, self.params)
+        widths = [max(len(row[i]) for row in (header, *rows, total)) for i in range(len(header))]
+
+        def render(row: tuple[str, ...]) -> str:
+            left = [cell.ljust(width) for cell, width in zip(row[:3], widths[:3], strict=True)]
+            right = [cell.rjust(width) for cell, width in zip(row[3:], widths[3:], strict=True)]
+            return "  ".join(left + right).rstrip()
+
+        rule = "-" * len(render(header))
+        return "\n".join([render(header), rule, *map(render, rows), rule, render(total)])
+
+
+def _row(
+    name: str, type_name: str, shape: tuple[int, ...], macs: int, params: int
+) -> tuple[str, ...]:
+    shape_text = "x".join(map(str, shape))
+    return (
+        name,
+        type_name,
+        shape_text,
+        format_count(macs),
+        format_count(2 * macs),
+        format_count(params),
+    )
+
+
+def format_count(n: int | float) -> str:
+    """A count with an SI suffix and two decimals: ``4.09 G``, ``25.56 M``, ``1.50 K``, ``512``."""
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {suffix}"
+    return f"{n:g}" if isinstance(n, float) else str(n)
+
+
+def count(model: nn.Module, example_inputs: ExampleInputs, per_layer: bool = False) -> ModelCount:
+    """Count the MACs and parameters of ``model`` on ``example_inputs``.
+
+    The model runs once, in eval mode under ``torch.no_grad()`` (so BN uses running statistics
+    and dropout is off, as at deployment); every module's train/eval flag is restored afterwards,
+    so counting inside a training loop changes nothing. MACs scale with the batch size of the
+    example inputs. See the module docstring for what is counted.
+
+    Args:
+        model: any ``nn.Module``; may be on any device, including ``meta``.
+        example_inputs: a tensor, or a tuple of tensors passed positionally.
+        per_layer: also return a :class:`LayerCount` for every counted module that ran.
+
+    Returns:
+        A :class:`ModelCount`; ``.flops`` is ``2 * .macs``.
+
+    Example::
+
+        >>> c = count(torchvision.models.resnet18(), torch.randn(1, 3, 224, 224))
+        >>> format_count(c.macs), format_count(c.params)
+        ('1.81 G', '11.69 M')
+    """
+    inputs = as_input_tuple(example_inputs)
+    hooked = _hooked_modules(model)
+    op_counter = FlopCounterMode(display=False, custom_mapping=EXTRA_OP_FORMULAS)
+    call_order: list[str] = []
+    records = {name: _Record(name, rule, op_counter, call_order) for name, _, rule in hooked}
+    modes = {module: module.training for module in model.modules()}
+    handles = []
+    try:
+        for name, module, _ in hooked:
+            handles.append(module.register_forward_pre_hook(records[name].before))
+            handles.append(module.register_forward_hook(records[name].after, with_kwargs=True))
+        model.eval()
+        with torch.no_grad(), op_counter:
+            model(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes.items():
+            module.training = training
+
+    inside_macs = sum(record.op_macs for record in records.values())
+    unattributed_macs = max(0, op_counter.get_total_flops() // 2 - inside_macs)
+    layers = _layer_counts(hooked, records, call_order)
+    return ModelCount(
+        macs=sum(layer.macs for layer in layers) + unattributed_macs,
+        params=sum(p.numel() for p in model.parameters()),
+        per_layer=layers if per_layer else (),
+        unattributed_macs=unattributed_macs,
+    )
+
+
+class _Record:
+    """Hook pair for one module: MACs from its rule, else the op counter's delta over its call."""
+
+    def __init__(
+        self, name: str, rule: MacRule | None, op_counter: FlopCounterMode, call_order: list[str]
+    ) -> None:
+        self.name = name
+        self.rule = rule
+        self.op_counter = op_counter
+        self.call_order = call_order
+        self.macs = 0
+        self.op_macs = 0  # op-level MACs seen inside the module, whether or not it has a rule
+        self.calls = 0
+        self.output_shape: tuple[int, ...] = ()
+        self._op_macs_at_entry = 0
+
+    def before(self, module: nn.Module, args: tuple) -> None:
+        self._op_macs_at_entry = self.op_counter.get_total_flops() // 2
+
+    def after(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        op_macs = self.op_counter.get_total_flops() // 2 - self._op_macs_at_entry
+        self.op_macs += op_macs
+        self.macs += self.rule(module, args, kwargs, output) if self.rule else op_macs
+        if self.calls == 0:
+            self.call_order.append(self.name)
+            self.output_shape = _first_shape(output)
+        self.calls += 1
+
+
+def _layer_counts(
+    hooked: list[tuple[str, nn.Module, MacRule | None]],
+    records: dict[str, _Record],
+    call_order: list[str],
+) -> tuple[LayerCount, ...]:
+    """One LayerCount per module that ran, first-call order; tied params go to the first owner."""
+    params_seen: set[int] = set()
+    params_of: dict[str, int] = {}
+    for name, module, rule in hooked:
+        # A rule module's cost includes its children (MHA's out_proj), so do its parameters.
+        owned = [p for p in module.parameters(recurse=rule is not None) if id(p) not in params_seen]
+        params_seen.update(id(p) for p in owned)
+        params_of[name] = sum(p.numel() for p in owned)
+    modules = {name: module for name, module, _ in hooked}
+    return tuple(
+        LayerCount(
+            name=name,
+            type_name=type(modules[name]).__name__,
+            macs=records[name].macs,
+            params=params_of[name],
+            output_shape=records[name].output_shape,
+            calls=records[name].calls,
+        )
+        for name in call_order
+    )
+
+
+def _hooked_modules(model: nn.Module) -> list[tuple[str, nn.Module, MacRule | None]]:
+    """Modules with a rule (not descended into) and every other leaf, in registration order.
+
+    A module registered under two names (shared) is hooked once, under its first name, as in
+    ``named_modules()``.
+    """
+    hooked: list[tuple[str, nn.Module, MacRule | None]] = []
+    seen: set[int] = set()
+
+    def walk(module: nn.Module, name: str) -> None:
+        if id(module) in seen:
+            return
+        seen.add(id(module))
+        rule = _rule_for(module)
+        children = list(module.named_children())
+        if rule is not None or not children:
+            hooked.append((name, module, rule))
+            return
+        for child_name, child in children:
+            walk(child, f"{name}.{child_name}" if name else child_name)
+
+    walk(model, "")
+    return hooked
+
+
+def _first_shape(output: Any) -> tuple[int, ...]:
+    if isinstance(output, torch.Tensor):
+        return tuple(output.shape)
+    if isinstance(output, tuple | list):
+        for item in output:
+            if isinstance(item, torch.Tensor):
+                return tuple(item.shape)
+    return ()

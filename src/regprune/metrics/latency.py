@@ -1,0 +1,136 @@
+"""Wall-clock inference latency of a model, measured the way a deployment would run it.
+
+Eval mode under ``torch.inference_mode()`` (no autograd bookkeeping, BN in running-stats mode),
+a few untimed warm-up calls (allocator, kernel selection, lazy initialisation), then
+``time.perf_counter`` around each call. On CUDA the device is synchronised before starting and
+after every call, since kernel launches return before the work is done. The median is the number
+to compare: it ignores the occasional scheduler hiccup that drags the mean on a shared machine.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from regprune.metrics._inputs import ExampleInputs, as_input_tuple
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Latency statistics over ``repeats`` timed forward passes, in milliseconds per call.
+
+    Attributes:
+        median_ms: median time per forward call.
+        mean_ms: mean time per forward call.
+        std_ms: sample standard deviation (0 for a single repeat).
+        p90_ms: 90th percentile (linear interpolation between order statistics).
+        repeats: number of timed calls.
+        batch_size: leading dimension of the first input (1 for a scalar input).
+    """
+
+    median_ms: float
+    mean_ms: float
+    std_ms: float
+    p90_ms: float
+    repeats: int
+    batch_size: int
+
+    @property
+    def median_ms_per_sample(self) -> float:
+        """Median time divided by the batch size, to compare runs at different batch sizes."""
+        return self.median_ms / self.batch_size
+
+
+def measure_latency(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    warmup: int = 3,
+    repeats: int = 20,
+    threads: int | None = None,
+) -> Latency:
+    """Time ``model(*example_inputs)``.
+
+    The model and inputs are used where they are (move both to the device to measure first).
+    Every module's train/eval flag and the torch thread count are restored afterwards.
+
+    Args:
+        model: the module to time.
+        example_inputs: a tensor, or a tuple of tensors passed positionally.
+        warmup: untimed calls before timing (>= 0).
+        repeats: timed calls (>= 1).
+        threads: CPU threads for intra-op parallelism while timing (``torch.set_num_threads``);
+            ``None`` keeps the current setting. Fix it when comparing models on a shared host.
+
+    Returns:
+        A :class:`Latency` with per-call statistics in milliseconds.
+
+    Example::
+
+        >>> lat = measure_latency(model, torch.randn(64, 3, 32, 32), threads=1)
+        >>> lat.median_ms
+    """
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1 or None, got {threads}")
+    inputs = as_input_tuple(example_inputs)
+    synchronize = _synchronizer(inputs, model)
+
+    modes = {module: module.training for module in model.modules()}
+    previous_threads = torch.get_num_threads()
+    times_ms: list[float] = []
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        model.eval()
+        with torch.inference_mode():
+            for _ in range(warmup):
+                model(*inputs)
+            synchronize()
+            for _ in range(repeats):
+                start = time.perf_counter()
+                model(*inputs)
+                synchronize()
+                times_ms.append((time.perf_counter() - start) * 1e3)
+    finally:
+        torch.set_num_threads(previous_threads)
+        for module, training in modes.items():
+            module.training = training
+
+    first = inputs[0]
+    return Latency(
+        median_ms=statistics.median(times_ms),
+        mean_ms=statistics.fmean(times_ms),
+        std_ms=statistics.stdev(times_ms) if len(times_ms) > 1 else 0.0,
+        p90_ms=_percentile(times_ms, 0.9),
+        repeats=repeats,
+        batch_size=first.shape[0] if first.dim() > 0 else 1,
+    )
+
+
+def _synchronizer(inputs: tuple[torch.Tensor, ...], model: nn.Module) -> Callable[[], None]:
+    """A no-op on CPU; ``torch.cuda.synchronize`` for every CUDA device in use."""
+    devices = {x.device for x in inputs}
+    devices.update(p.device for p in model.parameters())
+    cuda = sorted({d for d in devices if d.type == "cuda"}, key=str)
+
+    def synchronize() -> None:
+        for device in cuda:
+            torch.cuda.synchronize(device)
+
+    return synchronize
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)

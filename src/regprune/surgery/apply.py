@@ -1,0 +1,81 @@
+"""Apply a Plan: build a new, physically smaller model with sliced parameters and buffers."""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from regprune.surgery.rules import refresh_attributes
+
+if TYPE_CHECKING:
+    from regprune.allocation.plan import Plan
+    from regprune.graph.dependency import DependencyGraph
+
+
+class PlanError(ValueError):
+    """A plan that does not fit the graph it is applied with."""
+
+
+def kept_components(graph: DependencyGraph, plan: Plan) -> torch.Tensor:
+    """Boolean per component: False for the components the plan removes."""
+    if plan.model_type and plan.model_type != graph.model_type:
+        raise PlanError(
+            f"the plan was made for a {plan.model_type}, not a {graph.model_type}; "
+            "make a plan from this model's own graph"
+        )
+    num_components = graph.group_of_component.numel()
+    keep = torch.ones(num_components, dtype=torch.bool)
+    for gid, channels in plan.drop.items():
+        if gid < 0 or gid >= len(graph.groups):
+            raise PlanError(f"plan names group {gid}, but the graph has {len(graph.groups)} groups")
+        size = graph.groups[gid].size
+        if plan.group_sizes and plan.group_sizes.get(gid) != size:
+            raise PlanError(
+                f"group {gid} has {size} channels here but {plan.group_sizes.get(gid)} in the plan"
+            )
+        index = torch.as_tensor(channels, dtype=torch.long)
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= size):
+            raise PlanError(f"group {gid} has channels 0..{size - 1}; the plan drops {channels}")
+        if index.numel() >= size:
+            raise PlanError(f"the plan drops all {size} channels of group {gid}; keep at least one")
+        keep[graph.group_components(gid)[index]] = False
+    return keep
+
+
+def atoms_kept(graph: DependencyGraph, keep: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
+    """Per atom: kept? Positions without an atom (-1) are always kept."""
+    return (atoms < 0) | keep[graph.component[atoms.clamp(min=0)]]
+
+
+def apply_plan(model: nn.Module, graph: DependencyGraph, plan: Plan) -> nn.Module:
+    """Return a pruned deep copy of ``model``; ``model`` itself is not modified."""
+    keep = kept_components(graph, plan)
+    pruned = copy.deepcopy(model)
+    touched: dict[str, nn.Module] = {}
+    for record in graph.records:
+        module = pruned.get_submodule(record.name)
+        keep_in = atoms_kept(graph, keep, record.in_atoms)
+        keep_out = atoms_kept(graph, keep, record.out_atoms)
+        if bool(keep_in.all()) and bool(keep_out.all()):
+            continue
+        record.rule.slice_(module, keep_in, keep_out)
+    for slicing in graph.free_slicings:
+        kept_index = (slicing.component < 0) | keep[slicing.component.clamp(min=0)]
+        if bool(kept_index.all()):
+            continue
+        owner_name = slicing.param.module
+        owner = pruned.get_submodule(owner_name) if owner_name else pruned
+        old = getattr(owner, slicing.param.attr)
+        index = torch.nonzero(kept_index).reshape(-1).to(old.device)
+        new = old.detach().index_select(slicing.dim, index).clone()
+        if isinstance(old, nn.Parameter):
+            setattr(owner, slicing.param.attr, nn.Parameter(new, old.requires_grad))
+        else:
+            owner._buffers[slicing.param.attr] = new
+        touched[owner_name] = owner
+    for owner in touched.values():
+        refresh_attributes(owner)
+    return pruned

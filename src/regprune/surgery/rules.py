@@ -1,0 +1,283 @@
+"""The one table of layer-type knowledge: how each parametrized layer is traced and sliced.
+
+Only layers that *create* channels (conv filters, linear rows, embedding dims) or that cannot be
+sliced at all (attention with packed projections) need a rule here. Per-channel layers (BatchNorm,
+LayerNorm, GroupNorm, PReLU, ...) are traced through the functions they call, their parameters
+handled like any parameter used in the forward; their rules here only refresh the size attributes
+(``num_features`` ...) once those parameters were sliced.
+
+A rule applies to a module when it is an instance of the rule's type *and* does not override its
+``forward``: a subclass with its own forward is traced through the functions it calls instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from regprune.graph.labels import channel_label, channel_vector
+
+
+@dataclass
+class LayerRecord:
+    """What tracing learned about one parametrized layer (summed over all its calls).
+
+    ``in_atoms[i]`` is the atom feeding weight input index ``i`` (-1 when none), ``out_atoms[o]``
+    the atom of output channel ``o``. ``macs_unit`` is the MACs of one (input, output) channel pair
+    of one group, so ``macs = in_kept * out_kept / groups_kept * macs_unit``.
+    """
+
+    name: str
+    rule: LayerRule
+    in_atoms: torch.Tensor
+    out_atoms: torch.Tensor
+    groups: int = 1
+    macs_unit: float = 0.0
+
+
+class LayerRule:
+    """Base of the table. ``trace`` returns the output's label, or None to lock the layer."""
+
+    module_type: type[nn.Module] = nn.Module
+    in_dim = 1
+    out_dim = 0
+    channel_dim_of_input = 1
+
+    def applies_to(self, module: nn.Module) -> bool:
+        return isinstance(module, self.module_type) and (
+            type(module).forward is self.module_type.forward
+        )
+
+    def input_channels(self, module: nn.Module) -> int:
+        raise NotImplementedError
+
+    def output_channels(self, module: nn.Module) -> int:
+        raise NotImplementedError
+
+    def groups(self, module: nn.Module) -> int:
+        return 1
+
+    def macs_unit(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+        raise NotImplementedError
+
+    def output_channel_dim(self, y: torch.Tensor) -> int:
+        return 1
+
+    def slice_(self, module: nn.Module, keep_in: torch.Tensor, keep_out: torch.Tensor) -> None:
+        """Slice the module's parameters in place (on the surgery's copy) and fix attributes."""
+        raise NotImplementedError
+
+
+def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    old = getattr(module, name)
+    if isinstance(old, nn.Parameter):
+        setattr(module, name, nn.Parameter(value.detach().clone(), old.requires_grad))
+    else:
+        setattr(module, name, value.detach().clone())
+
+
+class ConvRule(LayerRule):
+    """Conv1d/2d/3d, including grouped and depthwise ones.
+
+    Grouped convs are pruned by whole groups (tracing couples every channel of a group), so the
+    per-group weight layout is untouched and only the group count changes: exact, and valid for
+    depthwise convs, where a group is one channel.
+    """
+
+    module_type = nn.modules.conv._ConvNd
+
+    def applies_to(self, module: nn.Module) -> bool:
+        conv_types = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+        return any(
+            isinstance(module, t) and type(module).forward is t.forward for t in conv_types
+        )
+
+    def input_channels(self, module: nn.Module) -> int:
+        return module.in_channels
+
+    def output_channels(self, module: nn.Module) -> int:
+        return module.out_channels
+
+    def groups(self, module: nn.Module) -> int:
+        return module.groups
+
+    def macs_unit(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+        per_output_value = module.weight[0, 0].numel()
+        return float(y[:, :1].numel() * per_output_value)
+
+    def slice_(self, module: nn.Module, keep_in: torch.Tensor, keep_out: torch.Tensor) -> None:
+        out_per_group = module.out_channels // module.groups
+        _replace(module, "weight", module.weight[keep_out])
+        if module.bias is not None:
+            _replace(module, "bias", module.bias[keep_out])
+        if module.groups == 1:
+            _replace(module, "weight", module.weight[:, keep_in])
+        else:
+            module.groups = int(keep_out.sum()) // out_per_group
+        module.in_channels = int(keep_in.sum())
+        module.out_channels = int(keep_out.sum())
+
+
+class ConvTransposeRule(ConvRule):
+    """ConvTranspose: weight is (in, out/groups, k...), the transpose of a conv's layout."""
+
+    in_dim = 0
+    out_dim = 1
+
+    def applies_to(self, module: nn.Module) -> bool:
+        types = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+        return any(isinstance(module, t) and type(module).forward is t.forward for t in types)
+
+    def macs_unit(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+        return float(x[:, :1].numel() * module.weight[0, 0].numel())
+
+    def slice_(self, module: nn.Module, keep_in: torch.Tensor, keep_out: torch.Tensor) -> None:
+        in_per_group = module.in_channels // module.groups
+        _replace(module, "weight", module.weight[keep_in])
+        if module.bias is not None:
+            _replace(module, "bias", module.bias[keep_out])
+        if module.groups == 1:
+            _replace(module, "weight", module.weight[:, keep_out])
+        else:
+            module.groups = int(keep_in.sum()) // in_per_group
+        module.in_channels = int(keep_in.sum())
+        module.out_channels = int(keep_out.sum())
+
+
+class LinearRule(LayerRule):
+    """Linear layers: features are the last dim of input and output."""
+
+    module_type = nn.Linear
+
+    def applies_to(self, module: nn.Module) -> bool:
+        return isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
+
+    def input_channels(self, module: nn.Module) -> int:
+        return module.in_features
+
+    def output_channels(self, module: nn.Module) -> int:
+        return module.out_features
+
+    def output_channel_dim(self, y: torch.Tensor) -> int:
+        return y.dim() - 1
+
+    def macs_unit(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+        return float(x.numel() // module.in_features)
+
+    def slice_(self, module: nn.Module, keep_in: torch.Tensor, keep_out: torch.Tensor) -> None:
+        _replace(module, "weight", module.weight[keep_out][:, keep_in])
+        if module.bias is not None:
+            _replace(module, "bias", module.bias[keep_out])
+        module.in_features = int(keep_in.sum())
+        module.out_features = int(keep_out.sum())
+
+
+class EmbeddingRule(LayerRule):
+    """Embeddings create channels (the embedding dim) from indices; nothing comes in."""
+
+    module_type = nn.Embedding
+    in_dim = 0
+    out_dim = 1
+
+    def input_channels(self, module: nn.Module) -> int:
+        return 0
+
+    def output_channels(self, module: nn.Module) -> int:
+        return module.embedding_dim
+
+    def output_channel_dim(self, y: torch.Tensor) -> int:
+        return y.dim() - 1
+
+    def macs_unit(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+        return 0.0
+
+    def slice_(self, module: nn.Module, keep_in: torch.Tensor, keep_out: torch.Tensor) -> None:
+        _replace(module, "weight", module.weight[:, keep_out])
+        module.embedding_dim = int(keep_out.sum())
+
+
+LAYER_RULES: tuple[LayerRule, ...] = (ConvRule(), ConvTransposeRule(), LinearRule(), EmbeddingRule())
+
+OPAQUE_LAYERS: dict[type[nn.Module], str] = {
+    nn.MultiheadAttention: (
+        "nn.MultiheadAttention packs q/k/v and ties head_dim to embed_dim; its inputs and "
+        "outputs are kept whole (the MLP hidden dims around it are still pruned)"
+    ),
+    nn.LSTM: "recurrent layers are kept whole",
+    nn.GRU: "recurrent layers are kept whole",
+    nn.RNN: "recurrent layers are kept whole",
+}
+"""Layers traced as black boxes: everything they read or write is locked, with this reason."""
+
+
+def rule_for(module: nn.Module) -> LayerRule | None:
+    """The rule that traces and slices ``module``, or None to trace through its forward."""
+    for rule in LAYER_RULES:
+        if rule.applies_to(module):
+            return rule
+    return None
+
+
+def opaque_reason(module: nn.Module) -> str | None:
+    for layer_type, reason in OPAQUE_LAYERS.items():
+        if isinstance(module, layer_type):
+            return reason
+    return None
+
+
+def input_channel_atoms(rule: LayerRule, x_label: torch.Tensor, x: torch.Tensor, module: nn.Module):
+    """Atoms of the layer's input channels, or None if the input is not channel-structured."""
+    if isinstance(rule, EmbeddingRule):
+        return torch.zeros(0, dtype=torch.long)
+    dim = x.dim() - 1 if isinstance(rule, LinearRule) else 1
+    return channel_vector(x_label, dim, rule.input_channels(module))
+
+
+def output_label(rule: LayerRule, out_atoms: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return channel_label(out_atoms, rule.output_channel_dim(y), y.dim())
+
+
+def _refresh_norm(module: nn.Module) -> None:
+    size_source = module.weight if module.weight is not None else module.running_mean
+    if size_source is not None:
+        module.num_features = size_source.numel()
+
+
+def _refresh_layer_norm(module: nn.Module) -> None:
+    if module.weight is not None:
+        module.normalized_shape = tuple(module.weight.shape)
+
+
+def _refresh_group_norm(module: nn.Module) -> None:
+    if module.weight is not None:
+        channels_per_group = module.num_channels // module.num_groups
+        module.num_channels = module.weight.numel()
+        module.num_groups = module.num_channels // channels_per_group
+
+
+def _refresh_prelu(module: nn.Module) -> None:
+    module.num_parameters = module.weight.numel()
+
+
+ATTRIBUTE_REFRESHERS: dict[type[nn.Module], Callable[[nn.Module], None]] = {
+    nn.modules.batchnorm._NormBase: _refresh_norm,
+    nn.LayerNorm: _refresh_layer_norm,
+    nn.GroupNorm: _refresh_group_norm,
+    nn.PReLU: _refresh_prelu,
+}
+"""After surgery sliced a per-channel layer's parameters, make its size attributes agree."""
+
+
+def is_per_channel_layer(module: nn.Module) -> bool:
+    """Layers whose parameters scale channels one by one (slimming's targets)."""
+    return isinstance(module, tuple(ATTRIBUTE_REFRESHERS))
+
+
+def refresh_attributes(module: nn.Module) -> None:
+    for layer_type, refresh in ATTRIBUTE_REFRESHERS.items():
+        if isinstance(module, layer_type):
+            refresh(module)
+            return

@@ -1,0 +1,114 @@
+"""Save and load pruned models so that ``torch.load(..., weights_only=True)`` reads them.
+
+A pruned model differs from its original architecture only in tensor shapes and a few size
+attributes (``in_channels``, ``num_features`` ...). We store exactly that: the state dict, the
+shape of every tensor and the size attributes of every module. Loading rebuilds the original
+architecture (the user's constructor), resizes it, and loads the weights: no pickled modules.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMAT = "regprune.pruned/1"
+
+SIZE_ATTRIBUTES = (
+    "in_channels",
+    "out_channels",
+    "groups",
+    "in_features",
+    "out_features",
+    "num_features",
+    "num_channels",
+    "num_groups",
+    "normalized_shape",
+    "num_parameters",
+    "embedding_dim",
+)
+"""Module attributes that surgery changes; everything else comes from the constructor."""
+
+
+def _size_attributes(model: nn.Module) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for name, module in model.named_modules():
+        values = {}
+        for attr in SIZE_ATTRIBUTES:
+            value = getattr(module, attr, None)
+            if isinstance(value, int):
+                values[attr] = value
+            elif isinstance(value, tuple) and all(isinstance(v, int) for v in value):
+                values[attr] = list(value)
+        if values:
+            found[name] = values
+    return found
+
+
+def save_pruned(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write ``model``'s weights and sizes atomically (temp file + rename) to ``path``."""
+    state = model.state_dict()
+    payload = {
+        "format": FORMAT,
+        "model_type": type(model).__name__,
+        "shapes": {k: list(v.shape) for k, v in state.items()},
+        "attributes": _size_attributes(model),
+        "state_dict": state,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_pruned(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Resize a freshly built original ``model`` to the saved pruned shapes and load weights.
+
+    Returns the same ``model`` object, now pruned. Raises ValueError when the file is not a
+    regprune pruned model or was saved from another architecture.
+    """
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(
+            f"{path} is not a regprune pruned model (expected format {FORMAT!r}); "
+            "save it with regprune.save_pruned"
+        )
+    if payload["model_type"] != type(model).__name__:
+        raise ValueError(
+            f"{path} holds a pruned {payload['model_type']}, but the model given is a "
+            f"{type(model).__name__}; build the original architecture it was pruned from"
+        )
+    for name, values in payload["attributes"].items():
+        try:
+            module = model.get_submodule(name) if name else model
+        except AttributeError as error:
+            raise ValueError(f"{path}: module '{name}' does not exist in the given model") from error
+        for attr, value in values.items():
+            setattr(module, attr, tuple(value) if isinstance(value, list) else value)
+    own = dict(model.named_parameters()) | dict(model.named_buffers())
+    for key, shape in payload["shapes"].items():
+        if key not in own:
+            raise ValueError(f"{path}: tensor '{key}' does not exist in the given model")
+        tensor = own[key]
+        if list(tensor.shape) != shape:
+            module_name, _, attr = key.rpartition(".")
+            owner = model.get_submodule(module_name) if module_name else model
+            fresh = torch.empty(shape, dtype=tensor.dtype, device=tensor.device)
+            if isinstance(tensor, nn.Parameter):
+                setattr(owner, attr, nn.Parameter(fresh, tensor.requires_grad))
+            else:
+                owner._buffers[attr] = fresh
+    model.load_state_dict(payload["state_dict"])
+    return model
