@@ -9,7 +9,7 @@ whatever state a generator happened to be in.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -99,7 +99,8 @@ def build_loaders(
     Args:
         splits: from ``build_datasets`` (or any sets with ``__len__``).
         batch_size: samples per batch and per process.
-        workers: loader worker processes; 0 loads in the main process.
+        workers: loader worker processes; 0 loads in the main process. Workers are restarted
+            every epoch (not persistent) so their seeds follow :func:`set_epoch`.
         seed: fixes the shuffling order of every epoch.
         distributed: shard train with ``DistributedSampler`` (padded, so every rank takes the
             same number of steps) and val/test with :class:`ShardSampler`; needs an initialized
@@ -141,15 +142,16 @@ def build_loaders(
     )
 
 
-def set_epoch(loader: DataLoader, epoch: int) -> None:
+def set_epoch(loader: Iterable[object], epoch: int) -> None:
     """Make ``loader``'s shuffling and worker seeds for ``epoch`` a function of ``(seed, epoch)``.
 
-    Loaders from :func:`build_loaders` carry their seed on the sampler; other loaders are left
-    alone (their order is then whatever their own sampler does).
+    Loaders from :func:`build_loaders` carry their seed on the sampler; other loaders (or plain
+    iterables) are left alone, and their order is whatever their own sampler does.
     """
-    sampler = loader.sampler
+    sampler = getattr(loader, "sampler", None)
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
     seed = getattr(sampler, "seed", None)
-    if seed is not None and loader.generator is not None:
-        loader.generator.manual_seed(derive_seed(seed, _WORKER_STREAM, epoch))
+    generator = getattr(loader, "generator", None)
+    if seed is not None and generator is not None:
+        generator.manual_seed(derive_seed(seed, _WORKER_STREAM, epoch))

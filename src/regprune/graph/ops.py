@@ -47,6 +47,11 @@ MOVEMENT = frozenset(
 
 RESHAPES = frozenset("view reshape view_as reshape_as unflatten".split())
 
+SELECTING = frozenset("getitem narrow select index_select split chunk unbind tensor_split roll".split())
+"""Ops whose bounds are numbers fixed in the code: they cannot follow a channel dim that shrinks."""
+
+SHUFFLING = frozenset("channel_shuffle pixel_shuffle pixel_unshuffle".split())
+
 REDUCTIONS = frozenset("sum mean amax amin max min prod std var norm logsumexp all any".split())
 
 ALONG_DIM = frozenset("softmax log_softmax cumsum cumprod argmax argmin".split())
@@ -214,6 +219,8 @@ def _movement(tracer: Tracer, name: str, args: tuple, kwargs: dict, out: Any) ->
     label_outputs = list(iter_tensors(label_out))
     if name in RESHAPES or name == "flatten":
         _check_reshape(tracer, name, data[0], label_args[0], label_outputs[0], args)
+    if name in SELECTING or name in SHUFFLING:
+        _check_selection(tracer, name, label_args[0], label_outputs, args)
     for tensor, label in zip(outputs, label_outputs, strict=True):
         tracer.set_label(tensor, compact(label.contiguous()))
 
@@ -250,6 +257,40 @@ def _check_reshape(
             tracer.where,
             f"'{name}' fixes the channel dim to {sizes[vout[0]]}; use -1 or flatten()",
         )
+
+
+def _check_selection(
+    tracer: Tracer, name: str, label_in: torch.Tensor, label_outputs: list, args: tuple
+) -> None:
+    """Lock channels when an op keeps only part of a channel dim, or reorders it by index.
+
+    ``x[:, :5]``, ``chunk`` and ``split`` cut at positions written in the code; once channels
+    are removed, the cut falls elsewhere. Selections that keep every channel (``x[:, 0]`` on
+    tokens, ``x[..., ::2, ::2]`` on space) are unaffected.
+    """
+    compact_in = compact(label_in)
+    if not varying_dims(compact_in):
+        return
+    atoms = atoms_in(compact_in)
+    tensor_index = name == "getitem" and any(
+        isinstance(i, (torch.Tensor, list)) for i in (args[1] if isinstance(args[1], tuple) else (args[1],))
+    )
+    partial = any(atoms_in(out).numel() < atoms.numel() for out in label_outputs)
+    rolls_channels = name == "roll" and _rolled_dims(args, compact_in.dim()) & set(
+        varying_dims(compact_in)
+    )
+    if name in SHUFFLING or tensor_index or partial or rolls_channels:
+        tracer.atoms.lock(
+            atoms, tracer.where, f"'{name}' selects or reorders channels at fixed positions"
+        )
+
+
+def _rolled_dims(args: tuple, ndim: int) -> set[int]:
+    dims = args[2] if len(args) > 2 else None
+    if dims is None:
+        return set(range(ndim))  # roll of the flattened tensor moves everything
+    dims = dims if isinstance(dims, (tuple, list)) else (dims,)
+    return {d % ndim for d in dims}
 
 
 def _setitem(tracer: Tracer, args: tuple) -> None:

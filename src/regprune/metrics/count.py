@@ -220,9 +220,8 @@ def count(model: nn.Module, example_inputs: ExampleInputs, per_layer: bool = Fal
 
     Example::
 
-        >>> c = count(torchvision.models.resnet18(), torch.randn(1, 3, 224, 224))
-        >>> format_count(c.macs), format_count(c.params)
-        ('1.81 G', '11.69 M')
+        cost = count(torchvision.models.resnet18(), torch.randn(1, 3, 224, 224))
+        format_count(cost.macs), format_count(cost.params)  # ('1.81 G', '11.69 M')
     """
     inputs = as_input_tuple(example_inputs)
     hooked = _hooked_modules(model)

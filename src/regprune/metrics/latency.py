@@ -71,8 +71,9 @@ def measure_latency(
 
     Example::
 
-        >>> lat = measure_latency(model, torch.randn(64, 3, 32, 32), threads=1)
-        >>> lat.median_ms
+        before = measure_latency(model, torch.randn(64, 3, 32, 32), threads=1)
+        after = measure_latency(small, torch.randn(64, 3, 32, 32), threads=1)
+        speedup = before.median_ms / after.median_ms
     """
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0, got {warmup}")

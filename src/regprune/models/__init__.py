@@ -9,16 +9,8 @@ Example::
     tv = create_model("torchvision:resnet18", num_classes=100)
 """
 
-# The architecture modules are imported for their side effect: registering their names.
-from regprune.models import lenet, mobilenetv2_cifar, resnet_cifar, vgg
+# Imported for their side effect: each architecture module registers its names.
+from regprune.models import lenet, mobilenetv2_cifar, resnet_cifar, vgg  # noqa: F401
 from regprune.models.registry import create_model, list_models, register_model
 
-__all__ = [
-    "create_model",
-    "lenet",
-    "list_models",
-    "mobilenetv2_cifar",
-    "register_model",
-    "resnet_cifar",
-    "vgg",
-]
+__all__ = ["create_model", "list_models", "register_model"]

@@ -79,3 +79,34 @@ def apply_plan(model: nn.Module, graph: DependencyGraph, plan: Plan) -> nn.Modul
     for owner in touched.values():
         refresh_attributes(owner)
     return pruned
+
+
+def zero_channels(model: nn.Module, graph: DependencyGraph, plan: Plan) -> nn.Module:
+    """Return a copy of ``model`` whose planned channels are zeroed instead of removed.
+
+    Every parameter and buffer entry that belongs to a dropped channel (producer filters and
+    biases, BN/LN/GN parameters and statistics, layer scales ...) is set to zero, so the channel
+    outputs exactly zero. For an exact group the pruned model must then compute the same
+    function: this is the reference the exactness tests compare surgery against.
+    """
+    keep = kept_components(graph, plan)
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        for record in graph.records:
+            drop_out = ~atoms_kept(graph, keep, record.out_atoms)
+            if not bool(drop_out.any()):
+                continue
+            module = zeroed.get_submodule(record.name)
+            weight = module.weight.movedim(record.rule.out_dim, 0)
+            weight[drop_out.to(weight.device)] = 0
+            if getattr(module, "bias", None) is not None:
+                module.bias[drop_out.to(module.bias.device)] = 0
+        for slicing in graph.free_slicings:
+            dropped = (slicing.component >= 0) & ~keep[slicing.component.clamp(min=0)]
+            if not bool(dropped.any()):
+                continue
+            owner = zeroed.get_submodule(slicing.param.module) if slicing.param.module else zeroed
+            tensor = getattr(owner, slicing.param.attr).movedim(slicing.dim, 0)
+            if tensor.is_floating_point():
+                tensor[dropped.to(tensor.device)] = 0
+    return zeroed

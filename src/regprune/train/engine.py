@@ -160,7 +160,9 @@ def train_one_epoch(
     model.train(was_training)
     if iteration == 0:
         raise ValueError("the train loader yielded no batches (data set smaller than a batch?)")
-    totals = all_reduce_sum(torch.tensor([task_sum, penalty_sum, correct, count], dtype=torch.float64, device=device))
+    totals = all_reduce_sum(
+        torch.tensor([task_sum, penalty_sum, correct, count], dtype=torch.float64, device=device)
+    )
     task_sum, penalty_sum, correct, count = totals.tolist()
     return {
         "loss": task_sum / count,

@@ -1,0 +1,383 @@
+"""L0 regularization with hard-concrete gates.
+
+Source: Louizos, Welling, Kingma, "Learning Sparse Neural Networks through L0 Regularization",
+ICLR 2018; code AMLab-Amsterdam/L0_regularization (``l0_layers.py``). Per-weight (fine-grained)
+gates as in Xie et al., ECAI 2019; per-channel gates over a :class:`ChannelGroup` are ours.
+
+A gate ``z`` in [0, 1] multiplies what it controls. During training ``z`` is a sample of the
+hard-concrete distribution (exact 0 and 1 have non-zero probability); the expected number of
+non-zero gates is differentiable in ``log_alpha`` and is the penalty. Gates are installed with
+``torch.nn.utils.parametrize``, so the model stays a plain ``nn.Module`` whose ``weight`` reads as
+``original * z``, and :meth:`L0Regularizer.bake` writes the test-time product back into the
+weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from regprune.graph.groups import ChannelGroup
+from regprune.regularizers._slices import SliceIndex, index_groups
+
+BETA = 2.0 / 3.0
+"""Temperature of the hard-concrete distribution (Louizos et al.)."""
+GAMMA = -0.1
+"""Lower end of the stretched interval (Louizos et al.)."""
+ZETA = 1.1
+"""Upper end of the stretched interval (Louizos et al.)."""
+LOG_ALPHA_MIN = math.log(1e-2)
+LOG_ALPHA_MAX = math.log(1e2)
+_UNIFORM_EPS = 1e-6  # u is drawn from (eps, 1 - eps), as in the code, so log(u) stays finite
+
+Granularity = Literal["weight", "channel"]
+
+
+class HardConcreteGate(nn.Module):
+    """A tensor of hard-concrete gates with location parameters ``log_alpha``.
+
+    * training: ``u ~ U(0, 1)``,
+      ``s = sigmoid((log u - log(1 - u) + log_alpha) / beta) * (zeta - gamma) + gamma``,
+      ``z = clamp(s, 0, 1)`` -- a fresh sample per call;
+    * eval: ``z = clamp(sigmoid(log_alpha) * (zeta - gamma) + gamma, 0, 1)``;
+    * ``expected_l0() = sigmoid(log_alpha - beta * log(-gamma / zeta)) = P(z != 0)``.
+
+    ``log_alpha`` starts at ``N(log(keep / (1 - keep)), 0.01)``. The code's argument is the drop
+    rate ``p`` with mean ``log((1 - p) / p)``; with ``keep = 1 - p`` this is the same number, and
+    at the default 0.5 both are 0.
+
+    Args:
+        shape: number of gates, or their shape (per-weight gates take the weight's shape).
+        init_keep_prob: initial keep probability in (0, 1).
+
+    Example::
+
+        gate = HardConcreteGate(8)
+        z = gate()           # a sample in training mode, the test gate in eval mode
+    """
+
+    def __init__(self, shape: int | Sequence[int], init_keep_prob: float = 0.5) -> None:
+        super().__init__()
+        if not 0 < init_keep_prob < 1:
+            raise ValueError(f"init_keep_prob must be in (0, 1), got {init_keep_prob}")
+        self.init_keep_prob = float(init_keep_prob)
+        size = (shape,) if isinstance(shape, int) else tuple(shape)
+        self.log_alpha = nn.Parameter(torch.empty(size))
+        self._held: torch.Tensor | None = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        mean = math.log(self.init_keep_prob / (1 - self.init_keep_prob))
+        with torch.no_grad():
+            self.log_alpha.normal_(mean, 1e-2)
+
+    def sample(self) -> torch.Tensor:
+        """A fresh training-mode draw of ``z``, differentiable in ``log_alpha``."""
+        u = torch.rand_like(self.log_alpha) * (1 - 2 * _UNIFORM_EPS) + _UNIFORM_EPS
+        s = torch.sigmoid((u.log() - (1 - u).log() + self.log_alpha) / BETA)
+        return (s * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
+
+    def test_gate(self) -> torch.Tensor:
+        """The deterministic eval-mode ``z``."""
+        return (torch.sigmoid(self.log_alpha) * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
+
+    def forward(self) -> torch.Tensor:
+        """The held draw inside :meth:`hold` / :meth:`release`, else a sample (training) or the
+        test gate (eval)."""
+        if self._held is not None:
+            return self._held
+        return self.sample() if self.training else self.test_gate()
+
+    def hold(self) -> None:
+        """Fix one draw until :meth:`release`.
+
+        Every parametrization that reads a channel gate during one model forward must see the
+        same ``z`` (the channel's filter, bias and BN affine are gated together); the
+        regularizer calls this in a forward pre-hook.
+        """
+        self._held = None
+        self._held = self()
+
+    def release(self) -> None:
+        self._held = None
+
+    def expected_l0(self) -> torch.Tensor:
+        """``P(z != 0)`` per gate, differentiable in ``log_alpha``."""
+        return torch.sigmoid(self.log_alpha - BETA * math.log(-GAMMA / ZETA))
+
+    def clamp_(self) -> None:
+        """Clamp ``log_alpha`` to ``[log 0.01, log 100]`` in place (after every optimizer step)."""
+        with torch.no_grad():
+            self.log_alpha.clamp_(LOG_ALPHA_MIN, LOG_ALPHA_MAX)
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.log_alpha.shape)}, init_keep_prob={self.init_keep_prob}"
+
+
+class WeightGating(nn.Module):
+    """Parametrization ``W -> W * z`` with one gate per weight."""
+
+    def __init__(self, gate: HardConcreteGate) -> None:
+        super().__init__()
+        self.gate = gate
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.gate().to(weight.dtype)
+
+
+class ChannelGating(nn.Module):
+    """Parametrization ``W -> W * z[channel_of]`` along ``dim``; entries of other groups
+    (``channel_of == -1``) are multiplied by 1."""
+
+    def __init__(self, gate: HardConcreteGate, dim: int, channel_of: torch.Tensor) -> None:
+        super().__init__()
+        self.gate = gate
+        self.dim = dim
+        # -1 indexes the 1 appended to z in forward, so no mask is needed.
+        self.register_buffer("channel_of", channel_of.detach().to(torch.long).clone(), False)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        z = self.gate()
+        scale = torch.cat([z, z.new_ones(1)])[self.channel_of].to(weight.dtype)
+        shape = [1] * weight.dim()
+        shape[self.dim] = -1
+        return weight * scale.reshape(shape)
+
+
+class L0Regularizer:
+    """Hard-concrete L0 gates installed on a model, with the expected-L0 penalty.
+
+    **Modifies ``model`` in place**: it registers parametrizations (the gates' ``log_alpha`` then
+    appear in ``model.parameters()`` and ``model.state_dict()``, so build the optimizer after
+    this, preferably without weight decay on the gates) and a forward pre-/post-hook pair that
+    holds one gate draw per forward. ``model.train()`` / ``model.eval()`` switch the gates
+    between sampling and the test gate. :meth:`bake` undoes all of it.
+
+    Granularities:
+
+    * ``"weight"`` (Xie et al.): one gate per weight of each selected Conv/Linear ``weight``;
+      ``|g| = 1``.
+    * ``"channel"``: one gate per channel of each :class:`ChannelGroup`. The gate multiplies
+      every slice of the group except the consumers' ``"in"`` slices: the producers' ``"out"``
+      weights and biases (a channel without a following norm is zero), the ``"norm"`` scale
+      *and* shift (a following BN would otherwise emit ``beta`` for a zero input, and its batch
+      statistics undo any scaling of its input), and ``"free"`` tensors added into the channel.
+      So a test gate of 0 makes the channel's output exactly 0 in train and eval mode. The
+      consumers' input slices need no gate: they read a zero. Buffers are not gated.
+      ``|g|`` is **our choice**: the number of parameter entries removed with the channel,
+      ``"in"`` slices included, since they go too when the channel is pruned.
+
+    Penalty: ``sum_g expected_l0_g * lam * |g| / N`` (Louizos et al. eq. with ``N`` training
+    samples).
+
+    Args:
+        model: the model to gate (modified in place, see above).
+        targets: ``"channel"``: the channel groups (required). ``"weight"``: modules or their
+            qualified names whose ``weight`` is gated; None gates every Conv1d/2d/3d and Linear.
+        lam: ``lambda`` of the penalty, >= 0.
+        num_samples: ``N``, the number of training samples.
+        granularity: ``"weight"`` | ``"channel"``.
+        init_keep_prob: initial keep probability of every gate.
+
+    Example::
+
+        reg = L0Regularizer(model, lam=0.1, num_samples=len(train_set))
+        optimizer = torch.optim.Adam(model.parameters())
+        for x, y in loader:
+            loss = criterion(model(x), y) + reg.penalty()
+            loss.backward(); optimizer.step(); optimizer.zero_grad()
+            reg.step()
+        reg.bake()    # plain weights, zero where the test gate is 0
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        targets: Sequence[ChannelGroup] | Iterable[nn.Module | str] | None = None,
+        *,
+        lam: float,
+        num_samples: int,
+        granularity: Granularity = "weight",
+        init_keep_prob: float = 0.5,
+    ) -> None:
+        if not 0 <= lam < float("inf"):
+            raise ValueError(f"lam must be a finite number >= 0, got {lam}")
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples (N) must be an integer >= 1, got {num_samples!r}")
+        if granularity not in ("weight", "channel"):
+            raise ValueError(f"granularity must be 'weight' or 'channel', got {granularity!r}")
+        self.model = model
+        self.lam = float(lam)
+        self.num_samples = num_samples
+        self.granularity: Granularity = granularity
+        self.gates: dict[int | str, HardConcreteGate] = {}
+        self._sizes: dict[int | str, torch.Tensor] = {}
+        self._gated: list[tuple[nn.Module, str]] = []
+        if granularity == "channel":
+            if targets is None:
+                raise ValueError("granularity='channel' needs the channel groups as targets")
+            self._install_channel_gates(list(targets), init_keep_prob)  # type: ignore[arg-type]
+        else:
+            self._install_weight_gates(targets, init_keep_prob)  # type: ignore[arg-type]
+        if not self.gates:
+            raise ValueError("nothing to gate: the targets select no parameter")
+        self._hooks = [
+            model.register_forward_pre_hook(self._hold_gates),
+            model.register_forward_hook(self._release_gates, always_call=True),
+        ]
+
+    def penalty(self) -> torch.Tensor:
+        """``lam / N * sum_g expected_l0_g * |g|``, differentiable in every ``log_alpha``."""
+        return self.lam / self.num_samples * self.expected_nonzero()
+
+    def expected_nonzero(self) -> torch.Tensor:
+        """Expected number of parameter entries with a non-zero gate (for logging)."""
+        total: torch.Tensor | None = None
+        for key, gate in self.gates.items():
+            size = self._sizes.get(key)
+            term = gate.expected_l0()
+            term = term.sum() if size is None else (term * size.to(term.device)).sum()
+            total = term if total is None else total + term
+        assert total is not None
+        return total
+
+    def step(self) -> None:
+        """Clamp every ``log_alpha`` to ``[log 0.01, log 100]`` (call after ``optimizer.step``)."""
+        for gate in self.gates.values():
+            gate.clamp_()
+
+    def test_gates(self) -> dict[int | str, torch.Tensor]:
+        """Deterministic gates, detached: by group id (channel) or module name (weight)."""
+        with torch.no_grad():
+            return {key: gate.test_gate().clone() for key, gate in self.gates.items()}
+
+    def sparsity(self) -> float:
+        """Fraction of the gated parameter entries whose test gate is exactly 0."""
+        zero = 0.0
+        total = 0.0
+        with torch.no_grad():
+            for key, gate in self.gates.items():
+                closed = (gate.test_gate() == 0).double()
+                size = self._sizes.get(key)
+                if size is None:
+                    zero += float(closed.sum())
+                    total += closed.numel()
+                else:
+                    size = size.to(closed.device).double()
+                    zero += float((closed * size).sum())
+                    total += float(size.sum())
+        return zero / total if total else 0.0
+
+    def bake(self) -> None:
+        """Write the test-gated weights into the parameters and remove gates and hooks.
+
+        Afterwards the model has no parametrization: every gated tensor equals
+        ``original * test_gate`` (exactly 0 where the gate is 0) in the same ``nn.Parameter``
+        object, so an existing optimizer keeps pointing at it; ``log_alpha`` is gone.
+        """
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        for gate in self.gates.values():
+            gate.release()
+            gate.eval()
+        for module, name in self._gated:
+            if parametrize.is_parametrized(module, name):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        self._gated = []
+
+    def state_dict(self) -> dict[str, Any]:
+        """``log_alpha`` of every gate (also in ``model.state_dict()``; kept here so the
+        regularizer restores on its own)."""
+        return {
+            "log_alpha": {key: gate.log_alpha.detach().clone() for key, gate in self.gates.items()}
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        saved = state["log_alpha"]
+        if set(saved) != set(self.gates):
+            raise ValueError(
+                f"state has gates {sorted(map(str, saved))}, this regularizer "
+                f"{sorted(map(str, self.gates))}"
+            )
+        with torch.no_grad():
+            for key, gate in self.gates.items():
+                gate.log_alpha.copy_(saved[key])
+
+    def _hold_gates(self, module: nn.Module, args: Any) -> None:
+        for gate in self.gates.values():
+            gate.hold()
+
+    def _release_gates(self, module: nn.Module, args: Any, output: Any) -> None:
+        for gate in self.gates.values():
+            gate.release()
+
+    def _install_weight_gates(
+        self, targets: Iterable[nn.Module | str] | None, init_keep_prob: float
+    ) -> None:
+        named = dict(self.model.named_modules())
+        if targets is None:
+            names = [
+                n
+                for n, m in named.items()
+                if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+            ]
+        else:
+            by_identity = {id(m): n for n, m in named.items()}
+            names = []
+            for target in targets:
+                name = target if isinstance(target, str) else by_identity.get(id(target))
+                if name is None or name not in named:
+                    raise ValueError(f"{target!r} is not a module of the model")
+                names.append(name)
+        for name in dict.fromkeys(names):
+            module = named[name]
+            weight = getattr(module, "weight", None)
+            if not isinstance(weight, nn.Parameter):
+                raise ValueError(f"{name or '<root>'} has no weight parameter to gate")
+            gate = HardConcreteGate(weight.shape, init_keep_prob).to(weight.device)
+            parametrize.register_parametrization(module, "weight", WeightGating(gate))
+            self.gates[name] = gate
+            self._gated.append((module, "weight"))
+
+    def _install_channel_gates(self, groups: list[ChannelGroup], init_keep_prob: float) -> None:
+        groups, _ = index_groups(groups)
+        for group in groups:
+            gated: list[tuple[nn.Module, str, int, torch.Tensor]] = []
+            size = torch.zeros(group.size, dtype=torch.float64)
+            device = torch.device("cpu")
+            for param_slice in group.slices:
+                index = SliceIndex(param_slice, group.size)
+                tensor = index.tensor(self.model)
+                if tensor is None:
+                    continue
+                dim = index.dim(tensor)
+                positions, channels = index.on(torch.device("cpu"))
+                entries = tensor.numel() / tensor.shape[dim] if tensor.dim() else 1.0
+                size.index_add_(0, channels, torch.full((len(positions),), entries).double())
+                if param_slice.role != "in":
+                    device = tensor.device
+                    channel_of = torch.as_tensor(param_slice.channel_of).to(device)
+                    owner = (
+                        self.model.get_submodule(param_slice.module)
+                        if param_slice.module
+                        else self.model
+                    )
+                    gated.append((owner, param_slice.param, dim, channel_of))
+            if not gated:
+                raise ValueError(
+                    f"group {group.id} has no out/norm/free parameter to gate; leave it out"
+                )
+            gate = HardConcreteGate(group.size, init_keep_prob).to(device)
+            for owner, name, dim, channel_of in gated:
+                parametrize.register_parametrization(
+                    owner, name, ChannelGating(gate, dim, channel_of)
+                )
+                self._gated.append((owner, name))
+            self.gates[group.id] = gate
+            self._sizes[group.id] = size

@@ -1,0 +1,72 @@
+"""measure_latency(): structure and side effects only; timings are never asserted."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from regprune.metrics import Latency, measure_latency
+
+
+class Probe(nn.Module):
+    """Records how it was called: how often, in which mode, under which grad regime."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+        self.calls = 0
+        self.seen: set[tuple[bool, bool]] = set()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.seen.add((self.training, torch.is_inference_mode_enabled()))
+        return self.fc(x)
+
+
+def test_result_is_sane_and_repeats_are_honoured() -> None:
+    model = Probe()
+    result = measure_latency(model, torch.randn(5, 8), warmup=2, repeats=7)
+    assert isinstance(result, Latency)
+    assert model.calls == 2 + 7
+    assert (result.repeats, result.batch_size) == (7, 5)
+    assert result.median_ms > 0 and result.mean_ms > 0 and result.p90_ms > 0
+    assert result.std_ms >= 0
+    assert result.p90_ms >= result.median_ms
+    assert result.median_ms_per_sample == pytest.approx(result.median_ms / 5)
+
+
+def test_runs_in_eval_and_inference_mode_and_restores_the_callers_state() -> None:
+    model = Probe().train()
+    threads = torch.get_num_threads()
+    measure_latency(model, torch.randn(1, 8), warmup=1, repeats=2, threads=1)
+    assert model.seen == {(False, True)}
+    assert model.training
+    assert torch.get_num_threads() == threads
+
+
+def test_single_repeat_has_zero_std_and_tuple_inputs_work() -> None:
+    class Pair(nn.Module):
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return x + y
+
+    result = measure_latency(Pair(), (torch.randn(3, 2), torch.randn(3, 2)), warmup=0, repeats=1)
+    assert result.std_ms == 0.0
+    assert result.median_ms == result.mean_ms == result.p90_ms
+    assert result.batch_size == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"warmup": -1}, "warmup"), ({"repeats": 0}, "repeats"), ({"threads": 0}, "threads")],
+)
+def test_invalid_arguments_are_rejected(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        measure_latency(nn.Linear(2, 2), torch.randn(1, 2), **kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_model_is_timed() -> None:
+    model = nn.Linear(64, 64).cuda()
+    result = measure_latency(model, torch.randn(32, 64, device="cuda"), warmup=1, repeats=3)
+    assert result.median_ms > 0 and result.repeats == 3
