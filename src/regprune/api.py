@@ -13,7 +13,7 @@ from regprune.allocation import MacsModel, Plan, allocate, validate_target
 from regprune.graph import DependencyGraph, trace_graph
 from regprune.importance import Importance, get_importance
 from regprune.metrics import count
-from regprune.metrics._inputs import as_input_tuple
+from regprune.inputs import as_input_tuple
 from regprune.surgery import apply_plan
 
 

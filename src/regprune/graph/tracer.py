@@ -21,6 +21,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from regprune.graph.atoms import AtomTable
 from regprune.graph.labels import atoms_in, constant_label
+from regprune.inputs import as_input_tuple
 from regprune.surgery.rules import (
     LayerRecord,
     LayerRule,
@@ -231,7 +232,7 @@ class Tracer(TorchFunctionMode):
                     lambda m, a, o, name=name: self._post_hook(name, m, a, o)
                 )
             )
-        inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+        inputs = as_input_tuple(example_inputs)
         try:
             with torch.no_grad(), self:
                 output = self.model(*inputs)

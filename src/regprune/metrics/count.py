@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from regprune.metrics._inputs import ExampleInputs, as_input_tuple
+from regprune.inputs import ExampleInputs, as_input_tuple
 
 MacRule = Callable[..., int]
 """``rule(module, args, kwargs, output) -> MACs`` of one call of the module."""

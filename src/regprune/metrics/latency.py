@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from regprune.metrics._inputs import ExampleInputs, as_input_tuple
+from regprune.inputs import ExampleInputs, as_input_tuple
 
 
 @dataclass(frozen=True)

@@ -190,12 +190,13 @@ def load_checkpoint(
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path}: refused by torch.load(weights_only=True); it holds pickled objects, not "
-            f"only tensors and plain values (not a regprune checkpoint?): {exc}"
-        ) from exc
-    except Exception as exc:  # torch reports damaged zips with several exception types
+    except Exception as exc:  # torch reports damaged files with several exception types
+        # weights_only names the class it refused; anything else means unreadable bytes.
+        if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc):
+            raise CheckpointError(
+                f"{path}: refused by torch.load(weights_only=True): it holds pickled Python "
+                f"objects, not only tensors and plain values (not a regprune checkpoint?): {exc}"
+            ) from exc
         raise CheckpointError(
             f"{path}: unreadable, the file is truncated or corrupt ({type(exc).__name__}: {exc})"
         ) from exc

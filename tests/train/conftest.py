@@ -1,0 +1,14 @@
+"""Training tests run single-threaded so bit-exact comparisons do not depend on thread count."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+from torch import nn
+
+from regprune.train import build_optimizer, build_scheduler
+
+
+def _lrs(schedule: str, epochs: int = 4, steps: int = 5, **kwargs) -> list[float]:
+    optimizer = build_optimizer(nn.Linear(2, 2), lr=1.0)
+    scheduler = build_scheduler(optimizer, schedule, epochs=epochs, steps_per_epoch=steps, **kwargs)
+    lrs = []
+    for _ in range(epochs * steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_cosine_goes_from_peak_through_half_to_near_zero_per_iteration():
+    lrs = _lrs("cosine")
+
+    assert lrs[0] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(0.5)
+    assert lrs[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 19 / 20)))
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
+
+
+def test_step_drops_by_gamma_at_each_milestone_epoch():
+    lrs = _lrs("step", milestones=(1, 3), gamma=0.1)
+
+    assert lrs[:5] == [1.0] * 5
+    assert lrs[5:15] == pytest.approx([0.1] * 10)
+    assert lrs[15:] == pytest.approx([0.01] * 5)
+
+
+def test_step_defaults_to_half_and_three_quarters():
+    lrs = _lrs("step", epochs=8, steps=1)
+
+    assert lrs == pytest.approx([1, 1, 1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_constant_and_optimizer_settings():
+    optimizer = build_optimizer(nn.Linear(2, 2), lr=0.3, momentum=0.8, nesterov=True)
+
+    assert _lrs("constant") == [1.0] * 20
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["nesterov"]) == (0.3, 0.8, True)
+    assert group["weight_decay"] == 5e-4
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: build_optimizer(nn.Linear(2, 2), lr=0.1, momentum=0, nesterov=True), "momentum"),
+        (lambda: build_optimizer(nn.Linear(2, 2), lr=0), "lr must be > 0"),
+        (lambda: _lrs("linear"), "cosine, step, constant"),
+        (lambda: _lrs("step", milestones=(0, 4)), r"milestones must lie in \(0, 4\)"),
+    ],
+)
+def test_bad_arguments_are_rejected_with_the_allowed_values(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
