@@ -59,7 +59,7 @@ def test_last_batch_dropped_only_when_it_would_hold_one_sample():
 def test_shard_sampler_partitions_without_padding():
     shards = [list(ShardSampler(10, rank, 3)) for rank in range(3)]
 
-    assert sorted(sum(shards, [])) == list(range(10))
+    assert sorted(i for shard in shards for i in shard) == list(range(10))
     assert [len(shard) for shard in shards] == [4, 3, 3]
 
 

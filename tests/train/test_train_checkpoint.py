@@ -140,7 +140,9 @@ def test_missing_keys_and_newer_versions_are_explained(tmp_path):
         load_checkpoint(path)
 
     torch.save({"model": {}, "epoch": 1, "rng": {}, "format_version": "2.0"}, path)
-    with pytest.raises(CheckpointError, match=rf"format version 2.0 is newer.*\({FORMAT_VERSION}\)"):
+    with pytest.raises(
+        CheckpointError, match=rf"format version 2.0 is newer.*\({FORMAT_VERSION}\)"
+    ):
         load_checkpoint(path)
 
 

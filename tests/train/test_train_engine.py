@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -7,8 +9,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from train_fixtures import GrowingL1, tiny_model
 
 from regprune.methods.base import PruningMethod
-from regprune.train import NonFiniteLossError, build_optimizer, build_scheduler, evaluate
-from regprune.train import train_one_epoch as run_epoch
+from regprune.train import (
+    NonFiniteLossError,
+    build_optimizer,
+    build_scheduler,
+    engine,
+    evaluate,
+    train_one_epoch,
+)
 
 
 def _loader(n: int = 32, batch_size: int = 8) -> DataLoader:
@@ -56,12 +64,12 @@ def test_hooks_run_in_the_life_cycle_order_every_iteration():
     log: list[str] = []
     model, method, optimizer, scheduler = _instrumented(log)
 
-    stats = run_epoch(
+    stats = train_one_epoch(
         model, _loader(), optimizer, nn.CrossEntropyLoss(), method, scheduler, device="cpu"
     )
 
     order = ["penalty", "backward", "after_backward", "optimizer.step", "method.step"]
-    assert log == (order + ["scheduler.step"]) * 4
+    assert log == [*order, "scheduler.step"] * 4
     assert method.iteration == 4
     assert stats["iterations"] == 4 and stats["samples"] == 32
     assert 0.0 <= stats["acc"] <= 1.0 and stats["loss"] > 0
@@ -70,7 +78,7 @@ def test_hooks_run_in_the_life_cycle_order_every_iteration():
 def test_grad_clip_applies_before_the_method_edits_gradients():
     model, method, optimizer, _ = _instrumented([])
 
-    run_epoch(
+    train_one_epoch(
         model, _loader(), optimizer, nn.CrossEntropyLoss(), method, device="cpu", grad_clip=1e-3
     )
 
@@ -83,7 +91,7 @@ def test_penalty_enters_the_loss_and_the_gradient_edit_changes_the_step():
         model = tiny_model()
         method = method_factory(model)
         optimizer = build_optimizer(model, lr=0.1, weight_decay=0.0)
-        run_epoch(model, _loader(), optimizer, nn.CrossEntropyLoss(), method, device="cpu")
+        train_one_epoch(model, _loader(), optimizer, nn.CrossEntropyLoss(), method, device="cpu")
         return model[0].weight.detach().clone()
 
     plain = final_weights(lambda model: None)
@@ -110,7 +118,9 @@ def test_non_finite_loss_names_epoch_and_iteration_and_does_not_step():
     )
 
     with pytest.raises(NonFiniteLossError, match=r"epoch 7, iteration 3.*penalty") as caught:
-        run_epoch(model, _loader(), optimizer, nn.CrossEntropyLoss(), method, device="cpu", epoch=7)
+        train_one_epoch(
+            model, _loader(), optimizer, nn.CrossEntropyLoss(), method, device="cpu", epoch=7
+        )
 
     assert (caught.value.epoch, caught.value.iteration) == (7, 3)
     assert len(snapshots) == 2
@@ -142,7 +152,7 @@ def test_amp_on_cpu_warns_and_trains_in_float32():
     optimizer = build_optimizer(model, lr=0.1)
 
     with pytest.warns(UserWarning, match="AMP needs CUDA"):
-        stats = run_epoch(
+        stats = train_one_epoch(
             model, _loader(), optimizer, nn.CrossEntropyLoss(), device="cpu", amp=True
         )
 
@@ -155,9 +165,32 @@ def test_no_progress_output_when_disabled_or_not_a_tty(capsys):
     model = tiny_model()
     optimizer = build_optimizer(model, lr=0.1)
 
-    run_epoch(model, _loader(), optimizer, nn.CrossEntropyLoss(), device="cpu", progress=True)
+    train_one_epoch(model, _loader(), optimizer, nn.CrossEntropyLoss(), device="cpu", progress=True)
 
     assert capsys.readouterr().err == ""
+
+
+def test_progress_bar_on_a_tty_shows_loss_acc_lr_and_method_stats(capsys, monkeypatch):
+    postfixes: list[dict[str, str]] = []
+
+    class RecordingBar(engine.tqdm):
+        def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+            postfixes.append(dict(ordered_dict))
+            super().set_postfix(ordered_dict, refresh, **kwargs)
+
+    monkeypatch.setattr(engine, "tqdm", RecordingBar)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    torch.manual_seed(0)
+    model = tiny_model()
+    optimizer = build_optimizer(model, lr=0.1)
+
+    train_one_epoch(
+        model, _loader(), optimizer, nn.CrossEntropyLoss(), GrowingL1(model), device="cpu", epoch=2
+    )
+
+    assert "epoch 2" in capsys.readouterr().err
+    assert len(postfixes) == 4
+    assert list(postfixes[-1]) == ["loss", "acc", "lr", "lam"]
 
 
 def test_empty_loader_is_an_error():
@@ -165,4 +198,6 @@ def test_empty_loader_is_an_error():
     empty = DataLoader(TensorDataset(torch.zeros(0, 6), torch.zeros(0, dtype=torch.long)))
 
     with pytest.raises(ValueError, match="no batches"):
-        run_epoch(model, empty, build_optimizer(model, 0.1), nn.CrossEntropyLoss(), device="cpu")
+        train_one_epoch(
+            model, empty, build_optimizer(model, 0.1), nn.CrossEntropyLoss(), device="cpu"
+        )

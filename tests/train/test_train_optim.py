@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -25,7 +26,7 @@ def test_cosine_goes_from_peak_through_half_to_near_zero_per_iteration():
     assert lrs[0] == pytest.approx(1.0)
     assert lrs[10] == pytest.approx(0.5)
     assert lrs[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 19 / 20)))
-    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
+    assert all(a > b for a, b in itertools.pairwise(lrs))
 
 
 def test_step_drops_by_gamma_at_each_milestone_epoch():

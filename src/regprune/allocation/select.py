@@ -188,7 +188,41 @@ def allocate(
             high = mid
         else:
             low = mid + 1
-    return _plan_from_counts(graph, ranked, _drop_counts(graph, order, low, round_to))
+    counts = _drop_counts(graph, order, low, round_to)
+    if low > 0 and round_to == 1:
+        counts = _closest_below(graph, ranked, macs_model, order, low, target, counts)
+    return _plan_from_counts(graph, ranked, counts)
+
+
+def _closest_below(
+    graph: DependencyGraph,
+    ranked: dict[int, torch.Tensor],
+    macs_model: MacsModel,
+    order: _Order,
+    k: int,
+    target: float,
+    counts: torch.Tensor,
+) -> torch.Tensor:
+    """Land closer to the target than the drop order alone can.
+
+    The k-th channel of the order may carry a lot of MACs (one channel of a residual stream
+    touches many layers) and overshoot the target. Starting from the first k-1 drops, which are
+    still above the target, try one more channel from each group instead and keep the choice
+    that lands closest below the target. Importance order is kept within every group.
+    """
+    base = _drop_counts(graph, order, k - 1, round_to=1)
+    best, best_macs = counts, macs_model.macs(_keep_mask(graph, ranked, counts))
+    droppable = torch.zeros(len(graph.groups), dtype=torch.long)
+    droppable.index_add_(0, order.group, torch.ones_like(order.group))
+    for gid in range(len(graph.groups)):
+        if int(base[gid]) >= int(droppable[gid]):
+            continue
+        candidate = base.clone()
+        candidate[gid] += 1
+        macs = macs_model.macs(_keep_mask(graph, ranked, candidate))
+        if best_macs < macs <= target:
+            best, best_macs = candidate, macs
+    return best
 
 
 def validate_target(

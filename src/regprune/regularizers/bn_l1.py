@@ -80,7 +80,7 @@ class BNScaleL1:
         norm: ScaleNorm = "l1",
         smooth_l1_beta: float | None = None,
     ) -> None:
-        if not s >= 0 or s == float("inf"):
+        if not 0 <= s < float("inf"):
             raise ValueError(f"s must be a finite number >= 0, got {s}")
         if norm not in _NORMS:
             raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")

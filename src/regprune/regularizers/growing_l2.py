@@ -57,11 +57,14 @@ class GrowingL2:
     * ``"picking"`` (GReg-2 only): every ``update_every`` steps, ``lambda += pick_delta`` on all
       units of the layer; once it reaches ``pick_ceiling`` the ``pick_ratio`` fraction with the
       smallest magnitude becomes the prune set ``S`` (``min(ceil(r * n), n - 1)`` units, as in
-      the code) and the layer starts growing from there.
+      the code) and the layer starts growing from there: ``lambda_S`` goes on from the picking
+      lambda, ``lambda_kept`` becomes ``kept_lambda`` at the next update (as in the code).
     * ``"growing"``: every ``update_every`` steps, first the EMA of ``mean|w| kept / mean|w| S``
       is updated (``ema = ema_momentum * ema + (1 - ema_momentum) * ratio``, the first value is
       the ratio itself), then ``lambda_S += delta`` and ``lambda_kept = kept_lambda``; the layer
-      stops when its largest lambda exceeds ``tau`` or the EMA reaches ``ratio_stop``.
+      stops when its largest lambda exceeds ``tau`` or its EMA reaches ``ratio_stop`` (per
+      layer, as METHODS.md says and the code's GReg-2 does; the code's GReg-1 waits for the EMA
+      of every layer).
     * ``"stabilizing"``: once every layer stopped, lambdas are held ``stabilize_iters`` steps,
       then the phase is ``"done"`` (lambdas stay held until the caller prunes).
 

@@ -380,4 +380,4 @@ class L0Regularizer:
                 )
                 self._gated.append((owner, name))
             self.gates[group.id] = gate
-            self._sizes[group.id] = size
+            self._sizes[group.id] = size.to(device)

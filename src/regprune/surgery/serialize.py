@@ -98,9 +98,18 @@ def load_pruned(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         for attr, value in values.items():
             setattr(module, attr, tuple(value) if isinstance(value, list) else value)
     own = dict(model.named_parameters()) | dict(model.named_buffers())
+    missing = sorted(set(own) - set(payload["shapes"]))
+    if missing:
+        raise ValueError(
+            f"{path}: the given model has tensors the saved one lacks ({', '.join(missing[:3])}"
+            f"{' ...' if len(missing) > 3 else ''}); build the architecture it was pruned from"
+        )
     for key, shape in payload["shapes"].items():
         if key not in own:
-            raise ValueError(f"{path}: tensor '{key}' does not exist in the given model")
+            raise ValueError(
+                f"{path}: tensor '{key}' does not exist in the given model; "
+                "build the architecture it was pruned from"
+            )
         tensor = own[key]
         if list(tensor.shape) != shape:
             module_name, _, attr = key.rpartition(".")

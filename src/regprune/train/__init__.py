@@ -29,6 +29,7 @@ from regprune.train.distributed import (
     is_distributed,
     is_main_process,
     resolve_device,
+    sync_buffers,
 )
 from regprune.train.engine import NonFiniteLossError, evaluate, train_one_epoch
 from regprune.train.metrics_log import MetricsLog
@@ -62,5 +63,6 @@ __all__ = [
     "restore_rng_state",
     "save_checkpoint",
     "seed_everything",
+    "sync_buffers",
     "train_one_epoch",
 ]

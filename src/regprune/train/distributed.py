@@ -114,6 +114,18 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     return box[0]
 
 
+def sync_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy ``src``'s buffers (BatchNorm running statistics) to every rank.
+
+    Why: DDP broadcasts buffers at the start of each forward, so after the last training step
+    every rank still holds statistics from its own last batch. Syncing before evaluation and
+    checkpointing makes every rank evaluate, and rank 0 save, the same model.
+    """
+    if is_distributed():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=src)
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over ranks in place (metrics counts); returns it for chaining."""
     if is_distributed():

@@ -51,6 +51,37 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
+def _backward_and_step(
+    loss: torch.Tensor,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    method: PruningMethod | None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    scaler: torch.amp.GradScaler | None,
+    grad_clip: float | None,
+) -> None:
+    """Everything after the loss, in the life-cycle order (see the module docstring)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # methods and clipping must see true gradient magnitudes
+    else:
+        loss.backward()
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if method is not None:
+        method.after_backward()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    if method is not None:
+        method.step()
+    if scheduler is not None:
+        scheduler.step()
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -105,59 +136,40 @@ def train_one_epoch(
     iteration = 0
     stats: dict[str, float] = {}
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not _show_progress(progress), leave=False)
-    for iteration, (inputs, targets) in enumerate(bar, start=1):
-        inputs = inputs.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            logits = model(inputs)
-            task_loss = criterion(logits, targets)
-        penalty = method.penalty() if method is not None else torch.zeros((), device=device)
-        loss = task_loss + penalty
-        with torch.no_grad():
-            hits = (logits.argmax(dim=1) == targets).sum()
-            # One host sync per iteration serves the finiteness check and the running metrics.
-            task_value, penalty_value, hit_value = torch.stack(
-                [task_loss.detach().float(), penalty.detach().float(), hits.float()]
-            ).tolist()
-        if not math.isfinite(task_value + penalty_value):
-            raise NonFiniteLossError(epoch, iteration, task_value, penalty_value)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        if method is not None:
-            method.after_backward()
-        lr = optimizer.param_groups[0]["lr"]
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        if method is not None:
-            method.step()
-        if scheduler is not None:
-            scheduler.step()
-        batch = len(targets)
-        task_sum += task_value * batch
-        penalty_sum += penalty_value * batch
-        correct += hit_value
-        count += batch
-        if not bar.disable:
-            if method is not None and iteration % _POSTFIX_EVERY == 1:
-                stats = method.sparsity_stats()
-            bar.set_postfix(
-                loss=f"{task_sum / count:.4f}",
-                acc=f"{correct / count:.2%}",
-                lr=f"{lr:.3g}",
-                **{k: f"{v:.4g}" for k, v in stats.items()},
-                refresh=False,
-            )
-    bar.close()
-    model.train(was_training)
+    try:
+        for iteration, (inputs, targets) in enumerate(bar, start=1):
+            inputs = inputs.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                logits = model(inputs)
+                task_loss = criterion(logits, targets)
+            penalty = method.penalty() if method is not None else torch.zeros((), device=device)
+            loss = task_loss + penalty
+            with torch.no_grad():
+                hits = (logits.argmax(dim=1) == targets).sum()
+                # One host sync per iteration serves the finiteness check and the running metrics.
+                task_value, penalty_value, hit_value = torch.stack(
+                    [task_loss.detach().float(), penalty.detach().float(), hits.float()]
+                ).tolist()
+            if not math.isfinite(task_value + penalty_value):
+                raise NonFiniteLossError(epoch, iteration, task_value, penalty_value)
+            lr = optimizer.param_groups[0]["lr"]
+            _backward_and_step(loss, model, optimizer, method, scheduler, scaler, grad_clip)
+            batch = len(targets)
+            task_sum += task_value * batch
+            penalty_sum += penalty_value * batch
+            correct += hit_value
+            count += batch
+            if not bar.disable:
+                if method is not None and iteration % _POSTFIX_EVERY == 1:
+                    stats = method.sparsity_stats()
+                postfix = {"loss": f"{task_sum / count:.4f}", "acc": f"{correct / count:.2%}"}
+                postfix["lr"] = f"{lr:.3g}"
+                postfix.update((key, f"{value:.4g}") for key, value in stats.items())
+                bar.set_postfix(postfix, refresh=False)
+    finally:
+        bar.close()
+        model.train(was_training)
     if iteration == 0:
         raise ValueError("the train loader yielded no batches (data set smaller than a batch?)")
     totals = all_reduce_sum(

@@ -30,7 +30,13 @@ from regprune.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from regprune.train.distributed import barrier, get_world_size, is_main_process, resolve_device
+from regprune.train.distributed import (
+    barrier,
+    get_world_size,
+    is_main_process,
+    resolve_device,
+    sync_buffers,
+)
 from regprune.train.metrics_log import MetricsLog
 from regprune.train.optim import SCHEDULES, build_optimizer, build_scheduler
 
@@ -207,6 +213,7 @@ class Trainer:
                 progress=self.config.progress,
                 epoch=epoch + 1,
             )
+            sync_buffers(self.model)
             val = self.evaluate(self.val_loader) if self.val_loader is not None else None
             self.epochs_done = epoch + 1
             record = {

@@ -1,0 +1,158 @@
+"""Tracing finds the right channel groups and locks what it cannot follow, saying why."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from regprune.graph import TraceError, trace_graph
+from regprune.models import create_model
+from tests.zoo import ConcatNet, GroupedNet, TokenNet
+
+
+def producers_of(graph) -> list[list[str]]:
+    return [sorted(g.producers) for g in graph.groups]
+
+
+def test_residual_adds_couple_every_branch() -> None:
+    graph = trace_graph(torchvision.models.resnet18(), torch.randn(1, 3, 32, 32))
+    stream = ["layer2.0.conv2", "layer2.0.downsample.0", "layer2.1.conv2"]
+    assert sorted(stream) in producers_of(graph)
+    assert ["layer2.0.conv1"] in producers_of(graph)
+    assert [u.layer for u in graph.unprunable] == ["fc"]
+
+
+def test_concat_gives_each_producer_its_own_offsets() -> None:
+    graph = trace_graph(ConcatNet(), torch.randn(1, 3, 8, 8))
+    by_producer = {tuple(g.producers): g for g in graph.groups}
+    a, b = by_producer[("a",)], by_producer[("b",)]
+    bn_a = next(s for s in a.slices if s.module == "bn" and s.param == "weight")
+    bn_b = next(s for s in b.slices if s.module == "bn" and s.param == "weight")
+    assert bn_a.channel_of.tolist() == list(range(8)) + [-1] * 6
+    assert bn_b.channel_of.tolist() == [-1] * 8 + list(range(6))
+
+
+def test_chunk_locks_the_chunked_producer_only() -> None:
+    graph = trace_graph(ConcatNet(), torch.randn(1, 3, 8, 8))
+    locked = {u.layer: u.reason for u in graph.unprunable}
+    assert "chunk" in locked["c"]
+    assert ("d",) in {tuple(g.producers) for g in graph.groups}
+
+
+def test_flatten_maps_one_channel_to_many_features() -> None:
+    model = create_model("vgg11", num_classes=10, in_channels=1)
+    graph = trace_graph(model, torch.randn(1, 1, 28, 28))
+    last = graph.groups[-1]
+    consumer = next(s for s in last.slices if s.role == "in")
+    counts = torch.bincount(consumer.channel_of[consumer.channel_of >= 0])
+    assert counts.numel() == last.size
+    assert bool((counts == counts[0]).all())
+
+
+def test_grouped_convs_are_pruned_by_whole_groups() -> None:
+    graph = trace_graph(GroupedNet(), torch.randn(1, 3, 8, 8))
+    (group,) = graph.groups
+    # GroupNorm(4 groups) couples stem channels 4 by 4, the depthwise conv follows them one by
+    # one, and the 4-group conv ties its 4 input channels to its 6 outputs: 4 removable units
+    assert sorted(group.producers) == ["dw", "grouped", "stem"]
+    assert group.size == 4
+    out = next(s for s in group.slices if s.module == "grouped" and s.role == "out")
+    assert out.channel_of.tolist() == [c for c in range(4) for _ in range(6)]
+
+
+def test_attention_is_kept_whole_with_a_reason_and_mlp_is_pruned() -> None:
+    graph = trace_graph(TokenNet(), torch.randint(0, 50, (1, 5)))
+    assert ["mlp.0"] in producers_of(graph)
+    reasons = " ".join(u.reason for u in graph.unprunable)
+    assert "MultiheadAttention" in reasons
+
+
+class FixedView(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).mean((2, 3)).view(x.shape[0], 8))
+
+
+def test_fixed_size_view_locks_with_a_fix_in_the_message() -> None:
+    graph = trace_graph(FixedView(), torch.randn(1, 3, 8, 8))
+    assert not graph.groups
+    assert "use -1 or flatten()" in graph.unprunable[0].reason
+
+
+class UnknownOp(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(3, 8, 1)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cummax(self.a(x), dim=1).values + self.b(x))
+
+
+def test_unknown_ops_lock_their_inputs_and_name_the_op() -> None:
+    graph = trace_graph(UnknownOp(), torch.randn(1, 3, 4, 4))
+    locked = {u.layer: u.reason for u in graph.unprunable}
+    assert "cummax" in locked["a"]
+    assert "b" in locked  # coupled through the add with the unknown op's output
+
+
+def test_ignore_keeps_outputs_but_not_inputs() -> None:
+    model = create_model("resnet20", num_classes=10, in_channels=3)
+    graph = trace_graph(model, torch.randn(1, 3, 32, 32), ignore=[model.layer1[0].conv1])
+    assert "layer1.0.conv1" in {u.layer for u in graph.unprunable}
+    assert all("layer1.0.conv1" not in g.producers for g in graph.groups)
+
+
+def test_ignore_entry_not_in_model_is_rejected_with_similar_names() -> None:
+    model = create_model("resnet20", num_classes=10)
+    with pytest.raises(ValueError, match="names no submodule"):
+        trace_graph(model, torch.randn(1, 3, 32, 32), ignore=["layer1.0.conv9"])
+    with pytest.raises(ValueError, match="not a submodule"):
+        trace_graph(model, torch.randn(1, 3, 32, 32), ignore=[nn.Conv2d(1, 1, 1)])
+
+
+def test_forward_failure_names_the_module() -> None:
+    model = create_model("resnet20", num_classes=10, in_channels=3)
+    with pytest.raises(TraceError, match="conv1"):
+        trace_graph(model, torch.randn(1, 1, 32, 32))
+
+
+def test_trace_restores_mode_and_leaves_parameters_alone() -> None:
+    model = create_model("resnet20", num_classes=10).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trace_graph(model, torch.randn(1, 3, 32, 32))
+    assert model.training
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_layer_norm_groups_are_marked_inexact() -> None:
+    graph = trace_graph(torchvision.models.convnext_tiny(), torch.randn(1, 3, 32, 32))
+    exactness = {g.exact for g in graph.groups}
+    assert exactness == {True, False}  # stream through LayerNorm: inexact; MLP hidden: exact
+
+
+def test_functional_norm_parameters_join_their_channel() -> None:
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 6, 1)
+            self.scale = nn.Parameter(torch.ones(6))
+            self.head = nn.Conv2d(6, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = F.layer_norm(self.conv(x).permute(0, 2, 3, 1), (6,), self.scale)
+            return self.head(y.permute(0, 3, 1, 2))
+
+    graph = trace_graph(Functional(), torch.randn(1, 3, 4, 4))
+    (group,) = graph.groups
+    assert any(s.param == "scale" and s.role == "free" for s in group.slices)
+    assert not group.exact

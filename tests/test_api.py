@@ -1,0 +1,104 @@
+"""The one-call API: targets, scopes, validation, and the caller's model left untouched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+import regprune as rp
+from regprune.allocation import BudgetError
+from regprune.api import make_plan
+from regprune.models import create_model
+
+X32 = torch.randn(1, 3, 32, 32)
+
+
+@pytest.mark.parametrize(
+    ("name", "scope"),
+    [("resnet56", "local"), ("vgg16", "global"), ("mobilenetv2", "global"), ("resnet20", "local")],
+)
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.7])
+def test_macs_target_is_met_within_one_percent(name: str, scope: str, target: float) -> None:
+    model = create_model(name, num_classes=10)
+    result = rp.prune_with_result(model, X32, target_macs=target, scope=scope)
+    achieved = result.macs_after / result.macs_before
+    assert achieved <= target + 1e-9
+    assert abs(achieved - target) <= 0.01 * target
+    assert result.macs_after == rp.count(result.model, X32).macs
+
+
+def test_torchvision_macs_target_with_bn_scale_global() -> None:
+    model = torchvision.models.resnet18(num_classes=10)
+    result = rp.prune_with_result(model, X32, target_macs=0.4, importance="bn_scale", scope="global")
+    assert abs(result.macs_after / result.macs_before - 0.4) <= 0.004
+
+
+@pytest.mark.parametrize("importance", ["l1", "l2", "bn_scale", "fpgm", "random"])
+def test_every_criterion_prunes_a_ratio_of_each_group(importance: str) -> None:
+    model = create_model("resnet20", num_classes=10)
+    graph, plan = make_plan(model, X32, ratio=0.5, importance=importance)
+    for group in graph.groups:
+        assert len(plan.drop[group.id]) == group.size // 2
+
+
+def test_l1_drops_the_filters_with_smallest_norm() -> None:
+    model = create_model("vgg11", num_classes=10)
+    with torch.no_grad():
+        model.features[0].weight[:5] *= 1e-3
+    graph, plan = make_plan(model, X32, ratio=5 / 64, importance="l1")
+    first = next(g for g in graph.groups if g.producers == ["features.0"])
+    assert plan.drop[first.id] == [0, 1, 2, 3, 4]
+
+
+def test_round_to_keeps_multiples() -> None:
+    model = create_model("resnet56", num_classes=10)
+    small = rp.prune(model, X32, ratio=0.37, round_to=8)
+    for module in small.modules():
+        if isinstance(module, torch.nn.Conv2d) and module.out_channels > 8:
+            assert module.out_channels % 8 == 0
+
+
+def test_global_ratio_removes_that_fraction_of_all_channels() -> None:
+    model = create_model("vgg16", num_classes=10)
+    graph, plan = make_plan(model, X32, ratio=0.4, scope="global", importance="l2")
+    total = sum(g.size for g in graph.groups)
+    assert plan.num_dropped() == int(0.4 * total)
+
+
+def test_caller_model_is_untouched_and_keeps_its_mode() -> None:
+    model = create_model("resnet20", num_classes=10).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    small = rp.prune(model, X32, ratio=0.5)
+    assert model.training and small.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert rp.count(small, X32).params < rp.count(model, X32).params
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ratio": 1.0}, r"ratio must be in \[0, 1\)"),
+        ({"ratio": -0.1}, r"ratio must be in \[0, 1\)"),
+        ({"target_macs": 0.0}, r"target_macs must be in \(0, 1\]"),
+        ({"ratio": 0.5, "target_macs": 0.5}, "exactly one of"),
+        ({}, "exactly one of"),
+        ({"ratio": 0.5, "scope": "layer"}, "scope must be one of"),
+        ({"ratio": 0.5, "round_to": 0}, "round_to must be a positive integer"),
+        ({"ratio": 0.5, "importance": "taylor2"}, "unknown importance 'taylor2'"),
+    ],
+)
+def test_bad_arguments_are_rejected_with_the_allowed_values(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        rp.prune(create_model("resnet20", num_classes=10), X32, **kwargs)
+
+
+def test_unreachable_target_says_what_is_left() -> None:
+    model = create_model("resnet20", num_classes=10)
+    with pytest.raises(BudgetError, match="cannot be met"):
+        rp.prune(model, X32, target_macs=0.001)
+
+
+def test_example_inputs_of_the_wrong_type_are_rejected() -> None:
+    with pytest.raises(TypeError, match="example_inputs must be a tensor"):
+        rp.prune(create_model("resnet20", num_classes=10), {"x": X32}, ratio=0.5)
