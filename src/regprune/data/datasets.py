@@ -77,7 +77,7 @@ def build_datasets(
 
     Example:
         >>> splits = build_datasets("fashion-mnist", subset=600)  # doctest: +SKIP
-        >>> len(splits.train), len(splits.val), len(splits.test)
+        >>> len(splits.train), len(splits.val), len(splits.test)  # doctest: +SKIP
         (600, 67, 111)
     """
     key = canonical_name(name)

@@ -112,7 +112,7 @@ def build_loaders(
 
     Example:
         >>> loaders = build_loaders(splits, batch_size=128, seed=0)  # doctest: +SKIP
-        >>> set_epoch(loaders.train, epoch)  # before iterating each epoch
+        >>> set_epoch(loaders.train, epoch=3)  # before iterating each epoch  # doctest: +SKIP
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -222,7 +222,7 @@ def open_dataset(
 
     Example:
         >>> raw = open_dataset("fashion-mnist")  # doctest: +SKIP
-        >>> len(raw.train), raw.num_classes
+        >>> len(raw.train), raw.num_classes  # doctest: +SKIP
         (60000, 10)
     """
     key = canonical_name(name)

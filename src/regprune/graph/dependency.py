@@ -119,9 +119,10 @@ def build_dependency_graph(model: nn.Module, tracer: Tracer) -> DependencyGraph:
         free_slicings=slicings,
         model_type=type(model).__name__,
     )
+    slices = _all_slices(model, graph, slicings)
     for group in groups:
         group.exact = group.id not in inexact_groups
-        group.slices = _group_slices(model, graph, group.id, slicings)
+        group.slices = slices[group.id]
     graph.unprunable = _unprunable(records, component, locked, reason_of, atoms.lock_reasons)
     return graph
 
@@ -201,35 +202,41 @@ def _free_param_slicings(
     return slicings
 
 
-def _group_slices(
-    model: nn.Module, graph: DependencyGraph, gid: int, slicings: list[FreeParamSlicing]
-) -> list[ParamSlice]:
-    slices: list[ParamSlice] = []
+def _all_slices(
+    model: nn.Module, graph: DependencyGraph, slicings: list[FreeParamSlicing]
+) -> dict[int, list[ParamSlice]]:
+    """Every group's parameter slices, in one pass over layers and parameters."""
+    slices: dict[int, list[ParamSlice]] = {g.id: [] for g in graph.groups}
+
+    def add(atoms_or_components: torch.Tensor, is_component: bool, make) -> None:
+        valid = atoms_or_components >= 0
+        component = atoms_or_components.clamp(min=0)
+        if not is_component:
+            component = graph.component[component]
+        group = torch.where(valid, graph.group_of_component[component], -1)
+        channel = graph.channel_of_component[component]
+        for gid in torch.unique(group[group >= 0]).tolist():
+            slices[gid].append(make(torch.where(group == gid, channel, -1)))
+
     for record in graph.records:
         module = model.get_submodule(record.name)
-        out_index = graph.channel_index(record.out_atoms, gid)
-        if bool((out_index >= 0).any()):
-            rule = record.rule
-            slices.append(ParamSlice(record.name, "weight", rule.out_dim, "out", out_index))
-            if getattr(module, "bias", None) is not None:
-                slices.append(ParamSlice(record.name, "bias", 0, "out", out_index))
+        rule, name = record.rule, record.name
+        add(record.out_atoms, False, lambda idx: ParamSlice(name, "weight", rule.out_dim, "out", idx))
+        if getattr(module, "bias", None) is not None:
+            add(record.out_atoms, False, lambda idx: ParamSlice(name, "bias", 0, "out", idx))
         if record.groups == 1 and record.in_atoms.numel():
-            in_index = graph.channel_index(record.in_atoms, gid)
-            if bool((in_index >= 0).any()):
-                slices.append(ParamSlice(record.name, "weight", record.rule.in_dim, "in", in_index))
+            add(record.in_atoms, False, lambda idx: ParamSlice(name, "weight", rule.in_dim, "in", idx))
     for slicing in slicings:
-        if not slicing.param.is_parameter:
+        param = slicing.param
+        if not param.is_parameter:
             continue
-        in_group = slicing.component >= 0
-        channel = torch.where(
-            in_group & (graph.group_of_component[slicing.component.clamp(min=0)] == gid),
-            graph.channel_of_component[slicing.component.clamp(min=0)],
-            -1,
+        owner = model.get_submodule(param.module) if param.module else model
+        role = "norm" if is_per_channel_layer(owner) else "free"
+        add(
+            slicing.component,
+            True,
+            lambda idx: ParamSlice(param.module, param.attr, slicing.dim, role, idx),
         )
-        if bool((channel >= 0).any()):
-            owner = model.get_submodule(slicing.param.module) if slicing.param.module else model
-            role = "norm" if is_per_channel_layer(owner) else "free"
-            slices.append(ParamSlice(slicing.param.module, slicing.param.attr, slicing.dim, role, channel))
     return slices
 
 

@@ -4,8 +4,10 @@ Example::
 
     from regprune.report import RunSummary, width_changes, write_report
 
-    RunSummary(method="masksparsity", model="resnet56", ..., layer_widths=width_changes(model, small),
-               ratio=0.5).save(run_dir)
+    widths = width_changes(model, small)
+    RunSummary(method="masksparsity", model="resnet56", ..., layer_widths=widths, ratio=0.5).save(
+        run_dir
+    )
     write_report(run_dir)  # run_dir/report.md, run_dir/plots/*.png
 """
 

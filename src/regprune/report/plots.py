@@ -8,6 +8,7 @@ to call from a headless training job or a thread.
 
 from __future__ import annotations
 
+import itertools
 import os
 import statistics
 from collections.abc import Mapping, Sequence
@@ -264,7 +265,7 @@ def accuracy_vs_macs(
             label=f"{label}: {mean:.2f} % at {format_count(macs)} MACs",
         )
         centers.append((float(macs), mean))
-    for (x0, y0), (x1, y1) in zip(centers, centers[1:], strict=False):
+    for (x0, y0), (x1, y1) in itertools.pairwise(centers):
         axes.annotate(
             "",
             xy=(x1, y1),

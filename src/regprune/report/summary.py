@@ -13,6 +13,7 @@ import os
 import platform
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
+
 import torch
 
 from regprune.report.rundir import atomic_write_text
@@ -91,7 +92,8 @@ class RunSummary:
             values = getattr(self, name)
             if len(values) != len(self.seeds):
                 raise ValueError(
-                    f"{name} has {len(values)} values for {len(self.seeds)} seeds; give one per seed"
+                    f"{name} has {len(values)} values for {len(self.seeds)} seeds; "
+                    "give one per seed"
                 )
             if any(not 0.0 <= v <= 1.0 for v in values):
                 raise ValueError(f"{name} must be fractions in [0, 1] (not percent), got {values}")
@@ -121,7 +123,7 @@ class RunSummary:
 
     @property
     def macs_ratio(self) -> float:
-        """``macs_before / macs_after``: the speedup the MACs promise, the limit latency can reach."""
+        """``macs_before / macs_after``: the speedup the MACs promise, latency's upper limit."""
         return self.macs_before / self.macs_after if self.macs_after else float("inf")
 
     def speedup(self, batch_size: int) -> float:

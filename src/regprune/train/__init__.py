@@ -5,7 +5,7 @@ Example:
     >>> from regprune.train import Trainer, TrainConfig, seed_everything
     >>> seed_everything(0)
     >>> config = TrainConfig(epochs=10, lr=0.1, schedule="cosine")
-    >>> trainer = Trainer(model, loaders.train, loaders.val, config)  # doctest: +SKIP
+    >>> trainer = Trainer(model, loaders.train, loaders.val, config=config)  # doctest: +SKIP
     >>> trainer.fit()  # doctest: +SKIP
 """
 

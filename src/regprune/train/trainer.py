@@ -128,7 +128,7 @@ class Trainer:
         run_config: plain dict saved inside checkpoints (e.g. the whole YAML run config).
 
     Example:
-        >>> trainer = Trainer(model, loaders.train, loaders.val, TrainConfig(epochs=30),
+        >>> trainer = Trainer(model, loaders.train, loaders.val, config=TrainConfig(epochs=30),
         ...                   method=method, checkpoint_path="run/last.pt")  # doctest: +SKIP
         >>> history = trainer.fit()  # doctest: +SKIP
     """
@@ -138,16 +138,14 @@ class Trainer:
         model: nn.Module,
         train_loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
         val_loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
-        config: TrainConfig | None = None,
         *,
+        config: TrainConfig,
         method: PruningMethod | None = None,
         metrics_path: str | os.PathLike[str] | None = None,
         checkpoint_path: str | os.PathLike[str] | None = None,
         phase: str = "train",
         run_config: Mapping[str, Any] | None = None,
     ) -> None:
-        if config is None:
-            raise TypeError("Trainer needs a TrainConfig (at least TrainConfig(epochs=N))")
         if method is not None and method.model is not model:
             raise ValueError("method was built on a different model than the one being trained")
         self.config = config
@@ -183,7 +181,6 @@ class Trainer:
         self.metrics = MetricsLog(metrics_path) if metrics_path is not None else None
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
         self.epochs_done = 0
-        self.history: list[dict[str, Any]] = []
 
     def fit(self) -> list[dict[str, Any]]:
         """Train from ``epochs_done`` (0, or the resumed epoch) to ``config.epochs``.
@@ -191,6 +188,7 @@ class Trainer:
         Returns:
             The records of the epochs run by this call (as written to the metrics file).
         """
+        history: list[dict[str, Any]] = []
         if self.metrics is not None and is_main_process():
             self.metrics.drop_after(self.phase, self.epochs_done)
         for epoch in range(self.epochs_done, self.config.epochs):
@@ -234,8 +232,8 @@ class Trainer:
                 if self.metrics is not None:
                     self.metrics.append(record)
                 logger.info(_format_epoch(record, self.config.epochs))
-            self.history.append(record)
-        return self.history
+            history.append(record)
+        return history
 
     def evaluate(self, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
         """Loss and accuracy of the model on ``loader`` (e.g. the test set after ``fit``)."""
