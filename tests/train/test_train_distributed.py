@@ -51,7 +51,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         model,
         loaders.train,
         loaders.val,
-        TrainConfig(epochs=1, lr=0.1, device="cpu", progress=False),
+        config=TrainConfig(epochs=1, lr=0.1, device="cpu", progress=False),
         method=GrowingL1(model),
         checkpoint_path=Path(out_dir) / "last.pt",
     )

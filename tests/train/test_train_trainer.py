@@ -24,7 +24,7 @@ def _trainer(tmp_path, seed=0, interrupt_at=None, method=True, config=CONFIG, ph
         model,
         loaders.train,
         loaders.val,
-        config,
+        config=config,
         method=GrowingL1(model, interrupt_at) if method else None,
         metrics_path=tmp_path / "metrics.jsonl",
         checkpoint_path=tmp_path / "last.pt",
@@ -96,13 +96,16 @@ class StopsAfterTwelveSteps(PruningMethod):
         return self.iteration < 12
 
 
-def test_training_stops_when_the_method_needs_no_more(tmp_path):
-    trainer = _trainer(tmp_path, method=False, config=TrainConfig(epochs=5, progress=False))
-    trainer.method = StopsAfterTwelveSteps(trainer.model)
+def test_training_stops_when_the_method_needs_no_more():
+    model = tiny_model()
+    loaders = build_loaders(tiny_splits(), batch_size=16)
+    config = TrainConfig(epochs=5, progress=False)
+    trainer = Trainer(model, loaders.train, config=config, method=StopsAfterTwelveSteps(model))
 
     history = trainer.fit()
 
     assert [r["epoch"] for r in history] == [1, 2]
+    assert history[-1]["val_loss"] is None
 
 
 def test_resume_refuses_a_checkpoint_of_another_setup(tmp_path):

@@ -17,10 +17,14 @@ and saves ``method.state_dict()`` inside every checkpoint so a resumed run conti
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
+
+CalibrationData = Sequence[tuple[torch.Tensor, torch.Tensor]]
+"""A few (inputs, targets) batches, already on the model's device or movable there."""
 
 
 class PruningMethod:
@@ -54,9 +58,21 @@ class PruningMethod:
         """False once the method's own schedule is done (GReg stops growing and stabilizes)."""
         return True
 
-    def prune(self) -> nn.Module:
-        """Return a new, physically smaller model; the model being trained is left untouched."""
+    def prune(self, data: CalibrationData | None = None) -> nn.Module:
+        """Return a new, physically smaller model; the model being trained is left untouched.
+
+        ``data`` is a few (inputs, targets) batches from the training set, for methods that
+        score channels by the loss (HGSR) or compare candidates (AdaPruner); others ignore it.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not implement prune()")
+
+    def finetune_method(self, pruned: nn.Module) -> PruningMethod | None:
+        """What to run while fine-tuning ``pruned`` (unstructured methods keep their zeros)."""
+        return None
+
+    def sparsity_snapshot(self) -> dict[str, torch.Tensor]:
+        """The regularized quantity per layer/group (|gamma|, group norms, gates) for histograms."""
+        return {}
 
     def sparsity_stats(self) -> dict[str, float]:
         """Scalars worth logging during sparsity training (mean |gamma| of the masked set, ...)."""

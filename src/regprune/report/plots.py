@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from regprune.metrics import format_count
 
@@ -213,7 +213,7 @@ def width_bars(layer_widths: Mapping[str, tuple[int, int]], path: str | os.PathL
     before = np.array([layer_widths[n][0] for n in names])
     after = np.array([layer_widths[n][1] for n in names])
     positions = np.arange(len(names))
-    figure = Figure(figsize=(7.5, 1.2 + 0.22 * len(names)), layout="constrained")
+    figure = Figure(figsize=(7.5, max(3.5, 1.2 + 0.22 * len(names))), layout="constrained")
     axes = figure.subplots()
     axes.barh(positions, before, color="0.8", label="before")
     axes.barh(positions, after, height=0.55, color="C0", label="after")
@@ -222,6 +222,7 @@ def width_bars(layer_widths: Mapping[str, tuple[int, int]], path: str | os.PathL
     axes.set_yticks(positions, names, fontsize=7)
     axes.invert_yaxis()
     axes.set_xlim(0, before.max() * 1.18)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("output channels")
     axes.set_title(f"Kept width per layer ({after.sum()}/{before.sum()} channels)")
     axes.grid(axis="x", alpha=0.3)
@@ -245,7 +246,7 @@ def accuracy_vs_macs(
     """
     if not points:
         raise ValueError("no points to plot")
-    figure = Figure(figsize=(6.5, 4.5), layout="constrained")
+    figure = Figure(figsize=(6.5, 5.2), layout="constrained")
     axes = figure.subplots()
     centers: list[tuple[float, float]] = []
     for index, (label, (macs, accuracies)) in enumerate(points.items()):
@@ -279,5 +280,6 @@ def accuracy_vs_macs(
     axes.set_ylabel("accuracy (%)")
     axes.set_title("Accuracy vs MACs")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="lower right")
+    # Below the axes: inside, it would cover the arrows whatever corner it took.
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=1)
     return _save(figure, path)

@@ -1,0 +1,117 @@
+"""The shared machinery of every structural method: one trace, one target, one plan.
+
+Every method is a :class:`GraphMethod`: it traces the model once at construction (so its
+regularizer can precompute index tensors), accepts either a ratio or a MACs budget (with
+``scope`` and ``round_to``), and turns its own channel scores into a Plan with the same
+allocation code as one-shot pruning. Subclasses only say how they regularize and score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from regprune.allocation import MacsModel, Plan, allocate, validate_target
+from regprune.graph import DependencyGraph, trace_graph
+from regprune.metrics import count
+from regprune.methods.base import CalibrationData, PruningMethod
+from regprune.surgery import apply_plan
+
+
+def broadcast_from_main(value: Any) -> Any:
+    """Under DDP every rank must prune the same channels: rank 0 decides, the others follow."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        holder = [value]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+    return value
+
+
+class GraphMethod(PruningMethod):
+    """A method over the channel groups of a traced model.
+
+    Args:
+        model: the model to train and prune (methods that install gates say so).
+        example_inputs: inputs the model accepts, for tracing (batch 1 is enough).
+        ratio: fraction of channels to remove; or
+        target_macs: fraction of the MACs to keep (met within 1%).
+        scope: ``"local"`` (per group) or ``"global"`` (one ranking).
+        round_to: kept widths are multiples of this.
+        ignore: modules (or names) whose outputs keep their width.
+    """
+
+    default_scope = "global"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Any,
+        *,
+        ratio: float | None = None,
+        target_macs: float | None = None,
+        scope: str | None = None,
+        round_to: int = 1,
+        ignore: Iterable[nn.Module | str] = (),
+    ) -> None:
+        super().__init__(model)
+        self.scope = scope or self.default_scope
+        validate_target(ratio, target_macs, self.scope, round_to)
+        self.example_inputs = example_inputs
+        self.ratio = ratio
+        self.target_macs = target_macs
+        self.round_to = round_to
+        self.graph: DependencyGraph = trace_graph(model, example_inputs, ignore=ignore)
+        if not self.graph.groups:
+            raise ValueError(
+                f"{type(self).__name__}: the model has no prunable channel group; "
+                + "; ".join(str(u) for u in self.graph.unprunable[:3])
+            )
+        self._macs_model: MacsModel | None = None
+        self.last_plan: Plan | None = None
+
+    @property
+    def groups(self):
+        return self.graph.groups
+
+    @property
+    def macs_model(self) -> MacsModel:
+        if self._macs_model is None:
+            self._macs_model = MacsModel(self.graph, count(self.model, self.example_inputs).macs)
+        return self._macs_model
+
+    def plan_from_scores(self, scores: dict[int, torch.Tensor], comparable: bool) -> Plan:
+        """Allocate the method's target over its own channel scores (higher = keep)."""
+        plan = allocate(
+            self.graph,
+            scores,
+            ratio=self.ratio,
+            target_macs=self.target_macs,
+            scope=self.scope,
+            round_to=self.round_to,
+            comparable=comparable,
+            macs_model=self.macs_model if self.target_macs is not None else None,
+        )
+        return broadcast_from_main(plan)
+
+    def plan_from_masks(self, masks: dict[int, torch.Tensor]) -> Plan:
+        """A plan that drops exactly the channels marked True (a fixed prune set)."""
+        drop = {gid: torch.nonzero(m).reshape(-1).tolist() for gid, m in masks.items() if m.any()}
+        sizes = {g.id: g.size for g in self.graph.groups}
+        return Plan(drop, sizes, self.graph.model_type)
+
+    def apply(self, plan: Plan) -> nn.Module:
+        """Build the smaller model; remember the plan for the report."""
+        self.last_plan = plan
+        return apply_plan(self.model, self.graph, plan)
+
+    def scores(self, data: CalibrationData | None = None) -> tuple[dict[int, torch.Tensor], bool]:
+        """Per-channel scores and whether they compare across groups (override per method)."""
+        raise NotImplementedError
+
+    def prune(self, data: CalibrationData | None = None) -> nn.Module:
+        scores, comparable = self.scores(data)
+        return self.apply(self.plan_from_scores(scores, comparable))
