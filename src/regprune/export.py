@@ -177,7 +177,7 @@ def check_compile(
 ) -> float:
     """Run ``torch.compile(model)`` in eval mode and compare with eager ``model``.
 
-    Slow the first time on CPU: Inductor generates and compiles C++ kernels (about a minute for a
+    Slow the first time on CPU: Inductor generates and compiles C++ kernels (30-60 s for a
     ResNet-20 on one core); later calls in the same process, or with a warm Inductor cache, are
     fast. ``model`` itself is not modified (``torch.compile`` wraps it).
 

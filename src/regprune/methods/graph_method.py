@@ -45,6 +45,8 @@ class GraphMethod(PruningMethod):
     """
 
     default_scope = "global"
+    target_optional = False
+    """True for methods that can decide the widths themselves (L0's closed gates)."""
 
     def __init__(
         self,
@@ -59,7 +61,8 @@ class GraphMethod(PruningMethod):
     ) -> None:
         super().__init__(model)
         self.scope = scope or self.default_scope
-        validate_target(ratio, target_macs, self.scope, round_to)
+        if not (self.target_optional and ratio is None and target_macs is None):
+            validate_target(ratio, target_macs, self.scope, round_to)
         self.example_inputs = example_inputs
         self.ratio = ratio
         self.target_macs = target_macs

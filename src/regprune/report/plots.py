@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
@@ -43,6 +44,48 @@ def _by_phase(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[st
     return {phase: sorted(rows, key=lambda r: r["epoch"]) for phase, rows in phases.items()}
 
 
+Series = dict[str, tuple[list[float], list[float]]]
+"""``{"phase/key": (xs, ys)}``; accuracies in percent."""
+
+
+def _lay_end_to_end(
+    records: Sequence[Mapping[str, Any]],
+) -> tuple[Series, list[tuple[float, float, str]]]:
+    """Curves on one epoch axis (each phase after the previous one), and each phase's span."""
+    series: Series = {}
+    phases: list[tuple[float, float, str]] = []
+    offset = 0
+    for phase, rows in _by_phase(records).items():
+        for row in rows:
+            for key in ("train_loss", "val_loss", "train_acc", "val_acc"):
+                value = row.get(key)
+                if value is not None:
+                    xs, ys = series.setdefault(f"{phase}/{key}", ([], []))
+                    xs.append(offset + row["epoch"])
+                    ys.append((100.0 if key.endswith("acc") else 1.0) * float(value))
+        start, offset = offset, offset + max(row["epoch"] for row in rows)
+        phases.append((start + 0.5, offset + 0.5, phase))
+    return series, phases
+
+
+def _mark_phases(axes: Axes, phases: list[tuple[float, float, str]]) -> None:
+    """Shade every other phase, draw the boundaries, name each phase above the axes."""
+    for index, (left, right, phase) in enumerate(phases):
+        if index % 2:
+            axes.axvspan(left, right, color="0.93", zorder=0)
+        if index:
+            axes.axvline(left, color="0.4", linestyle=":", linewidth=1)
+        axes.text(
+            (left + right) / 2,
+            1.01,
+            phase,
+            transform=axes.get_xaxis_transform(),
+            ha="center",
+            va="bottom",
+            fontsize=9,
+        )
+
+
 def training_curves(records: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
     """Loss and accuracy against epoch, all phases on one axis, phase boundaries marked.
 
@@ -64,62 +107,31 @@ def training_curves(records: Sequence[Mapping[str, Any]], path: str | os.PathLik
         raise ValueError("no metrics records to plot")
     if missing := [i for i, r in enumerate(records) if "epoch" not in r]:
         raise ValueError(f"metrics records {missing[:5]} have no 'epoch'")
+    series, phases = _lay_end_to_end(records)
     figure = Figure(figsize=(10, 4.2), layout="constrained")
-    loss_axes, acc_axes = figure.subplots(1, 2)
-    offset = 0
-    boundaries: list[tuple[float, float, str]] = []
-    series: dict[str, tuple[list[float], list[float]]] = {}
-    for phase, rows in _by_phase(records).items():
-        start = offset
-        for row in rows:
-            x = offset + row["epoch"]
-            for key in ("train_loss", "val_loss", "train_acc", "val_acc"):
-                value = row.get(key)
-                if value is None:
-                    continue
-                scale = 100.0 if key.endswith("acc") else 1.0
-                xs, ys = series.setdefault(f"{phase}/{key}", ([], []))
-                xs.append(x)
-                ys.append(scale * float(value))
-        offset += max(row["epoch"] for row in rows)
-        boundaries.append((start + 0.5, offset + 0.5, phase))
-
-    for axes, quantity, unit in ((loss_axes, "loss", ""), (acc_axes, "acc", " (%)")):
-        for split, style in (("train", "-"), ("val", "--")):
-            labelled = False
-            for _, _, phase in boundaries:
+    for axes, quantity in zip(figure.subplots(1, 2), ("loss", "acc"), strict=True):
+        for split, style, color in (("train", "-", "C0"), ("val", "--", "C1")):
+            label: str | None = split
+            for _, _, phase in phases:
                 xs, ys = series.get(f"{phase}/{split}_{quantity}", ([], []))
-                if not xs:
-                    continue
-                # One line per phase: a line across a boundary would fake a smooth transition.
-                axes.plot(
-                    xs,
-                    ys,
-                    style,
-                    marker="o" if len(xs) < 30 else None,
-                    markersize=3,
-                    color="C0" if split == "train" else "C1",
-                    label=None if labelled else split,
-                )
-                labelled = True
-        for index, (left, right, phase) in enumerate(boundaries):
-            if index % 2:
-                axes.axvspan(left, right, color="0.93", zorder=0)
-            if index:
-                axes.axvline(left, color="0.4", linestyle=":", linewidth=1)
-            axes.text(
-                (left + right) / 2,
-                1.01,
-                phase,
-                transform=axes.get_xaxis_transform(),
-                ha="center",
-                va="bottom",
-                fontsize=9,
-            )
+                if xs:
+                    # One line per phase: a line across a boundary would fake a smooth transition.
+                    axes.plot(
+                        xs,
+                        ys,
+                        style,
+                        color=color,
+                        marker="o" if len(xs) < 30 else None,
+                        markersize=3,
+                        label=label,
+                    )
+                    label = None
+        _mark_phases(axes, phases)
         axes.set_xlabel("epoch (phases laid end to end)")
-        axes.set_ylabel(("accuracy" if quantity == "acc" else "loss") + unit)
+        axes.set_ylabel("accuracy (%)" if quantity == "acc" else "loss")
         axes.grid(alpha=0.3)
-        axes.legend(loc="best", fontsize=8)
+        if axes.get_legend_handles_labels()[1]:
+            axes.legend(loc="best", fontsize=8)
     figure.suptitle("Training curves")
     return _save(figure, path)
 

@@ -1,0 +1,105 @@
+"""GReg-1 / GReg-2 (Wang et al., ICLR 2021; code mingsuntse/regularization-pruning).
+
+Growing L2: ``grad_w += lambda * w`` on the units to prune, with ``lambda`` rising every
+``update_every`` iterations until they carry nothing; then they are removed. The state machine
+(interval, increment, ceiling, magnitude-ratio stop, stabilization, GReg-2's picking) lives in
+:class:`regprune.regularizers.GrowingL2`; this file chooses *what* to regularize:
+
+* structured: channels of the engine's groups. GReg-1 fixes the prune set at the start with the
+  L1-norm criterion and the method's target (ratio or MACs, local or global); GReg-2 takes the
+  per-group counts of that allocation and lets its picking phase choose which channels.
+* unstructured: single weights of every conv / linear weight (see :mod:`.unstructured`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from regprune.importance import MagnitudeImportance
+from regprune.methods.base import CalibrationData
+from regprune.methods.graph_method import GraphMethod, broadcast_from_main
+from regprune.regularizers import GrowingL2
+
+SCHEDULE_KEYS = (
+    "update_every",
+    "delta",
+    "tau",
+    "ratio_stop",
+    "ema_momentum",
+    "stabilize_iters",
+    "kept_lambda",
+    "pick_delta",
+    "pick_ceiling",
+)
+
+
+class GReg(GraphMethod):
+    """Structured growing regularization over channel groups.
+
+    Args:
+        variant: 1 (GReg-1: fixed prune set) or 2 (GReg-2: picking then pushing).
+        **kwargs: the schedule (``update_every`` K_u=10, ``delta`` 1e-4, ``tau`` 1.0,
+            ``ratio_stop`` 1000, ``stabilize_iters`` K_s=10000, ``kept_lambda``, ``pick_delta``
+            1e-5, ``pick_ceiling`` 1e-2) and the target (ratio / target_macs, scope, round_to,
+            ignore). The paper's per-layer setting is ``scope="local"``.
+    """
+
+    name = "greg"
+    default_scope = "local"
+
+    def __init__(self, model: nn.Module, example_inputs: Any, *, variant: int = 1, **kwargs: Any):
+        schedule = {k: kwargs.pop(k) for k in SCHEDULE_KEYS if k in kwargs}
+        super().__init__(model, example_inputs, **kwargs)
+        if variant not in (1, 2):
+            raise ValueError(f"variant must be 1 (GReg-1) or 2 (GReg-2), got {variant!r}")
+        self.variant = variant
+        self.name = f"greg{variant}"
+        criterion = MagnitudeImportance(1)
+        allocation = self.plan_from_scores(criterion(model, self.graph), criterion.comparable)
+        masks = allocation.drop_masks()
+        if variant == 1:
+            self.regularizer = GrowingL2(self.groups, prune_set=masks, **schedule)
+        else:
+            # (d - 0.5) / n makes the regularizer's ceil(ratio * n) pick exactly d channels
+            ratios = {gid: max(float(m.sum()) - 0.5, 0.0) / m.numel() for gid, m in masks.items()}
+            self.regularizer = GrowingL2(self.groups, pick_ratio=ratios, **schedule)
+
+    def after_backward(self) -> None:
+        self.regularizer.apply_to_grads(self.model)
+
+    def step(self) -> None:
+        super().step()
+        self.regularizer.step(self.model)
+
+    def wants_more_training(self) -> bool:
+        return not self.regularizer.done
+
+    @property
+    def phase(self) -> str:
+        return self.regularizer.phase
+
+    def prune(self, data: CalibrationData | None = None) -> nn.Module:
+        if self.regularizer.phase == "picking":
+            raise RuntimeError(
+                "GReg-2 is still picking its prune set; train longer (about pick_ceiling / "
+                "pick_delta x update_every iterations) before pruning"
+            )
+        masks = {int(k): v for k, v in self.regularizer.prune_set().items()}
+        return self.apply(broadcast_from_main(self.plan_from_masks(masks)))
+
+    def sparsity_stats(self) -> dict[str, float]:
+        return self.regularizer.stats()
+
+    def sparsity_snapshot(self) -> dict[str, torch.Tensor]:
+        criterion = MagnitudeImportance(1)
+        return {f"group{g}": v.float() for g, v in criterion(self.model, self.graph).items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {"regularizer": self.regularizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.regularizer.load_state_dict(state["regularizer"])

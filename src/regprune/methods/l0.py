@@ -1,0 +1,165 @@
+"""L0 regularization with hard-concrete gates (Louizos, Welling, Kingma, ICLR 2018).
+
+Two granularities:
+
+* ``channel`` (structured): one gate per channel of every group, so whatever the gates close
+  is physically removed afterwards: a smaller, faster plain model.
+* ``weight`` (fine-grained, Xie et al., ECAI 2019): one gate per weight; closed gates become
+  exact zeros.
+
+The gates are a reparametrization installed **on the model you pass** (its ``log_alpha``
+parameters appear in ``model.parameters()``: build the optimizer after the method).
+:meth:`L0.prune` bakes the test-time gates into the weights and removes the reparametrization
+from that model, then returns a pruned copy, so what comes out is a plain ``nn.Module``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from regprune.methods.base import CalibrationData, PruningMethod
+from regprune.methods.graph_method import GraphMethod
+from regprune.methods.unstructured import (
+    KeepSparsity,
+    apply_masks,
+    prunable_weights,
+    weight_sparsity,
+)
+from regprune.regularizers import L0Regularizer
+
+
+class L0Channel(GraphMethod):
+    """Structured L0: gates on channels, removal of closed ones.
+
+    Args:
+        lam: ``lambda`` of the expected-L0 penalty.
+        num_samples: ``N``, training set size (the penalty is scaled by 1/N).
+        init_keep_prob: initial keep probability of every gate.
+        **target: optional. Without a target the channels whose test gate is 0 are removed
+            (at least one channel per group is kept); with ``ratio`` / ``target_macs`` the
+            channels are ranked by ``log_alpha`` and allocated like any other criterion.
+    """
+
+    name = "l0_channel"
+    default_scope = "global"
+    target_optional = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Any,
+        *,
+        lam: float = 0.1,
+        num_samples: int = 50000,
+        init_keep_prob: float = 0.9,
+        **target: Any,
+    ) -> None:
+        super().__init__(model, example_inputs, **target)
+        self.regularizer = L0Regularizer(
+            model,
+            self.groups,
+            lam=lam,
+            num_samples=num_samples,
+            granularity="channel",
+            init_keep_prob=init_keep_prob,
+        )
+        self.baked = False
+
+    def penalty(self) -> torch.Tensor:
+        return self.regularizer.penalty()
+
+    def step(self) -> None:
+        super().step()
+        self.regularizer.step()
+
+    def _bake(self) -> dict[int, torch.Tensor]:
+        gates = {int(k): v for k, v in self.regularizer.test_gates().items()}
+        log_alpha = {int(k): g.log_alpha.detach().double().cpu() for k, g in self.regularizer.gates.items()}
+        if not self.baked:
+            self.regularizer.bake()
+            self.baked = True
+        self._log_alpha = log_alpha
+        return gates
+
+    def prune(self, data: CalibrationData | None = None) -> nn.Module:
+        gates = self._bake()
+        if self.ratio is None and self.target_macs is None:
+            masks = {}
+            for gid, gate in gates.items():
+                closed = (gate == 0).cpu()
+                if bool(closed.all()):
+                    closed[torch.argmax(self._log_alpha[gid])] = False
+                masks[gid] = closed
+            return self.apply(self.plan_from_masks(masks))
+        return self.apply(self.plan_from_scores(self._log_alpha, comparable=True))
+
+    def sparsity_stats(self) -> dict[str, float]:
+        if self.baked:
+            return {}
+        gates = torch.cat([g.reshape(-1) for g in self.regularizer.test_gates().values()])
+        return {"gates/closed": float((gates == 0).double().mean()), "l0/expected": float(self.regularizer.expected_nonzero())}
+
+    def sparsity_snapshot(self) -> dict[str, torch.Tensor]:
+        if self.baked:
+            return {}
+        return {f"group{k}": v.float().cpu() for k, v in self.regularizer.test_gates().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {"regularizer": self.regularizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.regularizer.load_state_dict(state["regularizer"])
+
+
+class L0Weight(PruningMethod):
+    """Fine-grained L0: one gate per weight of every conv and linear; closed gates -> zeros."""
+
+    name = "l0_weight"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Any = None,
+        *,
+        lam: float = 0.1,
+        num_samples: int = 50000,
+        init_keep_prob: float = 0.9,
+    ) -> None:
+        super().__init__(model)
+        self.regularizer = L0Regularizer(
+            model, lam=lam, num_samples=num_samples, granularity="weight",
+            init_keep_prob=init_keep_prob,
+        )
+        self.masks: dict[str, torch.Tensor] | None = None
+
+    def penalty(self) -> torch.Tensor:
+        return self.regularizer.penalty()
+
+    def step(self) -> None:
+        super().step()
+        self.regularizer.step()
+
+    def prune(self, data: CalibrationData | None = None) -> nn.Module:
+        if self.masks is None:
+            self.regularizer.bake()
+            self.masks = {n: (p.detach() == 0).cpu() for n, p in prunable_weights(self.model).items()}
+        return apply_masks(self.model, self.masks)
+
+    def finetune_method(self, pruned: nn.Module) -> PruningMethod:
+        return KeepSparsity(pruned, self.masks)
+
+    def sparsity_stats(self) -> dict[str, float]:
+        if self.masks is not None:
+            return {"weight_sparsity": weight_sparsity(self.model)}
+        return {"gates/closed": self.regularizer.sparsity()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {"regularizer": self.regularizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.regularizer.load_state_dict(state["regularizer"])
