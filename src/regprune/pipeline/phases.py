@@ -1,0 +1,146 @@
+"""The five phases of a run. Each reads its inputs from the run directory (or the context's
+memory), writes its outputs there, and returns the results ``progress.json`` records for it.
+
+pretrain  -> checkpoints/pretrain.pt                        (baseline weights)
+sparsify  -> checkpoints/sparsify.pt, sparsity/epoch_XXX.pt (regularized weights, method state)
+prune     -> pruned.pt, plan.json, checkpoints/prune.pt     (accuracy before and after surgery)
+finetune  -> finetuned.pt, checkpoints/finetune.pt          (accuracy after fine-tuning)
+report    -> summary.json, report.md, plots/
+
+Every phase reseeds from (seed, phase) first, which is what makes a resumed run end exactly where
+an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from regprune.pipeline.context import RunContext, logger
+from regprune.pipeline.rundir import FINETUNED_FILE, PLAN_FILE, PRUNED_FILE, Progress
+from regprune.pipeline.summary import build_summary
+from regprune.pipeline.training import train_phase
+from regprune.report import write_report
+from regprune.surgery import save_pruned
+from regprune.train import CheckpointError, evaluate, load_model_state, save_checkpoint
+
+PhaseResult = dict[str, Any]
+Phase = Callable[[RunContext, Progress], PhaseResult]
+
+
+def _load_baseline(ctx: RunContext, model: torch.nn.Module, source: str) -> Path:
+    """Load a trained baseline: a regprune checkpoint (its ``model``) or a plain state_dict."""
+    path = Path(source).expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrain.checkpoint: no file at {path}")
+    try:
+        state = torch.load(path, map_location=ctx.device, weights_only=True)
+    except Exception as error:  # torch reports unreadable files with several exception types
+        raise CheckpointError(f"pretrain.checkpoint {path} is unreadable: {error}") from error
+    if isinstance(state, dict) and "format_version" in state and "model" in state:
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"pretrain.checkpoint {path} holds no state_dict")
+    load_model_state(model, state)
+    return path
+
+
+def pretrain(ctx: RunContext, progress: Progress) -> PhaseResult:
+    """Train the baseline, or take it from ``pretrain.checkpoint``; always leave its weights in
+    ``checkpoints/pretrain.pt`` so the run directory is self-contained."""
+    ctx.reseed("pretrain")
+    model = ctx.build_model()
+    section = ctx.config.pretrain
+    result: PhaseResult = {}
+    if section.checkpoint is not None or section.epochs == 0:
+        if section.checkpoint is not None:
+            result["baseline"] = str(_load_baseline(ctx, model, section.checkpoint))
+        if ctx.main:
+            save_checkpoint(ctx.run_dir.checkpoint("pretrain"), model=model, epoch=0)
+        ctx.wait_for_main()
+    else:
+        result["earlier_s"] = train_phase(ctx, "pretrain", model, section)
+    return result
+
+
+def sparsify(ctx: RunContext, progress: Progress) -> PhaseResult:
+    """Build the method on the baseline and train with its regularizer (snapshots per epoch)."""
+    method = ctx.fresh_method()
+    earlier_s = train_phase(
+        ctx, "sparsify", method.model, ctx.config.sparsify, method=method, snapshots=True
+    )
+    ctx.method = method
+    return {"earlier_s": earlier_s}
+
+
+def prune(ctx: RunContext, progress: Progress) -> PhaseResult:
+    """Surgery: test accuracy before, ``method.prune(calibration data)``, accuracy after."""
+    method = ctx.method or ctx.restore_method("sparsify")
+    ctx.reseed("prune")
+    test = ctx.loaders.test
+    acc_before = evaluate(method.model, test, ctx.device)["acc"]
+    pruned = method.prune(ctx.calibration_batches())
+    acc_after = evaluate(pruned, test, ctx.device)["acc"]
+    logger.info(
+        "[prune] test acc %.2f %% before pruning, %.2f %% right after",
+        100 * acc_before,
+        100 * acc_after,
+    )
+    if ctx.main:
+        save_pruned(pruned, ctx.run_dir.path(PRUNED_FILE))
+        plan = getattr(method, "last_plan", None)
+        if plan is not None:
+            ctx.run_dir.write_text(PLAN_FILE, plan.to_json() + "\n")
+        # The method's state after surgery: what a resumed fine-tune asks finetune_method().
+        save_checkpoint(
+            ctx.run_dir.checkpoint("prune"),
+            model=method.model,
+            method=method,
+            method_name=method.name,
+            epoch=0,
+            phase="prune",
+        )
+    ctx.wait_for_main()
+    ctx.method = method
+    return {"acc_before_prune": acc_before, "acc_after_prune": acc_after}
+
+
+def finetune(ctx: RunContext, progress: Progress) -> PhaseResult:
+    """Fine-tune ``pruned.pt`` (with ``method.finetune_method``), save ``finetuned.pt``."""
+    method = ctx.method or ctx.restore_method("prune")
+    ctx.reseed("finetune")
+    # Always from the file, in an uninterrupted run too: both paths then train the same object.
+    model = ctx.load_saved_model(PRUNED_FILE)
+    earlier_s = train_phase(
+        ctx, "finetune", model, ctx.config.finetune, method=method.finetune_method(model)
+    )
+    acc = evaluate(model, ctx.loaders.test, ctx.device)["acc"]
+    logger.info("[finetune] test acc %.2f %%", 100 * acc)
+    if ctx.main:
+        save_pruned(model, ctx.run_dir.path(FINETUNED_FILE))
+    ctx.wait_for_main()
+    return {"acc_after_finetune": acc, "earlier_s": earlier_s}
+
+
+def report(ctx: RunContext, progress: Progress) -> PhaseResult:
+    """Measure cost and latency, write ``summary.json``, render ``report.md`` and plots."""
+    ctx.reseed("report")
+    result: PhaseResult = {}
+    if ctx.main:
+        summary = build_summary(ctx, progress)
+        summary.save(ctx.run_dir.root)
+        result["report"] = str(write_report(ctx.run_dir.root))
+    ctx.wait_for_main()
+    return result
+
+
+PHASE_FUNCTIONS: dict[str, Phase] = {
+    "pretrain": pretrain,
+    "sparsify": sparsify,
+    "prune": prune,
+    "finetune": finetune,
+    "report": report,
+}
