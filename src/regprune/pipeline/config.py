@@ -65,7 +65,7 @@ _ConfigLoader.add_implicit_resolver(
 
 def parse_yaml(text: str) -> Any:
     """Parse YAML text with the safe loader above (plain data only: no tags, no objects)."""
-    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: builds plain data only
 
 
 def _check(condition: bool, where: str, message: str) -> None:
@@ -332,7 +332,7 @@ RUNTIME_KEYS = ("device", "progress", "output")
 """Settings that change nothing about the results (where the run writes, progress bars)."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunConfig:
     """One pruning run: pretrain -> sparsify -> prune -> finetune -> report.
 
@@ -343,13 +343,13 @@ class RunConfig:
         data, model, pretrain, method, sparsify, prune, finetune, report, output: sections.
     """
 
-    data: DataSection
-    model: ModelSection
-    method: MethodSection
     seed: int = 0
     device: str | None = None
     progress: bool = True
+    data: DataSection
+    model: ModelSection
     pretrain: PretrainSection = field(default_factory=PretrainSection)
+    method: MethodSection
     sparsify: TrainSection = field(default_factory=TrainSection)
     prune: PruneSection = field(default_factory=PruneSection)
     finetune: TrainSection = field(default_factory=TrainSection)
@@ -464,7 +464,7 @@ def load_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> 
 
 def dump_config(config: RunConfig) -> str:
     """The resolved config as YAML, in schema order, readable back by :func:`load_config`."""
-    return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -105,7 +105,8 @@ class RunContext:
         Why per phase: a phase then starts from the same random state whether the earlier
         phases ran in this process or in one that was killed, which makes resume exact.
         """
-        seed_everything(derive_seed(self.config.seed, PHASES.index(phase)))
+        # 32 bits: NumPy's legacy seeding refuses larger seeds.
+        seed_everything(derive_seed(self.config.seed, PHASES.index(phase)) % 2**32)
 
     def build_model(self) -> nn.Module:
         """A freshly initialised model of the configured architecture, on the device."""

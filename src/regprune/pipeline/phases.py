@@ -78,7 +78,7 @@ def sparsify(ctx: RunContext, progress: Progress) -> PhaseResult:
 
 def prune(ctx: RunContext, progress: Progress) -> PhaseResult:
     """Surgery: test accuracy before, ``method.prune(calibration data)``, accuracy after."""
-    method = ctx.method or ctx.restore_method("sparsify")
+    method = ctx.method if ctx.method is not None else ctx.restore_method("sparsify")
     ctx.reseed("prune")
     test = ctx.loaders.test
     acc_before = evaluate(method.model, test, ctx.device)["acc"]
@@ -110,7 +110,7 @@ def prune(ctx: RunContext, progress: Progress) -> PhaseResult:
 
 def finetune(ctx: RunContext, progress: Progress) -> PhaseResult:
     """Fine-tune ``pruned.pt`` (with ``method.finetune_method``), save ``finetuned.pt``."""
-    method = ctx.method or ctx.restore_method("prune")
+    method = ctx.method if ctx.method is not None else ctx.restore_method("prune")
     ctx.reseed("finetune")
     # Always from the file, in an uninterrupted run too: both paths then train the same object.
     model = ctx.load_saved_model(PRUNED_FILE)

@@ -137,6 +137,8 @@ def prepare_run(
         kept = list(PHASES[: PHASES.index(first)])
         discarded = list(PHASES[PHASES.index(first) :])
     _check_frozen(run_dir, config, kept)
+    if redone := [p for p in discarded if _started(run_dir, progress, p)]:
+        logger.warning("[%s] running again: discarding the results of %s", first, ", ".join(redone))
     barrier()
     if is_main_process():
         _discard(run_dir, progress, discarded)
