@@ -7,6 +7,7 @@ says what to change, not a traceback (``--debug`` shows it when a bug is suspect
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import shlex
@@ -31,7 +32,13 @@ from regprune.pipeline import (
     parse_yaml,
     run_pipeline,
 )
-from regprune.train import CheckpointError, NonFiniteLossError, cleanup, init_distributed
+from regprune.train import (
+    CheckpointError,
+    NonFiniteLossError,
+    cleanup,
+    init_distributed,
+    is_main_process,
+)
 
 logger = logging.getLogger("regprune.cli")
 
@@ -68,7 +75,7 @@ class UsageError(Exception):
 
 def _one_line(message: str) -> str:
     """Join a multi-line message (data sets list the folders they searched) into one line."""
-    lines = [line.strip().lstrip("- ") for line in str(message).splitlines() if line.strip()]
+    lines = [line.strip().removeprefix("- ") for line in str(message).splitlines() if line.strip()]
     return " ".join(lines) if lines else message
 
 
@@ -110,11 +117,42 @@ def _run(
 ) -> int:
     config = config or _load_run_config(args.config, args.overrides, args.run_dir)
     outcome = run_pipeline(config, phases=phases, resume=args.resume, command=args.command)
+    if not is_main_process():
+        return 0
     if outcome.report_path and (phases is None or "report" in phases):
+        _print_results(outcome.run_dir.root)
         print(f"Report: {outcome.report_path}")
     else:
         print(f"Run directory: {outcome.run_dir.root}")
     return 0
+
+
+def _print_results(run_dir: Path) -> None:
+    """The headline numbers, so a finished run says how it went without opening the report."""
+    from regprune.metrics import format_count
+    from regprune.report import RunSummary
+
+    summary = RunSummary.load(run_dir)
+    before, after, tuned = (
+        summary.acc_before_prune[0],
+        summary.acc_after_prune[0],
+        summary.acc_after_finetune[0],
+    )
+    print(
+        f"Test accuracy: {before:.2%} before pruning, {after:.2%} right after, "
+        f"{tuned:.2%} after fine-tuning"
+    )
+    kept = summary.macs_after / summary.macs_before if summary.macs_before else 1.0
+    print(
+        f"MACs: {format_count(summary.macs_before)} -> {format_count(summary.macs_after)} "
+        f"({kept:.1%} kept); params: {format_count(summary.params_before)} -> "
+        f"{format_count(summary.params_after)}"
+    )
+    for batch in sorted(summary.latency_ms_before):
+        print(
+            f"Latency at batch {batch}: {summary.latency_ms_before[batch]:.2f} ms -> "
+            f"{summary.latency_ms_after[batch]:.2f} ms ({summary.speedup(batch):.2f}x)"
+        )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -263,16 +301,23 @@ def build_parser(prog: str = "regprune") -> argparse.ArgumentParser:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    # The same flags after the subcommand; SUPPRESS keeps a subparser from resetting them.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="log warnings only")  # fmt: skip
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks of errors")  # fmt: skip
     commands = parser.add_subparsers(dest="command_name", metavar="COMMAND", required=True)
+    add_command = functools.partial(commands.add_parser, parents=[common])
 
-    run = commands.add_parser(
+    run = add_command(
         "run",
         help="run every phase: pretrain, sparsify, prune, finetune, report",
         description="Run the whole pipeline of a config into its run directory (config.yaml, "
         "metrics.jsonl, checkpoints/, sparsity/, pruned.pt, finetuned.pt, summary.json, "
         "report.md, plots/). Under torchrun, every rank trains and rank 0 writes.",
     )
-    _add_config_args(run, "YAML run config (see configs/)")
+    _add_config_args(run, "YAML run config (see configs/), or a run directory with --resume")
     run.add_argument(
         "--resume",
         action="store_true",
@@ -282,7 +327,7 @@ def build_parser(prog: str = "regprune") -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_run)
 
     for name, phase in PHASE_COMMANDS.items():
-        sub = commands.add_parser(
+        sub = add_command(
             name,
             help=f"run only the {phase} phase of a run",
             description=f"Run only the {phase} phase. The phases before it must be done in the "
@@ -295,7 +340,7 @@ def build_parser(prog: str = "regprune") -> argparse.ArgumentParser:
         )
         sub.set_defaults(handler=cmd_phase)
 
-    evaluate = commands.add_parser(
+    evaluate = add_command(
         "eval",
         help="evaluate the latest model of a run",
         description="Print loss and accuracy of the latest model in a run directory "
@@ -305,7 +350,7 @@ def build_parser(prog: str = "regprune") -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=("test", "val"), default="test", help="(test)")
     evaluate.set_defaults(handler=cmd_eval)
 
-    report = commands.add_parser(
+    report = add_command(
         "report",
         help="re-render report.md and plots/ of a run",
         description="Write RUN_DIR/report.md and RUN_DIR/plots/ again from summary.json, "
@@ -319,7 +364,7 @@ def build_parser(prog: str = "regprune") -> argparse.ArgumentParser:
     )
     report.set_defaults(handler=cmd_report)
 
-    count_parser = commands.add_parser(
+    count_parser = add_command(
         "count",
         help="print MACs, FLOPs and params per layer of a model",
         description="Print a per-layer table of MACs, FLOPs (= 2 x MACs) and parameters for "
@@ -328,7 +373,7 @@ def build_parser(prog: str = "regprune") -> argparse.ArgumentParser:
     _add_model_args(count_parser)
     count_parser.set_defaults(handler=cmd_count)
 
-    prune_parser = commands.add_parser(
+    prune_parser = add_command(
         "prune-model",
         help="one-shot prune a registry model; print widths and MACs before/after",
         description="Prune a freshly initialised registry model with one criterion and print "
@@ -382,8 +427,6 @@ def _configure_logging(quiet: bool) -> None:
     Only the ``regprune`` logger is configured, never the root logger, so embedding
     ``main()`` (tests, notebooks) leaves the caller's logging alone.
     """
-    from regprune.train import is_main_process
-
     package_logger = logging.getLogger("regprune")
     package_logger.setLevel(logging.WARNING if quiet or not is_main_process() else logging.INFO)
     if not any(isinstance(h, _StderrHandler) for h in package_logger.handlers):

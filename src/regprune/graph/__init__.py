@@ -39,17 +39,29 @@ def resolve_ignore(model: nn.Module, ignore: Iterable[nn.Module | str]) -> list[
 
 
 def trace_graph(
-    model: nn.Module, example_inputs: Any, ignore: Iterable[nn.Module | str] = ()
+    model: nn.Module,
+    example_inputs: Any,
+    ignore: Iterable[nn.Module | str] = (),
+    on_meta: bool = True,
 ) -> DependencyGraph:
     """Trace ``model`` once on ``example_inputs`` and return its channel groups.
 
     The model is traced in eval mode (so BatchNorm uses running statistics and dropout is off)
-    and put back in the mode it was in; its parameters are not modified.
+    and put back in the mode it was in; its parameters are not modified. By default the forward
+    runs on the ``meta`` device (shapes only, no arithmetic); a model whose forward needs real
+    values (data-dependent control flow, an op without a meta kernel) is traced for real.
     """
     ignored = resolve_ignore(model, ignore)
     was_training = model.training
     model.eval()
     try:
+        if on_meta:
+            try:
+                tracer = Tracer(model, ignored, on_meta=True)
+                tracer.run(example_inputs)
+                return build_dependency_graph(model, tracer)
+            except (TraceError, NotImplementedError, RuntimeError):
+                pass  # fall back to a real forward, which also gives the real error if any
         tracer = Tracer(model, ignored)
         tracer.run(example_inputs)
         return build_dependency_graph(model, tracer)

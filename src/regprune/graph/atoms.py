@@ -32,7 +32,6 @@ class LockReason:
 
     where: str
     reason: str
-    atoms: torch.Tensor
 
 
 @dataclass
@@ -44,11 +43,16 @@ class AtomTable:
     _edges_b: list[torch.Tensor] = field(default_factory=list)
     lock_reasons: list[LockReason] = field(default_factory=list)
     _inexact: list[torch.Tensor] = field(default_factory=list)
+    _reason_of: torch.Tensor = field(default_factory=lambda: torch.full((1024,), -1))
 
     def new(self, n: int) -> torch.Tensor:
         """Allocate ``n`` fresh atoms and return their ids."""
         ids = torch.arange(self.count, self.count + n, dtype=torch.long)
         self.count += n
+        if self.count > self._reason_of.numel():
+            grown = torch.full((max(self.count, 2 * self._reason_of.numel()),), -1)
+            grown[: self._reason_of.numel()] = self._reason_of
+            self._reason_of = grown
         return ids
 
     def couple(self, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -73,9 +77,14 @@ class AtomTable:
         Locks are kept as reasons on atoms rather than edges to a sentinel, so that after the
         components are known each locked channel can still say which op locked it.
         """
-        atoms = torch.unique(atoms[atoms >= 0])
+        atoms = atoms.reshape(-1)
+        atoms = atoms[atoms >= 0]
         if atoms.numel():
-            self.lock_reasons.append(LockReason(where, reason, atoms))
+            # a scatter, not a sort: the first reason given for an atom is the one reported
+            fresh = atoms[self._reason_of[atoms] < 0]
+            if fresh.numel():
+                self._reason_of[fresh] = len(self.lock_reasons)
+                self.lock_reasons.append(LockReason(where, reason))
 
     def new_locked(self, where: str, reason: str) -> torch.Tensor:
         """One fresh atom, locked: the label of values the tracer cannot follow."""
@@ -101,6 +110,10 @@ class AtomTable:
         )
         _, labels = connected_components(adjacency, directed=False)
         return torch.from_numpy(labels.astype(np.int64))
+
+    def reason_of_atoms(self) -> torch.Tensor:
+        """Index into :attr:`lock_reasons` for every atom, -1 for atoms never locked."""
+        return self._reason_of[: self.count]
 
     def inexact_atoms(self) -> torch.Tensor:
         if not self._inexact:

@@ -92,13 +92,14 @@ def build_dependency_graph(model: nn.Module, tracer: Tracer) -> DependencyGraph:
     records = list(tracer.records.values())
     component = atoms.components()
     num_components = int(component.max()) + 1 if component.numel() else 0
+    reason_of_atom = atoms.reason_of_atoms()
+    locked_atoms = reason_of_atom >= 0
     locked = torch.zeros(num_components, dtype=torch.bool)
-    reason_of = torch.full((num_components,), -1, dtype=torch.long)
-    for index, lock in enumerate(atoms.lock_reasons):
-        components = component[lock.atoms]
-        fresh = components[reason_of[components] < 0]
-        reason_of[fresh] = index
-        locked[components] = True
+    locked[component[locked_atoms]] = True
+    big = torch.iinfo(torch.long).max
+    reason_of = torch.full((num_components,), big, dtype=torch.long)
+    reason_of.scatter_reduce_(0, component[locked_atoms], reason_of_atom[locked_atoms], "amin")
+    reason_of[reason_of == big] = -1
 
     slicings = _free_param_slicings(tracer, component, locked, reason_of)
 

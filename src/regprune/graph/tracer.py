@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
@@ -65,9 +66,10 @@ def iter_tensors(value: Any) -> Iterator[torch.Tensor]:
 class Tracer(TorchFunctionMode):
     """Records atoms, coupling edges, layer records and free parameters during one forward."""
 
-    def __init__(self, model: nn.Module, ignored: Iterable[str] = ()) -> None:
+    def __init__(self, model: nn.Module, ignored: Iterable[str] = (), on_meta: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.on_meta = on_meta
         self.atoms = AtomTable()
         self.labels: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self.records: dict[str, LayerRecord] = {}
@@ -79,15 +81,37 @@ class Tracer(TorchFunctionMode):
         self._owner: dict[int, tuple[str, str, bool]] = {}
         self._rule_modules: dict[str, LayerRule] = {}
         self._functionally_used_rule_modules: set[str] = set()
+        self.state = self._state(model, on_meta)
+        parameter_names = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+        for qualified, tensor in self.state.items():
+            module, _, attr = qualified.rpartition(".")
+            self._owner.setdefault(id(tensor), (module, attr, qualified in parameter_names))
         for name, module in model.named_modules():
-            for attr, tensor in module.named_parameters(recurse=False):
-                self._owner.setdefault(id(tensor), (name, attr, True))
-            for attr, tensor in module.named_buffers(recurse=False):
-                if tensor is not None:
-                    self._owner.setdefault(id(tensor), (name, attr, False))
             rule = rule_for(module)
             if rule is not None:
                 self._rule_modules[name] = rule
+
+    @staticmethod
+    def _state(model: nn.Module, on_meta: bool) -> dict[str, torch.Tensor]:
+        """The tensors the traced forward will see, by qualified name.
+
+        On the meta device the forward computes shapes only: tracing a ViT-H costs the label
+        bookkeeping, not 167 GMACs. Integer buffers (index tables) stay real, since the tracer
+        replays indexing with them.
+        """
+        tensors = dict(model.named_parameters(remove_duplicate=False))
+        tensors |= {n: b for n, b in model.named_buffers(remove_duplicate=False) if b is not None}
+        if not on_meta:
+            return tensors
+        converted: dict[int, torch.Tensor] = {}
+        state = {}
+        for name, tensor in tensors.items():
+            if id(tensor) not in converted:
+                converted[id(tensor)] = (
+                    tensor.detach().to("meta") if tensor.is_floating_point() else tensor
+                )
+            state[name] = converted[id(tensor)]
+        return state
 
     @property
     def where(self) -> str:
@@ -106,14 +130,19 @@ class Tracer(TorchFunctionMode):
         if owner is None:
             return constant_label(tensor.dim())
         module, attr, is_parameter = owner
+        if module in self._rule_modules:
+            # a conv/linear weight used outside its own forward (Swin's F.linear on qkv.weight):
+            # the layer is kept whole, so one locked atom stands for the whole tensor
+            self._functionally_used_rule_modules.add(module)
+            reason = f"{attr} of {module} is used outside its forward"
+            label = self.atoms.new_locked(module, reason).reshape((1,) * tensor.dim())
+            self.labels[tensor] = label
+            return label
         key = (module, attr)
         if key not in self.free_params:
             atoms = self.atoms.new(tensor.numel()).reshape(tensor.shape)
             self.free_params[key] = FreeParam(module, attr, atoms, is_parameter)
-            if module in self._rule_modules:
-                self._functionally_used_rule_modules.add(module)
-                self.atoms.lock(atoms, module, f"{attr} of {module} is used outside its forward")
-            elif self.is_ignored(module):
+            if self.is_ignored(module):
                 self.atoms.lock(atoms, module, "ignored by the user")
         label = self.free_params[key].atoms
         self.labels[tensor] = label
@@ -127,7 +156,7 @@ class Tracer(TorchFunctionMode):
 
     def lock_inputs(self, tensors: Iterable[torch.Tensor], reason: str) -> None:
         for tensor in tensors:
-            self.atoms.lock(atoms_in(self.label(tensor)), self.where, reason)
+            self.atoms.lock(self.label(tensor), self.where, reason)
 
     def locked_label(self, tensor: torch.Tensor, reason: str) -> torch.Tensor:
         atom = self.atoms.new_locked(self.where, reason)
@@ -233,9 +262,14 @@ class Tracer(TorchFunctionMode):
                 )
             )
         inputs = as_input_tuple(example_inputs)
+        if self.on_meta:
+            inputs = tuple(x.to("meta") if x.is_floating_point() else x for x in inputs)
         try:
             with torch.no_grad(), self:
-                output = self.model(*inputs)
+                if self.on_meta:
+                    output = functional_call(self.model, self.state, inputs, tie_weights=False)
+                else:
+                    output = self.model(*inputs)
         except Exception as error:
             where = self.module_stack[-1] or "<model>"
             raise TraceError(

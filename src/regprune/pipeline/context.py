@@ -108,6 +108,24 @@ class RunContext:
         # 32 bits: NumPy's legacy seeding refuses larger seeds.
         seed_everything(derive_seed(self.config.seed, PHASES.index(phase)) % 2**32)
 
+    def preflight(self, phases: tuple[str, ...]) -> None:
+        """Open the data, build the model and (if a phase needs it) the method once, now.
+
+        Why: a missing data set, a wrong architecture option or a method that rejects its
+        kwargs should fail before anything is written and before hours of pretraining, not when
+        the phase that needs them starts.
+        """
+        model = self.build_model()
+        if {"sparsify", "prune"} & set(phases):
+            build_method(self.config.method, model, self.example_inputs())
+        method = self.config.method
+        if "report" in phases and method.ratio is None and method.target_macs is None:
+            raise ConfigError(
+                f"method: {method.name} runs without ratio or target_macs, but the report's "
+                "summary needs one; run the phases before the report on their own "
+                "(regprune train / sparsify / prune / finetune)"
+            )
+
     def build_model(self) -> nn.Module:
         """A freshly initialised model of the configured architecture, on the device."""
         return self._create_model().to(self.device)

@@ -102,8 +102,8 @@ def _check_frozen(run_dir: RunDir, config: RunConfig, frozen: Sequence[str]) -> 
 
 
 def prepare_run(
-    config: RunConfig, phases: Sequence[str], resume: bool, command: str
-) -> tuple[RunDir, Progress]:
+    run_dir: RunDir, config: RunConfig, phases: Sequence[str], resume: bool, command: str
+) -> Progress:
     """Check the run directory against the request and bring it into shape for ``phases``.
 
     Every rank decides on the same files before rank 0 changes anything, then all wait.
@@ -113,7 +113,6 @@ def prepare_run(
             or a phase whose earlier phases are not done.
         ConfigError: changed settings under phases whose results are kept.
     """
-    run_dir = RunDir(config.output.run_dir)
     first = phases[0]
     exists = run_dir.has_run()
     if exists and not resume and len(phases) == len(PHASES):
@@ -132,12 +131,15 @@ def prepare_run(
         )
     if resume:
         kept = [p for p in PHASES if _started(run_dir, progress, p)]
-        discarded: list[str] = []
     else:
         kept = list(PHASES[: PHASES.index(first)])
-        discarded = list(PHASES[PHASES.index(first) :])
+    # Not-started phases are cleared too: a kill before a phase's first checkpoint can leave a
+    # stray file (its epoch-0 snapshot) that the phase, maybe with other settings, would not
+    # overwrite.
+    discarded = [p for p in PHASES if p not in kept]
     _check_frozen(run_dir, config, kept)
-    if redone := [p for p in discarded if _started(run_dir, progress, p)]:
+    redone = [p for p in discarded if _started(run_dir, progress, p)]
+    if redone and is_main_process():
         logger.warning("[%s] running again: discarding the results of %s", first, ", ".join(redone))
     barrier()
     if is_main_process():
@@ -145,7 +147,7 @@ def prepare_run(
         run_dir.write_progress(progress)
         run_dir.write_text(CONFIG_FILE, dump_config(config))
     barrier()
-    return run_dir, progress
+    return progress
 
 
 def run_pipeline(
@@ -182,8 +184,10 @@ def run_pipeline(
     unknown = [p for p in selected if p not in PHASES]
     if unknown or list(selected) != list(PHASES[PHASES.index(selected[0]) :][: len(selected)]):
         raise ValueError(f"phases must be consecutive names from {PHASES}, got {list(selected)}")
-    run_dir, progress = prepare_run(config, selected, resume, command)
+    run_dir = RunDir(config.output.run_dir)
     ctx = RunContext(config, run_dir, command)
+    ctx.preflight(selected)
+    progress = prepare_run(run_dir, config, selected, resume, command)
     ran = []
     for phase in selected:
         if progress.done(phase):

@@ -1,0 +1,267 @@
+"""The sections of a run config: one dataclass per section, each validating its own values.
+
+Why each section validates itself: the error can then name the exact key (``finetune.lr``)
+and the allowed range, and a section is read and checked in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import PurePath
+from typing import Any
+
+from regprune.pipeline.typed import ConfigError
+from regprune.train import TrainConfig
+from regprune.train.optim import SCHEDULES
+
+
+def check(condition: bool, where: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{where}: {message}")
+
+
+@dataclass
+class DataSection:
+    """Which data set and how it is split and batched (see ``regprune.data.build_datasets``)."""
+
+    name: str
+    root: str | None = None
+    subset: int | None = None
+    batch_size: int = 128
+    val_fraction: float = 0.1
+    workers: int = 0
+    augment: bool = True
+
+    def validate(self, where: str) -> None:
+        from regprune.data.sources import canonical_name
+
+        try:
+            canonical_name(self.name)
+        except ValueError as error:
+            raise ConfigError(f"{where}.name: {error}") from None
+        check(self.subset is None or self.subset >= 1, f"{where}.subset", "must be >= 1 or null")
+        check(self.batch_size >= 1, f"{where}.batch_size", f"must be >= 1, got {self.batch_size}")
+        check(
+            0.0 <= self.val_fraction < 1.0,
+            f"{where}.val_fraction",
+            f"must be in [0, 1), got {self.val_fraction}",
+        )
+        check(self.workers >= 0, f"{where}.workers", f"must be >= 0, got {self.workers}")
+
+
+@dataclass
+class ModelSection:
+    """Architecture by registry name; ``kwargs`` go to ``create_model`` (e.g. ``shortcut: A``).
+
+    ``num_classes`` and ``in_channels`` come from the data set and must not be given here.
+    """
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, where: str) -> None:
+        from regprune.models import list_models
+
+        names = list_models()
+        check(
+            self.name in names or self.name.startswith("torchvision:"),
+            f"{where}.name",
+            f"unknown model {self.name!r}; available: {', '.join(names)} or torchvision:<name>",
+        )
+        for key in ("num_classes", "in_channels"):
+            check(key not in self.kwargs, f"{where}.kwargs.{key}", "is set from the data set")
+
+
+@dataclass
+class TrainSection:
+    """SGD settings of one training phase (``TrainConfig``); ``epochs: 0`` skips the phase."""
+
+    epochs: int = 0
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    milestones: list[int] | None = None
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+    amp: bool = False
+
+    def validate(self, where: str) -> None:
+        check(self.epochs >= 0, f"{where}.epochs", f"must be >= 0, got {self.epochs}")
+        check(self.lr > 0, f"{where}.lr", f"must be > 0, got {self.lr}")
+        check(
+            self.schedule in SCHEDULES,
+            f"{where}.schedule",
+            f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}",
+        )
+        check(
+            0.0 <= self.label_smoothing < 1.0,
+            f"{where}.label_smoothing",
+            f"must be in [0, 1), got {self.label_smoothing}",
+        )
+        check(
+            self.grad_clip is None or self.grad_clip > 0,
+            f"{where}.grad_clip",
+            f"must be > 0 or null, got {self.grad_clip}",
+        )
+        check(
+            not self.nesterov or self.momentum > 0,
+            f"{where}.nesterov",
+            "needs momentum > 0",
+        )
+
+    def train_config(self, device: str | None, progress: bool) -> TrainConfig:
+        """The trainer's settings for this phase (only meaningful when ``epochs >= 1``)."""
+        milestones = tuple(self.milestones) if self.milestones is not None else None
+        return TrainConfig(
+            epochs=self.epochs,
+            lr=self.lr,
+            momentum=self.momentum,
+            nesterov=self.nesterov,
+            weight_decay=self.weight_decay,
+            schedule=self.schedule,
+            milestones=milestones,
+            gamma=self.gamma,
+            label_smoothing=self.label_smoothing,
+            amp=self.amp,
+            grad_clip=self.grad_clip,
+            device=device,
+            progress=progress,
+        )
+
+
+@dataclass
+class PretrainSection(TrainSection):
+    """Baseline training; ``checkpoint`` reuses a trained baseline instead (``epochs`` is then
+    ignored): a regprune checkpoint (``checkpoints/pretrain.pt`` of another run) or a plain
+    ``state_dict`` file, loaded with ``weights_only=True``."""
+
+    checkpoint: str | None = None
+
+
+@dataclass
+class MethodSection:
+    """The pruning method by registry name, its own ``kwargs`` and the pruning target.
+
+    One of ``ratio`` (fraction of channels, or of weights for unstructured methods, removed)
+    and ``target_macs`` (fraction of MACs kept) is given; neither only for a method that sets
+    its own sparsity (``l0_weight``). ``scope: null`` uses the method's own default.
+    """
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    ratio: float | None = None
+    target_macs: float | None = None
+    scope: str | None = None
+    round_to: int = 1
+    ignore: list[str] = field(default_factory=list)
+
+    def validate(self, where: str) -> None:
+        from regprune.pipeline.methods import available_methods
+
+        names = available_methods()
+        check(
+            self.name in names,
+            f"{where}.name",
+            f"unknown method {self.name!r}; available: {', '.join(names)}",
+        )
+        check(
+            self.ratio is None or self.target_macs is None,
+            where,
+            "give one of ratio and target_macs, not both "
+            f"(got ratio={self.ratio}, target_macs={self.target_macs}); "
+            "set the other to null when overriding",
+        )
+        check(
+            self.ratio is None or 0.0 <= self.ratio < 1.0,
+            f"{where}.ratio",
+            f"must be in [0, 1), got {self.ratio}",
+        )
+        check(
+            self.target_macs is None or 0.0 < self.target_macs <= 1.0,
+            f"{where}.target_macs",
+            f"must be in (0, 1], got {self.target_macs}",
+        )
+        check(
+            self.scope in (None, "local", "global"),
+            f"{where}.scope",
+            f"must be local, global or null, got {self.scope!r}",
+        )
+        check(self.round_to >= 1, f"{where}.round_to", f"must be >= 1, got {self.round_to}")
+        for key in ("ratio", "target_macs", "scope", "round_to", "ignore"):
+            check(key not in self.kwargs, f"{where}.kwargs.{key}", f"set it as {where}.{key}")
+
+    def target_kwargs(self) -> dict[str, Any]:
+        """The target keywords every structural method takes; defaults are left out, so a
+        method with fewer options (unstructured ones) is not handed keywords it lacks."""
+        target: dict[str, Any] = {}
+        if self.ratio is not None:
+            target["ratio"] = self.ratio
+        if self.target_macs is not None:
+            target["target_macs"] = self.target_macs
+        if self.scope is not None:
+            target["scope"] = self.scope
+        if self.round_to != 1:
+            target["round_to"] = self.round_to
+        if self.ignore:
+            target["ignore"] = list(self.ignore)
+        return target
+
+
+@dataclass
+class PruneSection:
+    """Surgery: ``calibration_batches`` training batches go to ``method.prune(data)``."""
+
+    calibration_batches: int = 4
+
+    def validate(self, where: str) -> None:
+        check(
+            self.calibration_batches >= 0,
+            f"{where}.calibration_batches",
+            f"must be >= 0, got {self.calibration_batches}",
+        )
+
+
+@dataclass
+class ReportSection:
+    """Latency measurement for the report (median of ``latency_repeats`` calls per batch size).
+
+    ``latency_threads: null`` keeps torch's thread count; fix it to compare runs on a shared host.
+    """
+
+    latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 64])
+    latency_repeats: int = 20
+    latency_warmup: int = 3
+    latency_threads: int | None = None
+
+    def validate(self, where: str) -> None:
+        check(
+            all(b >= 1 for b in self.latency_batch_sizes),
+            f"{where}.latency_batch_sizes",
+            f"batch sizes must be >= 1, got {self.latency_batch_sizes}",
+        )
+        check(self.latency_repeats >= 1, f"{where}.latency_repeats", "must be >= 1")
+        check(self.latency_warmup >= 0, f"{where}.latency_warmup", "must be >= 0")
+        check(
+            self.latency_threads is None or self.latency_threads >= 1,
+            f"{where}.latency_threads",
+            "must be >= 1 or null",
+        )
+
+
+@dataclass
+class OutputSection:
+    """Where the run writes. Every file of the run goes inside ``run_dir``."""
+
+    run_dir: str = "runs/run"
+
+    def validate(self, where: str) -> None:
+        check(bool(self.run_dir.strip()), f"{where}.run_dir", "must not be empty")
+        check(
+            ".." not in PurePath(self.run_dir).parts,
+            f"{where}.run_dir",
+            f"must not contain '..' (got {self.run_dir!r}); give a path below the working "
+            "directory or an absolute path",
+        )

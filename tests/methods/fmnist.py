@@ -1,0 +1,77 @@
+"""A small real task for behaviour tests: a ResNet-20 trained briefly on Fashion-MNIST."""
+
+from __future__ import annotations
+
+import copy
+from functools import cache
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from regprune.models import create_model
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_fmnist = pytest.mark.skipif(
+    not FMNIST.is_dir(), reason="apt-get install dataset-fashion-mnist (CI installs it)"
+)
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@cache
+def _tensors(subset: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from regprune.data import build_datasets
+
+    splits = build_datasets("fashionmnist", subset=subset, seed=0, augment=False)
+
+    def stack(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
+        return torch.stack(xs), torch.tensor(ys)
+
+    return (*stack(splits.train), *stack(splits.test))
+
+
+def train_batches(subset: int = 2000, batch: int = 100, seed: int = 0) -> Batches:
+    x, y, _, _ = _tensors(subset)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    return [(x[order[i : i + batch]], y[order[i : i + batch]]) for i in range(0, len(x), batch)]
+
+
+def accuracy(model: nn.Module, subset: int = 2000) -> float:
+    _, _, x, y = _tensors(subset)
+    model.eval()
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).double().mean())
+
+
+def fit(model: nn.Module, epochs: int, lr: float, method=None, seed: int = 0) -> None:
+    """Plain SGD with the method's hooks in the one life-cycle order."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    model.train()
+    for epoch in range(epochs):
+        for x, y in train_batches(seed=seed + epoch):
+            loss = F.cross_entropy(model(x), y)
+            if method is not None:
+                loss = loss + method.penalty()
+            loss.backward()
+            if method is not None:
+                method.after_backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            if method is not None:
+                method.step()
+
+
+@cache
+def _pretrained() -> nn.Module:
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, in_channels=1)
+    fit(model, epochs=3, lr=0.05)
+    return model.eval()
+
+
+def pretrained_resnet20() -> nn.Module:
+    """A fresh copy of the shared baseline (trained once per test process)."""
+    return copy.deepcopy(_pretrained())

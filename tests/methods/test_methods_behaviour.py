@@ -1,0 +1,85 @@
+"""Behaviour on real data: sparsity emerges where the method puts it, and pruning it is cheap.
+
+One ResNet-20 is trained briefly on a Fashion-MNIST subset and shared by the tests of this file
+(they run on one xdist worker: ``--dist loadgroup``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import regprune as rp
+from regprune import methods
+from tests.methods.fmnist import accuracy, fit, needs_fmnist, pretrained_resnet20, train_batches
+
+pytestmark = [needs_fmnist, pytest.mark.xdist_group("fmnist")]
+X = torch.randn(1, 1, 28, 28)
+
+
+def test_baseline_learns() -> None:
+    assert accuracy(pretrained_resnet20()) > 0.65
+
+
+def test_masksparsity_zeroes_the_masked_scales_and_prunes_nearly_losslessly() -> None:
+    model = pretrained_resnet20()
+    before = accuracy(model)
+    one_shot = accuracy(rp.prune(model, X, target_macs=0.5, importance="l1"))
+    # 40 steps: s is sized so that lr * s / (1 - momentum) * steps pushes |gamma| ~1 to ~0
+    method = methods.get("masksparsity", model, X, target_macs=0.5, s=0.3, mask_from="bn_scale")
+    fit(model, epochs=2, lr=0.02, method=method)
+    stats = method.regularizer.stats(model)
+    assert stats["mean_abs_gamma_penalized"] < 0.15 * stats["mean_abs_gamma_kept"]
+    assert stats["mean_abs_gamma_kept"] > 0.8  # kept channels get no penalty
+    sparse_acc = accuracy(model)
+    after_prune = accuracy(method.prune())
+    assert after_prune >= sparse_acc - 0.03  # removing ~zero channels barely moves accuracy
+    assert after_prune > one_shot + 0.2  # one-shot L1 removal of the same budget drops far more
+    assert before > one_shot
+
+
+def test_slimming_spreads_sparsity_over_all_channels() -> None:
+    model = pretrained_resnet20()
+    method = methods.get("slimming", model, X, target_macs=0.5, s=0.2)
+    initial = method.regularizer.stats(model)["mean_abs_gamma_penalized"]
+    fit(model, epochs=1, lr=0.02, method=method)
+    assert method.regularizer.stats(model)["mean_abs_gamma_penalized"] < 0.7 * initial
+
+
+def test_greg1_shrinks_its_prune_set_and_prunes_nearly_losslessly() -> None:
+    model = pretrained_resnet20()
+    one_shot = accuracy(rp.prune(model, X, target_macs=0.5, importance="l1", scope="local"))
+    method = methods.get(
+        "greg1", model, X, target_macs=0.5, update_every=1, delta=0.05, tau=1.0,
+        stabilize_iters=15,
+    )
+    fit(model, epochs=2, lr=0.01, method=method)
+    assert method.regularizer.phase == "done"
+    sparse_acc = accuracy(model)
+    after_prune = accuracy(method.prune())
+    assert after_prune >= sparse_acc - 0.08
+    assert after_prune > one_shot + 0.1
+
+
+def test_hgsr_drives_input_channel_groups_to_zero_and_prunes_by_loss() -> None:
+    model = pretrained_resnet20()
+    method = methods.get("hgsr", model, X, target_macs=0.5, lam=2e-2)
+    before = torch.cat([v for v in method.regularizer.input_channel_norms().values()])
+    fit(model, epochs=2, lr=0.02, method=method)
+    after = torch.cat([v for v in method.regularizer.input_channel_norms().values()])
+    assert float((after < 0.05 * before.median()).double().mean()) > 0.2
+    small = method.prune(data=train_batches()[:4])
+    assert rp.count(small, X).macs <= 0.5 * rp.count(model, X).macs
+    assert accuracy(small) > 0.5
+
+
+def test_channel_l0_removes_whole_channels_and_the_result_is_smaller_and_faster() -> None:
+    model = pretrained_resnet20()
+    method = methods.get("l0_channel", model, X, lam=2.0, num_samples=4000, init_keep_prob=0.9)
+    fit(model, epochs=2, lr=0.02, method=method)
+    small = method.prune()
+    macs_ratio = rp.count(small, X).macs / rp.count(model, X).macs
+    assert macs_ratio < 0.9
+    assert accuracy(small) > 0.6
+    x64 = torch.randn(64, 1, 28, 28)
+    assert rp.count(small, x64).params < rp.count(model, x64).params

@@ -1,0 +1,115 @@
+"""Minimal repros of the MACs-budget contract ("met within 1%", DESIGN.md) failing on small
+models, next to the parts of it that hold. Found by the property tests (tests/property)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import regprune as rp
+from regprune.allocation import BudgetError, Plan
+from regprune.models import create_model
+from regprune.surgery import apply_plan
+
+X = torch.randn(1, 1, 8, 8)
+
+
+class TinyResidual(nn.Module):
+    """A stem, one residual block and a linear head: two groups of four channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv1 = nn.Conv2d(4, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(x))
+        x = F.relu(self.conv2(F.relu(self.conv1(x))) + x)
+        return self.fc(x.mean((2, 3)))
+
+
+def kept_fraction(model: nn.Module, drop: dict[int, list[int]], x: torch.Tensor = X) -> float:
+    graph = rp.trace_graph(model, x)
+    plan = Plan(drop, {g.id: g.size for g in graph.groups}, graph.model_type)
+    return rp.count(apply_plan(model, graph, plan), x).macs / rp.count(model, x).macs
+
+
+def test_the_residual_stream_is_group_0_and_dropping_two_of_its_channels_keeps_half() -> None:
+    graph = rp.trace_graph(TinyResidual(), X)
+    assert [sorted(g.producers) for g in graph.groups] == [["conv2", "stem"], ["conv1"]]
+    assert kept_fraction(TinyResidual(), {0: [0, 1]}) == pytest.approx(0.5, abs=1e-12)
+
+
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_a_reachable_target_is_never_exceeded(scope: str) -> None:
+    result = rp.prune_with_result(TinyResidual(), X, target_macs=0.5, scope=scope)
+    assert result.macs_after <= 0.5 * result.macs_before
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="allocate() searches one fixed drop order plus one extra channel per group: it keeps "
+    "0.417 of the MACs although dropping 2 residual channels keeps exactly 0.500",
+)
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_a_target_some_plan_meets_exactly_is_met_within_one_percent(scope: str) -> None:
+    result = rp.prune_with_result(TinyResidual(), X, target_macs=0.5, scope=scope)
+    assert result.macs_after / result.macs_before == pytest.approx(0.5, rel=0.01)
+
+
+class OneConv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.relu(self.conv(x)).mean((2, 3)))
+
+
+def test_one_conv_of_four_filters_can_only_keep_quarters_of_its_macs() -> None:
+    fractions = [kept_fraction(OneConv(), {0: list(range(k))}) for k in range(4)]
+    assert fractions == pytest.approx([1.0, 0.75, 0.5, 0.25], abs=0.01)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="no plan lands within 1% of 0.3 (only ~1, 0.75, 0.5, 0.25), yet prune returns the "
+    "0.25 plan silently instead of raising BudgetError",
+)
+def test_a_target_no_plan_can_meet_within_one_percent_is_refused() -> None:
+    try:
+        result = rp.prune_with_result(OneConv(), X, target_macs=0.3)
+    except BudgetError as error:
+        assert "0.3" in str(error)
+    else:
+        achieved = result.macs_after / result.macs_before
+        assert achieved == pytest.approx(0.3, rel=0.01), f"kept {achieved:.3f} silently"
+
+
+X32 = torch.randn(1, 3, 32, 32)
+
+
+def test_lenet5_can_keep_nine_tenths_of_its_macs_within_one_percent() -> None:
+    model = create_model("lenet5", num_classes=10)
+    graph = rp.trace_graph(model, X32)
+    assert [g.producers for g in graph.groups[1:3]] == [["features.3"], ["classifier.0"]]
+    kept = kept_fraction(model, {1: [0, 1], 2: list(range(90))}, X32)
+    assert 0.891 <= kept <= 0.9
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="local-scope budget search on LeNet-5 (a model of this repo) keeps 0.784 of the MACs "
+    "for target_macs=0.9 although 2 conv filters + 90 fc rows keep 0.898",
+)
+def test_lenet5_target_is_met_within_one_percent() -> None:
+    model = create_model("lenet5", num_classes=10)
+    result = rp.prune_with_result(model, X32, target_macs=0.9, importance="random")
+    assert result.macs_after / result.macs_before == pytest.approx(0.9, rel=0.01)
