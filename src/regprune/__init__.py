@@ -3,11 +3,12 @@
 Train with a sparsity penalty, choose what to remove, physically remove it, fine-tune, report.
 """
 
+from regprune import methods
 from regprune.allocation import Plan
 from regprune.api import PruneResult, make_plan, prune, prune_with_result
 from regprune.graph import ChannelGroup, DependencyGraph, trace_graph
 from regprune.metrics import count, measure_latency
-from regprune.surgery import apply_plan, load_pruned, save_pruned
+from regprune.surgery import apply_plan, load_pruned, rebuild_optimizer, save_pruned
 
 __version__ = "0.1.0"
 
@@ -20,9 +21,11 @@ __all__ = [
     "count",
     "load_pruned",
     "make_plan",
+    "methods",
     "measure_latency",
     "prune",
     "prune_with_result",
+    "rebuild_optimizer",
     "save_pruned",
     "trace_graph",
 ]
