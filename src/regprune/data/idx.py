@@ -9,11 +9,11 @@ of re-implementing its reader.
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
+
+from regprune.io import atomic_open
 
 IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -45,16 +45,11 @@ def _copy_atomically(source: Path, target: Path) -> None:
     Why atomic: several processes (DDP ranks, parallel test workers) may prepare the same cache at
     once, and a half-written file would be read by torchvision as a truncated data set.
     """
-    temp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     opener = gzip.open if source.suffix == ".gz" else open
     try:
-        with opener(source, "rb") as src, open(temp, "xb") as dst:
+        with opener(source, "rb") as src, atomic_open(target, "wb") as dst:
             shutil.copyfileobj(src, dst, length=1 << 20)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(temp, target)
     except (OSError, EOFError) as exc:
-        temp.unlink(missing_ok=True)
         raise OSError(
             f"cannot read {source} ({type(exc).__name__}: {exc}); the file is damaged, "
             "replace it (or reinstall the package that provides it)"

@@ -100,7 +100,9 @@ class L0Channel(GraphMethod):
         if self.baked:
             return {}
         gates = torch.cat([g.reshape(-1) for g in self.regularizer.test_gates().values()])
-        return {"gates/closed": float((gates == 0).double().mean()), "l0/expected": float(self.regularizer.expected_nonzero())}
+        with torch.no_grad():
+            expected = float(self.regularizer.expected_nonzero())
+        return {"gates/closed": float((gates == 0).double().mean()), "l0/expected": expected}
 
     def sparsity_snapshot(self) -> dict[str, torch.Tensor]:
         if self.baked:

@@ -18,37 +18,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from regprune.io import atomic_write_text  # noqa: F401  (re-exported for the report)
 
 METRICS_FILE = "metrics.jsonl"
 SPARSITY_DIR = "sparsity"
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
 _SNAPSHOT_NAME = re.compile(r"epoch_(\d+)\.pt")
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``.
-
-    A reader (or a crash) never sees a half-written file: it sees the old one or the new one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -42,13 +42,24 @@ def rebuild_optimizer(
         names = [old_names[id(p)] for p in group["params"] if id(p) in old_names]
         missing = [n for n in names if n not in new_params]
         if missing:
-            raise ValueError(f"pruned model lacks parameters {missing[:3]}; pass the model pruned from 'original'")
-        groups.append({**{k: v for k, v in group.items() if k != "params"},
-                       "params": [new_params[n] for n in names]})
+            raise ValueError(
+                f"pruned model lacks parameters {missing[:3]}; "
+                "pass the model pruned from 'original'"
+            )
+        groups.append(
+            {
+                **{k: v for k, v in group.items() if k != "params"},
+                "params": [new_params[n] for n in names],
+            }
+        )
     rebuilt = type(optimizer)(groups, **optimizer.defaults)
     old_params = dict(original.named_parameters())
-    keys = {k for p in old_params.values() for k, v in optimizer.state.get(p, {}).items()
-            if isinstance(v, torch.Tensor) and v.shape == p.shape}
+    keys = {
+        k
+        for p in old_params.values()
+        for k, v in optimizer.state.get(p, {}).items()
+        if isinstance(v, torch.Tensor) and v.shape == p.shape
+    }
     for key in sorted(keys):
         carrier = copy.deepcopy(original)
         with torch.no_grad():

@@ -91,9 +91,7 @@ class ConvRule(LayerRule):
 
     def applies_to(self, module: nn.Module) -> bool:
         conv_types = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-        return any(
-            isinstance(module, t) and type(module).forward is t.forward for t in conv_types
-        )
+        return any(isinstance(module, t) and type(module).forward is t.forward for t in conv_types)
 
     def input_channels(self, module: nn.Module) -> int:
         return module.in_channels
@@ -199,7 +197,12 @@ class EmbeddingRule(LayerRule):
         module.embedding_dim = int(keep_out.sum())
 
 
-LAYER_RULES: tuple[LayerRule, ...] = (ConvRule(), ConvTransposeRule(), LinearRule(), EmbeddingRule())
+LAYER_RULES: tuple[LayerRule, ...] = (
+    ConvRule(),
+    ConvTransposeRule(),
+    LinearRule(),
+    EmbeddingRule(),
+)
 
 OPAQUE_LAYERS: dict[type[nn.Module], str] = {
     nn.MultiheadAttention: (

@@ -9,12 +9,12 @@ architecture (the user's constructor), resizes it, and loads the weights: no pic
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from regprune.io import atomic_torch_save
 
 FORMAT = "regprune.pruned/1"
 
@@ -59,18 +59,7 @@ def save_pruned(model: nn.Module, path: str | os.PathLike) -> None:
         "attributes": _size_attributes(model),
         "state_dict": state,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_torch_save(payload, path)
 
 
 def load_pruned(model: nn.Module, path: str | os.PathLike) -> nn.Module:
@@ -94,7 +83,9 @@ def load_pruned(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         try:
             module = model.get_submodule(name) if name else model
         except AttributeError as error:
-            raise ValueError(f"{path}: module '{name}' does not exist in the given model") from error
+            raise ValueError(
+                f"{path}: module '{name}' does not exist in the given model"
+            ) from error
         for attr, value in values.items():
             setattr(module, attr, tuple(value) if isinstance(value, list) else value)
     own = dict(model.named_parameters()) | dict(model.named_buffers())

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import uuid
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+from regprune.io import atomic_torch_save
 
 FORMAT_VERSION = "1.0"
 REQUIRED_KEYS = ("format_version", "model", "epoch", "rng")
@@ -140,31 +141,7 @@ def save_checkpoint(path: str | os.PathLike[str], **state: Any) -> Path:
     payload["format_version"] = FORMAT_VERSION
     for key, value in payload.items():
         _check_loadable(value, repr(key))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temp, "xb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-    return path
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Persist the rename itself, so a power loss cannot bring the old file back."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return atomic_torch_save(payload, path)
 
 
 def load_checkpoint(

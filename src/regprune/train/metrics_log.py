@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from regprune.io import atomic_write_text
+
 
 class MetricsLog:
     """Append-only JSON-lines file; one dict per epoch.
@@ -37,6 +39,4 @@ class MetricsLog:
         kept = [r for r in records if r.get("phase") != phase or r.get("epoch", 0) <= epoch]
         if len(kept) == len(records):
             return
-        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        temp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(temp, self.path)
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
