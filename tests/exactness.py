@@ -14,12 +14,19 @@ from regprune.surgery import apply_plan, zero_channels
 def exact_only(graph: DependencyGraph, plan: Plan) -> Plan:
     """Drop only channels of exact groups (LayerNorm-coupled ones change statistics)."""
     exact = {g.id for g in graph.groups if g.exact}
-    return Plan({k: v for k, v in plan.drop.items() if k in exact}, plan.group_sizes, plan.model_type)
+    return Plan(
+        {k: v for k, v in plan.drop.items() if k in exact}, plan.group_sizes, plan.model_type
+    )
 
 
 def check_exact(
-    model: nn.Module, x: torch.Tensor, ratio: float, importance: str = "random", seed: int = 0,
-    scope: str = "local", atol: float = 1e-4,
+    model: nn.Module,
+    x: torch.Tensor,
+    ratio: float,
+    importance: str = "random",
+    seed: int = 0,
+    scope: str = "local",
+    atol: float = 1e-4,
 ) -> tuple[nn.Module, Plan]:
     """Prune ``model`` at ``ratio`` and assert the exactness contract; return the pruned model."""
     model = model.eval()

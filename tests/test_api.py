@@ -30,7 +30,9 @@ def test_macs_target_is_met_within_one_percent(name: str, scope: str, target: fl
 
 def test_torchvision_macs_target_with_bn_scale_global() -> None:
     model = torchvision.models.resnet18(num_classes=10)
-    result = rp.prune_with_result(model, X32, target_macs=0.4, importance="bn_scale", scope="global")
+    result = rp.prune_with_result(
+        model, X32, target_macs=0.4, importance="bn_scale", scope="global"
+    )
     assert abs(result.macs_after / result.macs_before - 0.4) <= 0.004
 
 

@@ -17,14 +17,21 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._NormBase) and module.running_mean is not None:
-                module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
+            if (
+                isinstance(module, nn.modules.batchnorm._NormBase)
+                and module.running_mean is not None
+            ):
+                module.running_mean.copy_(
+                    torch.randn(module.running_mean.shape, generator=generator) * 0.1
+                )
+                module.running_var.copy_(
+                    torch.rand(module.running_var.shape, generator=generator) + 0.5
+                )
             weight = getattr(module, "weight", None)
-            if isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
-                if weight is not None:
-                    weight.copy_(torch.rand(weight.shape, generator=generator) + 0.5)
-                    module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
+            norm_types = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+            if isinstance(module, norm_types) and weight is not None:
+                weight.copy_(torch.rand(weight.shape, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
     return model.eval()
 
 

@@ -12,8 +12,9 @@ from torch import nn
 from regprune.allocation import MacsModel, Plan, allocate, validate_target
 from regprune.graph import DependencyGraph, trace_graph
 from regprune.importance import Importance, get_importance
-from regprune.metrics import count
 from regprune.inputs import as_input_tuple
+from regprune.metrics import count
+from regprune.modes import eval_mode
 from regprune.surgery import apply_plan
 
 
@@ -71,18 +72,14 @@ def make_plan(
 
 def check_runs(model: nn.Module, example_inputs: Any, expected: Any) -> None:
     """Run the pruned model once; its outputs must have the original shapes."""
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             output = model(*as_input_tuple(example_inputs))
     except Exception as error:
         raise RuntimeError(
             f"the pruned model fails on the example inputs ({error}); please report this "
             "model, and pass ignore=[...] for the layer named in the error meanwhile"
         ) from error
-    finally:
-        model.train(was_training)
     got = [t.shape for t in _tensors(output)]
     want = [t.shape for t in _tensors(expected)]
     if got != want:
@@ -99,11 +96,8 @@ def prune_with_result(model: nn.Module, example_inputs: Any, **kwargs: Any) -> P
     """Like :func:`prune` but also returns the plan, the graph and the MACs before and after."""
     graph, plan = make_plan(model, example_inputs, **kwargs)
     pruned = apply_plan(model, graph, plan)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         expected = model(*as_input_tuple(example_inputs))
-    model.train(was_training)
     check_runs(pruned, example_inputs, expected)
     return PruneResult(
         pruned, plan, graph, count(model, example_inputs).macs, count(pruned, example_inputs).macs

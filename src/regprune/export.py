@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +23,11 @@ import torch
 from torch import nn
 
 from regprune.inputs import ExampleInputs, as_input_tuple
+from regprune.modes import eval_mode
 
 
 class ExportCheckError(RuntimeError):
     """The exported or compiled model's outputs differ from eager PyTorch beyond tolerance."""
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the duration, then every module's own flag back (not just the root's)."""
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes.items():
-            module.training = training
 
 
 def _outputs(value: Any) -> list[torch.Tensor]:
@@ -55,7 +42,7 @@ def _outputs(value: Any) -> list[torch.Tensor]:
 
 
 def _eager_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         return [t.detach().cpu() for t in _outputs(model(*inputs))]
 
 
@@ -115,7 +102,7 @@ def export_onnx(
     input_names = [f"input_{i}" for i in range(len(inputs))]
     output_names = [f"output_{i}" for i in range(num_outputs)]
     dynamic_axes = {name: {0: "batch"} for name in input_names + output_names}
-    with _eval_mode(model), torch.no_grad(), warnings.catch_warnings():
+    with eval_mode(model), torch.no_grad(), warnings.catch_warnings():
         # The exporter warns that it is the legacy one on every call; the module docstring says
         # why it is chosen, so the warning would only be noise for callers.
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
@@ -198,6 +185,6 @@ def check_compile(
     inputs = as_input_tuple(example_inputs)
     expected = _eager_outputs(model, inputs)
     compiled = torch.compile(model, backend=backend)
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         got = [t.detach().cpu() for t in _outputs(compiled(*inputs))]
     return _max_abs_diff(expected, got, "torch.compile", atol)

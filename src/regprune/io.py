@@ -9,7 +9,9 @@ power loss. Unique names also let several processes (DDP ranks, test workers) wr
 from __future__ import annotations
 
 import os
+import pickle
 import uuid
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,3 +66,36 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     with atomic_open(path, "wb") as file:
         torch.save(obj, file)
     return Path(path)
+
+
+def check_integrity(path: str | os.PathLike[str], what: str) -> None:
+    """Raise ValueError naming ``path`` if the torch (zip) file is truncated or a checksum fails."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except zipfile.BadZipFile as error:
+        raise ValueError(
+            f"{path} is corrupt or not a torch file ({error}); expected {what}"
+        ) from error
+    if damaged is not None:
+        raise ValueError(f"{path} is corrupt: member {damaged} fails its checksum")
+
+
+def read_weights_only(path: str | os.PathLike[str], what: str) -> Any:
+    """``torch.load(..., weights_only=True)`` with damage reported as such, naming the file.
+
+    ``torch.load`` neither checks the zip CRCs (a flipped byte loads silently as a wrong
+    weight) nor names the file in its errors (and suggests ``weights_only=False`` for a foreign
+    pickle, which is the unsafe thing to do). Both are checked here first.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (expected {what})")
+    check_integrity(path, what)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, AttributeError, ValueError) as error:
+        raise ValueError(
+            f"{path} is corrupt or not {what}: it cannot be read with weights_only=True "
+            f"({type(error).__name__})"
+        ) from error

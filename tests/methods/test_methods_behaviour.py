@@ -50,7 +50,13 @@ def test_greg1_shrinks_its_prune_set_and_prunes_nearly_losslessly() -> None:
     model = pretrained_resnet20()
     one_shot = accuracy(rp.prune(model, X, target_macs=0.5, importance="l1", scope="local"))
     method = methods.get(
-        "greg1", model, X, target_macs=0.5, update_every=1, delta=0.05, tau=1.0,
+        "greg1",
+        model,
+        X,
+        target_macs=0.5,
+        update_every=1,
+        delta=0.05,
+        tau=1.0,
         stabilize_iters=15,
     )
     fit(model, epochs=2, lr=0.01, method=method)

@@ -17,7 +17,10 @@ X = torch.randn(1, 1, 28, 28)
 
 def batches(n: int = 4, size: int = 16, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(size, 1, 28, 28, generator=g), torch.randint(0, 10, (size,), generator=g)) for _ in range(n)]
+    return [
+        (torch.randn(size, 1, 28, 28, generator=g), torch.randint(0, 10, (size,), generator=g))
+        for _ in range(n)
+    ]
 
 
 def train_steps(model, method, steps: int, lr: float = 0.01) -> None:
@@ -72,7 +75,7 @@ def test_masksparsity_penalizes_only_masked_channels_and_prunes_exactly_them() -
     assert abs(achieved - 0.5) <= 0.005
 
 
-def test_masksparsity_slimming_stage_then_mask_and_resume() -> None:
+def test_masksparsity_slimming_stage_then_mask_and_resume(tmp_path) -> None:
     model = resnet()
     method = methods.get("masksparsity", model, X, ratio=0.5, mask_iters=3, mask_s=1e-3)
     assert method.phase == "mask"
@@ -82,22 +85,18 @@ def test_masksparsity_slimming_stage_then_mask_and_resume() -> None:
     assert method.phase == "sparsify"
     state = method.state_dict()
     restored = methods.get("masksparsity", resnet(), X, ratio=0.5, mask_iters=3)
-    restored.load_state_dict(torch.load(_save(state), weights_only=True))
+    path = tmp_path / "method.pt"
+    torch.save(state, path)
+    restored.load_state_dict(torch.load(path, weights_only=True))
     assert restored.mask_plan.drop == method.mask_plan.drop
     assert restored.iteration == 3
 
 
-def _save(state) -> str:
-    import tempfile
-
-    path = tempfile.NamedTemporaryFile(suffix=".pt", delete=False).name
-    torch.save(state, path)
-    return path
-
-
 def test_masksparsity_vote_rule_keeps_at_least_one_channel_per_group() -> None:
     model = resnet()
-    method = methods.get("masksparsity", model, X, ratio=0.5, mask_from="bn_scale", mask_rule="vote")
+    method = methods.get(
+        "masksparsity", model, X, ratio=0.5, mask_from="bn_scale", mask_rule="vote"
+    )
     for group in method.groups:
         assert len(method.mask_plan.drop.get(group.id, [])) < group.size
     assert method.mask_plan.num_dropped() > 0
@@ -105,8 +104,9 @@ def test_masksparsity_vote_rule_keeps_at_least_one_channel_per_group() -> None:
 
 def test_greg1_prune_set_is_the_l1_smallest_and_lambda_grows_on_it() -> None:
     model = resnet()
-    method = methods.get("greg1", model, X, ratio=0.5, update_every=2, delta=0.1, tau=0.35,
-                         stabilize_iters=2)
+    method = methods.get(
+        "greg1", model, X, ratio=0.5, update_every=2, delta=0.1, tau=0.35, stabilize_iters=2
+    )
     prune_set = method.regularizer.prune_set()
     group = next(g for g in method.groups if g.producers == ["layer1.0.conv1"])
     l1 = model.layer1[0].conv1.weight.detach().abs().sum((1, 2, 3))
@@ -139,8 +139,9 @@ def test_greg1_gradient_edit_is_lambda_w_on_the_prune_set_only() -> None:
 
 def test_greg2_picks_then_pushes_with_the_allocated_counts() -> None:
     model = resnet()
-    method = methods.get("greg2", model, X, target_macs=0.5, update_every=1, pick_delta=1e-3,
-                         pick_ceiling=3e-3)
+    method = methods.get(
+        "greg2", model, X, target_macs=0.5, update_every=1, pick_delta=1e-3, pick_ceiling=3e-3
+    )
     assert method.phase == "picking"
     train_steps(model, method, 3)
     assert method.phase == "growing"

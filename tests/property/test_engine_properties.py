@@ -126,6 +126,9 @@ def check_budget_is_safe(program: Program, target: float, importance: str, scope
             model, x, target_macs=target, importance=importance, scope=scope
         )
     except BudgetError as error:
+        if "within 1%" in str(error):  # granularity: no plan lands within 1% of the target
+            assert reachable_within(model, x, graph, target) is not True, str(error)
+            return
         assert floor > target, f"refused although keeping one channel per group leaves {floor:.4f}"
         assert "larger target_macs" in str(error)
         return
@@ -143,7 +146,9 @@ def reachable_within(
     target: float,
     max_plans: int = 4096,
 ) -> bool | None:
-    """Whether some plan lands within 1% of ``target`` (None when too many plans to try).
+    """Whether some plan lands within 1% below ``target`` (None when too many plans to try).
+
+    The contract: a MACs target is a budget, never exceeded, met within 1% below it.
 
     Tries every combination of per-group drop counts (lowest channel indices first) with the
     engine's own analytic MACs model, which ``check_budget_is_safe`` ties to ``rp.count``.
@@ -157,7 +162,8 @@ def reachable_within(
         keep = torch.ones(graph.group_of_component.numel(), dtype=torch.bool)
         for group_components, count in zip(components, counts, strict=True):
             keep[group_components[:count]] = False
-        if abs(macs_model.macs(keep) / macs_model.total - target) <= 0.01 * target + 1e-9:
+        kept = macs_model.macs(keep) / macs_model.total
+        if target - 0.01 * target - 1e-9 <= kept <= target + 1e-9:
             return True
     return False
 
@@ -173,7 +179,8 @@ def check_budget_contract(program: Program, target: float, importance: str, scop
         )
     except BudgetError:
         if macs_floor(model, x, graph) <= target:
-            assert reachable_within(model, x, graph, target) is False
+            # refused: no plan within 1% below may exist (None: too many plans to check)
+            assert reachable_within(model, x, graph, target) is not True
         return
     achieved = result.macs_after / result.macs_before
     assert abs(achieved - target) <= 0.01 * target + 1e-9, (
@@ -206,11 +213,6 @@ def test_macs_target_is_never_exceeded_and_refused_only_below_the_floor(
     check_budget_is_safe(program, target, importance, scope)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="on small models the budget search silently returns plans well under target_macs "
-    "(17% under in the repros: tests/reliability/test_budget_contract.py)",
-)
 @settings(fast, phases=[Phase.explicit, Phase.generate])  # the failure is known: skip shrinking
 @given(program=programs(), target=targets, importance=importances, scope=scopes)
 def test_macs_target_is_met_within_one_percent_or_refused(

@@ -51,11 +51,6 @@ def test_a_reachable_target_is_never_exceeded(scope: str) -> None:
     assert result.macs_after <= 0.5 * result.macs_before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="allocate() searches one fixed drop order plus one extra channel per group: it keeps "
-    "0.417 of the MACs although dropping 2 residual channels keeps exactly 0.500",
-)
 @pytest.mark.parametrize("scope", ["local", "global"])
 def test_a_target_some_plan_meets_exactly_is_met_within_one_percent(scope: str) -> None:
     result = rp.prune_with_result(TinyResidual(), X, target_macs=0.5, scope=scope)
@@ -78,11 +73,6 @@ def test_one_conv_of_four_filters_can_only_keep_quarters_of_its_macs() -> None:
     assert fractions == pytest.approx([1.0, 0.75, 0.5, 0.25], abs=0.01)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="no plan lands within 1% of 0.3 (only ~1, 0.75, 0.5, 0.25), yet prune returns the "
-    "0.25 plan silently instead of raising BudgetError",
-)
 def test_a_target_no_plan_can_meet_within_one_percent_is_refused() -> None:
     try:
         result = rp.prune_with_result(OneConv(), X, target_macs=0.3)
@@ -104,11 +94,6 @@ def test_lenet5_can_keep_nine_tenths_of_its_macs_within_one_percent() -> None:
     assert 0.891 <= kept <= 0.9
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="local-scope budget search on LeNet-5 (a model of this repo) keeps 0.784 of the MACs "
-    "for target_macs=0.9 although 2 conv filters + 90 fc rows keep 0.898",
-)
 def test_lenet5_target_is_met_within_one_percent() -> None:
     model = create_model("lenet5", num_classes=10)
     result = rp.prune_with_result(model, X32, target_macs=0.9, importance="random")

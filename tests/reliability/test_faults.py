@@ -248,11 +248,6 @@ def test_the_byte_flip_helper_damages_only_the_weights(tmp_path: Path) -> None:
     assert (damaged["weight"] != model.weight).sum() == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="torch.load does not check the zip CRCs: a flipped byte in the weights loads "
-    "silently with wrong values (zipfile.ZipFile(path).testzip() would catch it)",
-)
 def test_a_checkpoint_with_a_flipped_byte_is_a_checkpoint_error(tmp_path: Path) -> None:
     path = tmp_path / "last.pt"
     write_wide_checkpoint(path)

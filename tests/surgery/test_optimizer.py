@@ -29,8 +29,11 @@ def test_state_is_sliced_like_the_parameters(optimizer_class) -> None:
     key = "momentum_buffer" if optimizer_class is torch.optim.SGD else "exp_avg"
     old = optimizer.state[model.layer1[0].conv1.weight][key]
     new = rebuilt.state[pruned.layer1[0].conv1.weight][key]
-    kept_out = [c for c in range(16) if c not in plan.drop[next(
-        g.id for g in graph.groups if g.producers == ["layer1.0.conv1"])]]
+    kept_out = [
+        c
+        for c in range(16)
+        if c not in plan.drop[next(g.id for g in graph.groups if g.producers == ["layer1.0.conv1"])]
+    ]
     stream = next(g.id for g in graph.groups if "conv1" in g.producers)
     kept_in = [c for c in range(16) if c not in plan.drop.get(stream, [])]
     assert torch.equal(new, old[kept_out][:, kept_in])

@@ -57,4 +57,6 @@ class Plan:
     def __str__(self) -> str:
         widths = self.kept_widths()
         parts = [f"g{gid}: {self.group_sizes[gid]}->{kept}" for gid, kept in widths.items()]
-        return f"Plan({self.model_type}, drop {self.num_dropped()} channels; " + ", ".join(parts) + ")"
+        return (
+            f"Plan({self.model_type}, drop {self.num_dropped()} channels; " + ", ".join(parts) + ")"
+        )

@@ -13,8 +13,11 @@ channel's MACs of it.
 
 from __future__ import annotations
 
+import itertools
 import math
+import warnings
 from dataclasses import dataclass
+from numbers import Real
 
 import torch
 
@@ -161,7 +164,7 @@ def allocate(
             kept = _round_kept(sizes - dropped, sizes, round_to)
             counts = (sizes - kept).long()
         else:
-            k = min(int(math.floor(ratio * float(sizes.sum()))), order.group.numel())
+            k = min(math.floor(ratio * float(sizes.sum())), order.group.numel())
             counts = _drop_counts(graph, order, k, round_to)
         return _plan_from_counts(graph, ranked, counts)
 
@@ -191,7 +194,154 @@ def allocate(
     counts = _drop_counts(graph, order, low, round_to)
     if low > 0 and round_to == 1:
         counts = _closest_below(graph, ranked, macs_model, order, low, target, counts)
+        counts = _fill_back(graph, ranked, macs_model, target, counts)
+        counts = _exhaustive_if_small(graph, ranked, macs_model, order, target, counts)
+        counts = _swap_search(graph, ranked, macs_model, order, target, counts)
+    achieved = macs_model.macs(_keep_mask(graph, ranked, counts))
+    if target - achieved > BUDGET_TOLERANCE * target:
+        message = (
+            f"target_macs={target_macs} cannot be met within {BUDGET_TOLERANCE:.0%}: the closest "
+            f"plan below it keeps {achieved / macs_model.total:.4f} of the MACs (channels are "
+            "removed whole; small groups make coarse steps)"
+        )
+        if round_to == 1:
+            raise BudgetError(message + "; ask for a target the model's granularity allows")
+        warnings.warn(message + f" with round_to={round_to}", stacklevel=2)
     return _plan_from_counts(graph, ranked, counts)
+
+
+BUDGET_TOLERANCE = 0.01
+"""A MACs target is met within this fraction of itself, or refused."""
+
+
+EXHAUSTIVE_LIMIT = 4096
+"""Small models (few, narrow groups) are searched over every combination of drop counts."""
+
+
+def _exhaustive_if_small(
+    graph: DependencyGraph,
+    ranked: dict[int, torch.Tensor],
+    macs_model: MacsModel,
+    order: _Order,
+    target: float,
+    counts: torch.Tensor,
+) -> torch.Tensor:
+    """Where greedy steps are too coarse (a 4-channel residual stream), try every count vector.
+
+    Only when the greedy plan misses the tolerance and the space is small; within a group the
+    importance order is kept, so only *how many* channels each group loses is searched.
+    """
+    current = macs_model.macs(_keep_mask(graph, ranked, counts))
+    if target - current <= BUDGET_TOLERANCE * target:
+        return counts
+    droppable = torch.zeros(len(graph.groups), dtype=torch.long)
+    droppable.index_add_(0, order.group, torch.ones_like(order.group))
+    if math.prod(int(d) + 1 for d in droppable) > EXHAUSTIVE_LIMIT:
+        return counts
+    best, best_macs = counts, current
+    for combination in itertools.product(*(range(int(d) + 1) for d in droppable)):
+        candidate = torch.tensor(combination, dtype=torch.long)
+        macs = macs_model.macs(_keep_mask(graph, ranked, candidate))
+        if best_macs < macs <= target:
+            best, best_macs = candidate, macs
+    return best
+
+
+def _swap_search(
+    graph: DependencyGraph,
+    ranked: dict[int, torch.Tensor],
+    macs_model: MacsModel,
+    order: _Order,
+    target: float,
+    counts: torch.Tensor,
+    rounds: int = 8,
+) -> torch.Tensor:
+    """Trade one costly channel for several cheap ones when single steps cannot get closer.
+
+    From a plan still short of the tolerance, drop one more channel of some group and fill
+    back greedily; keep the best result. Bounded (``rounds`` x groups fill-backs) and only run
+    when the plan misses the tolerance, which happens on small models with uneven groups.
+    """
+    current = macs_model.macs(_keep_mask(graph, ranked, counts))
+    droppable = torch.zeros(len(graph.groups), dtype=torch.long)
+    droppable.index_add_(0, order.group, torch.ones_like(order.group))
+    for _ in range(rounds):
+        if target - current <= BUDGET_TOLERANCE * target or len(graph.groups) > 64:
+            break
+        best, best_macs = None, current
+        for gid in range(len(graph.groups)):
+            moves = []
+            if counts[gid] < droppable[gid]:  # one more here, then give back elsewhere
+                candidate = counts.clone()
+                candidate[gid] += 1
+                moves.append(_fill_back(graph, ranked, macs_model, target, candidate))
+            if counts[gid] > 0:  # give one back here, then trim elsewhere in small steps
+                candidate = counts.clone()
+                candidate[gid] -= 1
+                trimmed = _trim_down(graph, ranked, macs_model, droppable, target, candidate)
+                if trimmed is not None:
+                    moves.append(trimmed)
+            for candidate in moves:
+                macs = macs_model.macs(_keep_mask(graph, ranked, candidate))
+                if best_macs < macs <= target:
+                    best, best_macs = candidate, macs
+        if best is None:
+            break
+        counts, current = best, best_macs
+    return counts
+
+
+def _trim_down(
+    graph: DependencyGraph,
+    ranked: dict[int, torch.Tensor],
+    macs_model: MacsModel,
+    droppable: torch.Tensor,
+    target: float,
+    counts: torch.Tensor,
+    max_steps: int = 512,
+) -> torch.Tensor | None:
+    """Drop channels until the target holds, always taking the smallest step, so the plan
+    lands just below the target rather than one coarse step below it."""
+    for _ in range(max_steps):
+        if macs_model.macs(_keep_mask(graph, ranked, counts)) <= target:
+            return counts
+        options = []
+        for gid in torch.nonzero(counts < droppable).reshape(-1).tolist():
+            candidate = counts.clone()
+            candidate[gid] += 1
+            options.append((macs_model.macs(_keep_mask(graph, ranked, candidate)), candidate))
+        if not options:
+            return None
+        counts = max(options, key=lambda o: o[0])[1]
+    return None
+
+
+def _fill_back(
+    graph: DependencyGraph,
+    ranked: dict[int, torch.Tensor],
+    macs_model: MacsModel,
+    target: float,
+    counts: torch.Tensor,
+) -> torch.Tensor:
+    """Give channels back while the target still holds, largest gain first.
+
+    From a plan below the target, restoring the most important dropped channel of one group at
+    a time climbs back towards the target; each step takes the restore that lands closest
+    below it. Stops within a tenth of the tolerance, or when no restore fits.
+    """
+    current = macs_model.macs(_keep_mask(graph, ranked, counts))
+    while target - current > 0.1 * BUDGET_TOLERANCE * target:
+        best, best_macs = None, current
+        for gid in torch.nonzero(counts > 0).reshape(-1).tolist():
+            candidate = counts.clone()
+            candidate[gid] -= 1
+            macs = macs_model.macs(_keep_mask(graph, ranked, candidate))
+            if best_macs < macs <= target:
+                best, best_macs = candidate, macs
+        if best is None:
+            break
+        counts, current = best, best_macs
+    return counts
 
 
 def _closest_below(
@@ -229,9 +379,14 @@ def validate_target(
     ratio: float | None, target_macs: float | None, scope: str, round_to: int
 ) -> None:
     """Reject bad targets at the door, saying what is allowed."""
+    for name, value in (("ratio", ratio), ("target_macs", target_macs)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, Real)):
+            raise ValueError(f"{name} must be a number, got {type(value).__name__} {value!r}")
     if (ratio is None) == (target_macs is None):
-        raise ValueError("give exactly one of ratio= (fraction of channels to remove) or "
-                         "target_macs= (fraction of MACs to keep)")
+        raise ValueError(
+            "give exactly one of ratio= (fraction of channels to remove) or "
+            "target_macs= (fraction of MACs to keep)"
+        )
     if ratio is not None and not (0.0 <= float(ratio) < 1.0):
         raise ValueError(f"ratio must be in [0, 1) (fraction of channels removed), got {ratio}")
     if target_macs is not None and not (0.0 < float(target_macs) <= 1.0):

@@ -10,10 +10,16 @@ from torch import nn
 from regprune.graph.dependency import DependencyGraph, Unprunable, build_dependency_graph
 from regprune.graph.groups import ChannelGroup, ParamSlice
 from regprune.graph.tracer import TraceError, Tracer
+from regprune.inputs import as_input_tuple
+from regprune.modes import eval_mode
 
 
-def resolve_ignore(model: nn.Module, ignore: Iterable[nn.Module | str]) -> list[str]:
+def resolve_ignore(
+    model: nn.Module, ignore: Iterable[nn.Module | str] | nn.Module | str
+) -> list[str]:
     """Turn ``ignore`` entries (modules or qualified names) into names, rejecting strangers."""
+    if isinstance(ignore, (str, nn.Module)):
+        ignore = [ignore]  # one entry, not a sequence of characters / children
     names_by_id = {id(m): name for name, m in model.named_modules()}
     all_names = set(names_by_id.values())
     resolved = []
@@ -27,11 +33,14 @@ def resolve_ignore(model: nn.Module, ignore: Iterable[nn.Module | str]) -> list[
             resolved.append(names_by_id[id(entry)])
         elif isinstance(entry, str):
             if entry not in all_names:
-                close = sorted(n for n in all_names if entry.split(".")[-1] in n)[:5]
-                raise ValueError(
-                    f"ignore entry '{entry}' names no submodule of the model"
-                    + (f"; similar names: {close}" if close else "")
+                close = sorted(n for n in all_names if n and entry.split(".")[-1] in n)[:5]
+                top = [n for n in all_names if n and "." not in n][:8]
+                hint = (
+                    f"; similar names: {close}"
+                    if close
+                    else f"; names are those of model.named_modules(), e.g. {top}"
                 )
+                raise ValueError(f"ignore entry '{entry}' names no submodule of the model{hint}")
             resolved.append(entry)
         else:
             raise TypeError(f"ignore entries must be modules or names, got {type(entry).__name__}")
@@ -52,9 +61,8 @@ def trace_graph(
     values (data-dependent control flow, an op without a meta kernel) is traced for real.
     """
     ignored = resolve_ignore(model, ignore)
-    was_training = model.training
-    model.eval()
-    try:
+    as_input_tuple(example_inputs)  # reject bad inputs before anything touches the model
+    with eval_mode(model):
         if on_meta:
             try:
                 tracer = Tracer(model, ignored, on_meta=True)
@@ -65,8 +73,6 @@ def trace_graph(
         tracer = Tracer(model, ignored)
         tracer.run(example_inputs)
         return build_dependency_graph(model, tracer)
-    finally:
-        model.train(was_training)
 
 
 __all__ = [

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from regprune.graph.groups import ChannelGroup, ParamSlice
+from regprune.graph.groups import ChannelGroup, ParamSlice, SliceRole
 from regprune.graph.tracer import FreeParam, Tracer
 from regprune.surgery.rules import LayerRecord, is_per_channel_layer
 
@@ -125,6 +125,7 @@ def build_dependency_graph(model: nn.Module, tracer: Tracer) -> DependencyGraph:
         group.exact = group.id not in inexact_groups
         group.slices = slices[group.id]
     graph.unprunable = _unprunable(records, component, locked, reason_of, atoms.lock_reasons)
+    graph.unprunable += _locked_weights(tracer, component, locked, reason_of, atoms.lock_reasons)
     return graph
 
 
@@ -209,36 +210,65 @@ def _all_slices(
     """Every group's parameter slices, in one pass over layers and parameters."""
     slices: dict[int, list[ParamSlice]] = {g.id: [] for g in graph.groups}
 
-    def add(atoms_or_components: torch.Tensor, is_component: bool, make) -> None:
-        valid = atoms_or_components >= 0
-        component = atoms_or_components.clamp(min=0)
-        if not is_component:
-            component = graph.component[component]
+    def add(components: torch.Tensor, module: str, param: str, dim: int, role: SliceRole) -> None:
+        valid = components >= 0
+        component = components.clamp(min=0)
         group = torch.where(valid, graph.group_of_component[component], -1)
         channel = graph.channel_of_component[component]
         for gid in torch.unique(group[group >= 0]).tolist():
-            slices[gid].append(make(torch.where(group == gid, channel, -1)))
+            channel_of = torch.where(group == gid, channel, -1)
+            slices[gid].append(ParamSlice(module, param, dim, role, channel_of))
+
+    def components_of(atoms: torch.Tensor) -> torch.Tensor:
+        return torch.where(atoms >= 0, graph.component[atoms.clamp(min=0)], -1)
 
     for record in graph.records:
         module = model.get_submodule(record.name)
-        rule, name = record.rule, record.name
-        add(record.out_atoms, False, lambda idx: ParamSlice(name, "weight", rule.out_dim, "out", idx))
+        out_components = components_of(record.out_atoms)
+        add(out_components, record.name, "weight", record.rule.out_dim, "out")
         if getattr(module, "bias", None) is not None:
-            add(record.out_atoms, False, lambda idx: ParamSlice(name, "bias", 0, "out", idx))
+            add(out_components, record.name, "bias", 0, "out")
         if record.groups == 1 and record.in_atoms.numel():
-            add(record.in_atoms, False, lambda idx: ParamSlice(name, "weight", rule.in_dim, "in", idx))
+            add(components_of(record.in_atoms), record.name, "weight", record.rule.in_dim, "in")
     for slicing in slicings:
         param = slicing.param
         if not param.is_parameter:
             continue
         owner = model.get_submodule(param.module) if param.module else model
-        role = "norm" if is_per_channel_layer(owner) else "free"
-        add(
-            slicing.component,
-            True,
-            lambda idx: ParamSlice(param.module, param.attr, slicing.dim, role, idx),
-        )
+        role: SliceRole = "norm" if is_per_channel_layer(owner) else "free"
+        add(slicing.component, param.module, param.attr, slicing.dim, role)
     return slices
+
+
+def _locked_weights(
+    tracer: Tracer,
+    component: torch.Tensor,
+    locked: torch.Tensor,
+    reason_of: torch.Tensor,
+    reasons: list[Any],
+) -> list[Unprunable]:
+    """Weights (2+ dims) used directly in a custom forward that could not be followed.
+
+    A Conv2d subclass calling ``F.conv2d`` itself has no slicing rule: its weight is traced as a
+    plain parameter, and when the op locks it the layer must still be listed as kept whole.
+    """
+    found = []
+    for param in tracer.free_params.values():
+        if param.atoms.dim() < 2:
+            continue
+        comps = component[param.atoms.reshape(-1)]
+        if bool(locked[comps].all()):
+            known = reason_of[comps][reason_of[comps] >= 0]
+            text = reasons[int(known[0])].reason if known.numel() else "coupled with a lock"
+            found.append(
+                Unprunable(
+                    param.module or "<model>",
+                    param.atoms.shape[0],
+                    param.atoms.shape[0],
+                    f"{param.attr}: {text}",
+                )
+            )
+    return found
 
 
 def _unprunable(

@@ -27,45 +27,247 @@ from regprune.graph.labels import atoms_in, channel_vector, compact, expand_to, 
 from regprune.graph.tracer import Tracer, iter_tensors
 
 ELEMENTWISE = frozenset(
-    """abs acos add addcdiv addcmul asin atan atan2 bfloat16 bitwise_and bitwise_or ceil celu
-    clamp clamp_max clamp_min clip clone contiguous cos cosh cpu cuda detach div divide double
-    dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout elu eq erf exp
-    expm1 float floor floor_divide fmod frac ge gelu glu_ gt half hardsigmoid hardswish hardtanh
-    hypot le leaky_relu lerp log log1p log2 logical_and logical_not logical_or logsigmoid lt
-    masked_fill maximum minimum mish mul multiply nan_to_num ne neg negative pow reciprocal relu
-    relu6 remainder requires_grad round rrelu rsqrt rsub selu sigmoid sign silu sin sinh softplus
-    softshrink softsign sqrt square sub subtract tan tanh threshold to true_divide truediv
-    trunc type type_as where xlogy and or xor mod floordiv matmul_scalar""".split()
+    [
+        "abs",
+        "acos",
+        "add",
+        "addcdiv",
+        "addcmul",
+        "asin",
+        "atan",
+        "atan2",
+        "bfloat16",
+        "bitwise_and",
+        "bitwise_or",
+        "ceil",
+        "celu",
+        "clamp",
+        "clamp_max",
+        "clamp_min",
+        "clip",
+        "clone",
+        "contiguous",
+        "cos",
+        "cosh",
+        "cpu",
+        "cuda",
+        "detach",
+        "div",
+        "divide",
+        "double",
+        "dropout",
+        "dropout1d",
+        "dropout2d",
+        "dropout3d",
+        "alpha_dropout",
+        "feature_alpha_dropout",
+        "elu",
+        "eq",
+        "erf",
+        "exp",
+        "expm1",
+        "float",
+        "floor",
+        "floor_divide",
+        "fmod",
+        "frac",
+        "ge",
+        "gelu",
+        "glu_",
+        "gt",
+        "half",
+        "hardsigmoid",
+        "hardswish",
+        "hardtanh",
+        "hypot",
+        "le",
+        "leaky_relu",
+        "lerp",
+        "log",
+        "log1p",
+        "log2",
+        "logical_and",
+        "logical_not",
+        "logical_or",
+        "logsigmoid",
+        "lt",
+        "masked_fill",
+        "maximum",
+        "minimum",
+        "mish",
+        "mul",
+        "multiply",
+        "nan_to_num",
+        "ne",
+        "neg",
+        "negative",
+        "pow",
+        "reciprocal",
+        "relu",
+        "relu6",
+        "remainder",
+        "requires_grad",
+        "round",
+        "rrelu",
+        "rsqrt",
+        "rsub",
+        "selu",
+        "sigmoid",
+        "sign",
+        "silu",
+        "sin",
+        "sinh",
+        "softplus",
+        "softshrink",
+        "softsign",
+        "sqrt",
+        "square",
+        "sub",
+        "subtract",
+        "tan",
+        "tanh",
+        "threshold",
+        "to",
+        "true_divide",
+        "truediv",
+        "trunc",
+        "type",
+        "type_as",
+        "where",
+        "xlogy",
+        "and",
+        "or",
+        "xor",
+        "mod",
+        "floordiv",
+        "matmul_scalar",
+    ]
 )
 
 MOVEMENT = frozenset(
-    """view reshape flatten unflatten permute transpose t swapaxes swapdims movedim moveaxis
-    squeeze unsqueeze expand expand_as repeat narrow select getitem index_select split chunk
-    unbind tensor_split cat concat concatenate stack roll flip view_as reshape_as
-    channel_shuffle pixel_shuffle pixel_unshuffle""".split()
+    [
+        "view",
+        "reshape",
+        "flatten",
+        "unflatten",
+        "permute",
+        "transpose",
+        "t",
+        "swapaxes",
+        "swapdims",
+        "movedim",
+        "moveaxis",
+        "squeeze",
+        "unsqueeze",
+        "expand",
+        "expand_as",
+        "repeat",
+        "narrow",
+        "select",
+        "getitem",
+        "index_select",
+        "split",
+        "chunk",
+        "unbind",
+        "tensor_split",
+        "cat",
+        "concat",
+        "concatenate",
+        "stack",
+        "roll",
+        "flip",
+        "view_as",
+        "reshape_as",
+        "channel_shuffle",
+        "pixel_shuffle",
+        "pixel_unshuffle",
+    ]
 )
 
-RESHAPES = frozenset("view reshape view_as reshape_as unflatten".split())
+RESHAPES = frozenset(["view", "reshape", "view_as", "reshape_as", "unflatten"])
 
-SELECTING = frozenset("getitem narrow select index_select split chunk unbind tensor_split roll".split())
+SELECTING = frozenset(
+    [
+        "getitem",
+        "narrow",
+        "select",
+        "index_select",
+        "split",
+        "chunk",
+        "unbind",
+        "tensor_split",
+        "roll",
+    ]
+)
 """Ops whose bounds are numbers fixed in the code: they cannot follow a channel dim that shrinks."""
 
-SHUFFLING = frozenset("channel_shuffle pixel_shuffle pixel_unshuffle".split())
+SHUFFLING = frozenset(["channel_shuffle", "pixel_shuffle", "pixel_unshuffle"])
 
-REDUCTIONS = frozenset("sum mean amax amin max min prod std var norm logsumexp all any".split())
+REDUCTIONS = frozenset(
+    [
+        "sum",
+        "mean",
+        "amax",
+        "amin",
+        "max",
+        "min",
+        "prod",
+        "std",
+        "var",
+        "norm",
+        "logsumexp",
+        "all",
+        "any",
+    ]
+)
 
-ALONG_DIM = frozenset("softmax log_softmax cumsum cumprod argmax argmin".split())
+ALONG_DIM = frozenset(["softmax", "log_softmax", "cumsum", "cumprod", "argmax", "argmin"])
 
 SPATIAL = frozenset(
-    """max_pool1d max_pool2d max_pool3d avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d
-    adaptive_avg_pool2d adaptive_avg_pool3d adaptive_max_pool1d adaptive_max_pool2d
-    adaptive_max_pool3d max_pool1d_with_indices max_pool2d_with_indices lp_pool1d lp_pool2d
-    interpolate upsample upsample_nearest upsample_bilinear""".split()
+    [
+        "max_pool1d",
+        "max_pool2d",
+        "max_pool3d",
+        "avg_pool1d",
+        "avg_pool2d",
+        "avg_pool3d",
+        "adaptive_avg_pool1d",
+        "adaptive_avg_pool2d",
+        "adaptive_avg_pool3d",
+        "adaptive_max_pool1d",
+        "adaptive_max_pool2d",
+        "adaptive_max_pool3d",
+        "max_pool1d_with_indices",
+        "max_pool2d_with_indices",
+        "lp_pool1d",
+        "lp_pool2d",
+        "interpolate",
+        "upsample",
+        "upsample_nearest",
+        "upsample_bilinear",
+    ]
 )
 
 CONSTANT_OUTPUT = frozenset(
-    """zeros_like ones_like empty_like full_like rand_like randn_like randint_like new_zeros
-    new_ones new_empty new_full new_tensor size dim numel shape get""".split()
+    [
+        "zeros_like",
+        "ones_like",
+        "empty_like",
+        "full_like",
+        "rand_like",
+        "randn_like",
+        "randint_like",
+        "new_zeros",
+        "new_ones",
+        "new_empty",
+        "new_full",
+        "new_tensor",
+        "size",
+        "dim",
+        "numel",
+        "shape",
+        "get",
+    ]
 )
 
 
@@ -194,9 +396,7 @@ def _to_label_args(tracer: Tracer, value: Any, data_ids: set[int]) -> Any:
 def _movement(tracer: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     if name in ("cat", "concat", "concatenate", "stack"):
         data = list(args[0])
-    elif name in ("expand_as", "view_as", "reshape_as"):
-        data = [args[0]]
-    elif name == "getitem":
+    elif name in ("expand_as", "view_as", "reshape_as") or name == "getitem":
         data = [args[0]]
     else:
         data = [args[0]] if isinstance(args[0], torch.Tensor) else []
@@ -273,7 +473,8 @@ def _check_selection(
         return
     atoms = atoms_in(compact_in)
     tensor_index = name == "getitem" and any(
-        isinstance(i, (torch.Tensor, list)) for i in (args[1] if isinstance(args[1], tuple) else (args[1],))
+        isinstance(i, (torch.Tensor, list))
+        for i in (args[1] if isinstance(args[1], tuple) else (args[1],))
     )
     partial = any(atoms_in(out).numel() < atoms.numel() for out in label_outputs)
     rolls_channels = name == "roll" and _rolled_dims(args, compact_in.dim()) & set(

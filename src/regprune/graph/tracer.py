@@ -63,10 +63,20 @@ def iter_tensors(value: Any) -> Iterator[torch.Tensor]:
             yield from iter_tensors(item)
 
 
+def _atoms_on_dim(record: LayerRecord, dim: int) -> torch.Tensor | None:
+    if dim == record.rule.out_dim:
+        return record.out_atoms
+    if dim == record.rule.in_dim:
+        return record.in_atoms
+    return None
+
+
 class Tracer(TorchFunctionMode):
     """Records atoms, coupling edges, layer records and free parameters during one forward."""
 
-    def __init__(self, model: nn.Module, ignored: Iterable[str] = (), on_meta: bool = False) -> None:
+    def __init__(
+        self, model: nn.Module, ignored: Iterable[str] = (), on_meta: bool = False
+    ) -> None:
         super().__init__()
         self.model = model
         self.on_meta = on_meta
@@ -90,6 +100,44 @@ class Tracer(TorchFunctionMode):
             rule = rule_for(module)
             if rule is not None:
                 self._rule_modules[name] = rule
+        self._tied = self._tied_modules(model)
+
+    @staticmethod
+    def _tied_modules(model: nn.Module) -> list[list[tuple[str, str]]]:
+        """Groups of (module, attr) that share one parameter tensor (tied weights)."""
+        owners: dict[int, list[tuple[str, str]]] = {}
+        for qualified, param in model.named_parameters(remove_duplicate=False):
+            module, _, attr = qualified.rpartition(".")
+            owners.setdefault(id(param), []).append((module, attr))
+        return [names for names in owners.values() if len(names) > 1]
+
+    def _couple_tied(self) -> None:
+        """A shared weight is one tensor: its dims must be cut the same way in every layer.
+
+        For each dim, the atoms the layers assign to it (a conv's outputs, a linear's inputs)
+        are coupled; a dim that carries channels in one layer and none in another (an
+        embedding's vocabulary vs. the tied output's rows) cannot shrink, so it is locked.
+        """
+        for names in self._tied:
+            records = [self.records.get(module) for module, attr in names if attr == "weight"]
+            if len(records) != len(names) or any(r is None or r.groups > 1 for r in records):
+                for module, _ in names:
+                    record = self.records.get(module)
+                    if record is not None:
+                        reason = "its weight is tied with a layer that cannot be cut alike"
+                        self.atoms.lock(record.out_atoms, module, reason)
+                        self.atoms.lock(record.in_atoms, module, reason)
+                continue
+            ndim = max(max(r.rule.in_dim, r.rule.out_dim) for r in records) + 1
+            for dim in range(ndim):
+                per_record = [_atoms_on_dim(r, dim) for r in records]
+                present = [a for a in per_record if a is not None and a.numel()]
+                if len(present) == len(records):
+                    for other in present[1:]:
+                        self.atoms.couple(present[0], other)
+                else:
+                    for atoms in present:
+                        self.atoms.lock(atoms, names[0][0], "a dim of its tied weight is fixed")
 
     @staticmethod
     def _state(model: nn.Module, on_meta: bool) -> dict[str, torch.Tensor]:
@@ -249,19 +297,17 @@ class Tracer(TorchFunctionMode):
 
     # ---- running ------------------------------------------------------------------------
     def run(self, example_inputs: Any) -> Any:
+        inputs = as_input_tuple(example_inputs)  # validate before any hook touches the model
         handles = []
         for name, module in self.model.named_modules():
             handles.append(
-                module.register_forward_pre_hook(
-                    lambda m, a, name=name: self._pre_hook(name, m, a)
-                )
+                module.register_forward_pre_hook(lambda m, a, name=name: self._pre_hook(name, m, a))
             )
             handles.append(
                 module.register_forward_hook(
                     lambda m, a, o, name=name: self._post_hook(name, m, a, o)
                 )
             )
-        inputs = as_input_tuple(example_inputs)
         if self.on_meta:
             inputs = tuple(x.to("meta") if x.is_floating_point() else x for x in inputs)
         try:
@@ -284,6 +330,7 @@ class Tracer(TorchFunctionMode):
         try:
             for tensor in iter_tensors(output):
                 self.atoms.lock(atoms_in(self.label(tensor)), "<output>", "it is a model output")
+            self._couple_tied()
             for name in self._functionally_used_rule_modules:
                 record = self.records.get(name)
                 if record is not None:

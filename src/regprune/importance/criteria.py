@@ -89,7 +89,9 @@ class BNScaleImportance(Importance):
             else:
                 fallback.append(group)
         reference = (
-            torch.cat(list(scores.values())).mean() if scores else torch.tensor(1.0, dtype=torch.float64)
+            torch.cat(list(scores.values())).mean()
+            if scores
+            else torch.tensor(1.0, dtype=torch.float64)
         )
         l1 = MagnitudeImportance(1)
         for group in fallback:
@@ -126,7 +128,9 @@ class RandomImportance(Importance):
 
     def __call__(self, model: nn.Module, graph: DependencyGraph) -> dict[int, torch.Tensor]:
         generator = torch.Generator().manual_seed(self.seed)
-        return {g.id: torch.rand(g.size, generator=generator, dtype=torch.float64) for g in graph.groups}
+        return {
+            g.id: torch.rand(g.size, generator=generator, dtype=torch.float64) for g in graph.groups
+        }
 
 
 IMPORTANCES: dict[str, Callable[..., Importance]] = {

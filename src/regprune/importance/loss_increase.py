@@ -71,7 +71,9 @@ def exact_loss_increase(
                     saved = []
                     for s, tensor in slices:
                         index = torch.nonzero(s.channel_of == channel).reshape(-1).to(tensor.device)
-                        saved.append((tensor, s.dim, index, tensor.index_select(s.dim, index).clone()))
+                        saved.append(
+                            (tensor, s.dim, index, tensor.index_select(s.dim, index).clone())
+                        )
                         tensor.index_fill_(s.dim, index, 0.0)
                     values[channel] = float(loss_fn(model(inputs), targets)) - base
                     for tensor, dim, index, old in saved:

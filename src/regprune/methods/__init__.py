@@ -52,6 +52,7 @@ def get(name: str, model: nn.Module, example_inputs: Any, **kwargs: Any) -> Prun
 
 
 __all__ = [
+    "HGSR",
     "METHODS",
     "AdaPruner",
     "CalibrationData",
@@ -59,7 +60,6 @@ __all__ = [
     "GRegUnstructured",
     "GraphMethod",
     "GroupLassoMethod",
-    "HGSR",
     "KeepSparsity",
     "L0Channel",
     "L0Weight",

@@ -190,7 +190,9 @@ class AdaPruner(GraphMethod):
             for group in self.groups:
                 dropped = group.size - int(kept[group.id])
                 if dropped:
-                    keep[self.graph.group_components(group.id)[reference[group.id][:dropped]]] = False
+                    keep[self.graph.group_components(group.id)[reference[group.id][:dropped]]] = (
+                        False
+                    )
             return self.macs_model.macs(keep)
 
         return macs

@@ -42,7 +42,7 @@ class PruningMethod:
         self.iteration = 0
 
     def penalty(self) -> torch.Tensor:
-        """The loss term to add to the task loss (a scalar tensor; zero for gradient-edit methods)."""
+        """The loss term to add to the task loss (scalar; zero for gradient-edit methods)."""
         param = next(self.model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         return torch.zeros((), device=device)

@@ -17,8 +17,8 @@ from torch import nn
 
 from regprune.allocation import MacsModel, Plan, allocate, validate_target
 from regprune.graph import DependencyGraph, trace_graph
-from regprune.metrics import count
 from regprune.methods.base import CalibrationData, PruningMethod
+from regprune.metrics import count
 from regprune.surgery import apply_plan
 
 

@@ -62,10 +62,14 @@ class HGSR(GraphMethod):
         return select(self.model, self.graph, data), True
 
     def sparsity_snapshot(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().float().cpu() for k, v in self.regularizer.input_channel_norms().items()}
+        return {
+            k: v.detach().float().cpu() for k, v in self.regularizer.input_channel_norms().items()
+        }
 
     def sparsity_stats(self) -> dict[str, float]:
         with torch.no_grad():
-            norms = torch.cat([v.reshape(-1) for v in self.regularizer.input_channel_norms().values()])
+            norms = torch.cat(
+                [v.reshape(-1) for v in self.regularizer.input_channel_norms().values()]
+            )
             vanished = float((norms < 1e-3).double().mean())
             return {"hgsr/value": float(self.regularizer.hgsr()), "input_norm/vanished": vanished}

@@ -77,7 +77,9 @@ class L0Channel(GraphMethod):
 
     def _bake(self) -> dict[int, torch.Tensor]:
         gates = {int(k): v for k, v in self.regularizer.test_gates().items()}
-        log_alpha = {int(k): g.log_alpha.detach().double().cpu() for k, g in self.regularizer.gates.items()}
+        log_alpha = {
+            int(k): g.log_alpha.detach().double().cpu() for k, g in self.regularizer.gates.items()
+        }
         if not self.baked:
             self.regularizer.bake()
             self.baked = True
@@ -133,7 +135,10 @@ class L0Weight(PruningMethod):
     ) -> None:
         super().__init__(model)
         self.regularizer = L0Regularizer(
-            model, lam=lam, num_samples=num_samples, granularity="weight",
+            model,
+            lam=lam,
+            num_samples=num_samples,
+            granularity="weight",
             init_keep_prob=init_keep_prob,
         )
         self.masks: dict[str, torch.Tensor] | None = None
@@ -148,7 +153,9 @@ class L0Weight(PruningMethod):
     def prune(self, data: CalibrationData | None = None) -> nn.Module:
         if self.masks is None:
             self.regularizer.bake()
-            self.masks = {n: (p.detach() == 0).cpu() for n, p in prunable_weights(self.model).items()}
+            self.masks = {
+                n: (p.detach() == 0).cpu() for n, p in prunable_weights(self.model).items()
+            }
         return apply_masks(self.model, self.masks)
 
     def finetune_method(self, pruned: nn.Module) -> PruningMethod:

@@ -76,7 +76,9 @@ class MaskSparsity(GraphMethod):
         self.mask_rule = mask_rule
         self.vote_fraction = vote_fraction
         self.mask_plan: Plan | None = None
-        self.regularizer = BNScaleL1(self.groups, s=mask_s, norm=norm, smooth_l1_beta=smooth_l1_beta)
+        self.regularizer = BNScaleL1(
+            self.groups, s=mask_s, norm=norm, smooth_l1_beta=smooth_l1_beta
+        )
         self._masked_strength = s
         if self.mask_iters == 0:
             self._make_mask()

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from regprune.methods.base import CalibrationData, PruningMethod
-from regprune.methods.greg import SCHEDULE_KEYS
 from regprune.methods.graph_method import broadcast_from_main
+from regprune.methods.greg import SCHEDULE_KEYS
 from regprune.regularizers import GrowingL2
 
 SCOPES = ("local", "global")
@@ -26,7 +26,9 @@ def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.dim() > 1 and p.requires_grad}
 
 
-def magnitude_masks(weights: dict[str, torch.Tensor], ratio: float, scope: str) -> dict[str, torch.Tensor]:
+def magnitude_masks(
+    weights: dict[str, torch.Tensor], ratio: float, scope: str
+) -> dict[str, torch.Tensor]:
     """True on the ``ratio`` fraction of smallest |w|, per tensor (local) or overall (global)."""
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")

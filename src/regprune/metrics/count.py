@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from regprune.inputs import ExampleInputs, as_input_tuple
+from regprune.modes import eval_mode
 
 MacRule = Callable[..., int]
 """``rule(module, args, kwargs, output) -> MACs`` of one call of the module."""
@@ -228,20 +229,16 @@ def count(model: nn.Module, example_inputs: ExampleInputs, per_layer: bool = Fal
     op_counter = FlopCounterMode(display=False, custom_mapping=EXTRA_OP_FORMULAS)
     call_order: list[str] = []
     records = {name: _Record(name, rule, op_counter, call_order) for name, _, rule in hooked}
-    modes = {module: module.training for module in model.modules()}
     handles = []
     try:
         for name, module, _ in hooked:
             handles.append(module.register_forward_pre_hook(records[name].before))
             handles.append(module.register_forward_hook(records[name].after, with_kwargs=True))
-        model.eval()
-        with torch.no_grad(), op_counter:
+        with eval_mode(model), torch.no_grad(), op_counter:
             model(*inputs)
     finally:
         for handle in handles:
             handle.remove()
-        for module, training in modes.items():
-            module.training = training
 
     inside_macs = sum(record.op_macs for record in records.values())
     unattributed_macs = max(0, op_counter.get_total_flops() // 2 - inside_macs)

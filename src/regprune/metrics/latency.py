@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from regprune.inputs import ExampleInputs, as_input_tuple
+from regprune.modes import eval_mode
 
 
 @dataclass(frozen=True)
@@ -84,14 +85,12 @@ def measure_latency(
     inputs = as_input_tuple(example_inputs)
     synchronize = _synchronizer(inputs, model)
 
-    modes = {module: module.training for module in model.modules()}
     previous_threads = torch.get_num_threads()
     times_ms: list[float] = []
     try:
         if threads is not None:
             torch.set_num_threads(threads)
-        model.eval()
-        with torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             for _ in range(warmup):
                 model(*inputs)
             synchronize()
@@ -102,8 +101,6 @@ def measure_latency(
                 times_ms.append((time.perf_counter() - start) * 1e3)
     finally:
         torch.set_num_threads(previous_threads)
-        for module, training in modes.items():
-            module.training = training
 
     first = inputs[0]
     return Latency(

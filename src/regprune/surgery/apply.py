@@ -78,7 +78,23 @@ def apply_plan(model: nn.Module, graph: DependencyGraph, plan: Plan) -> nn.Modul
         touched[owner_name] = owner
     for owner in touched.values():
         refresh_attributes(owner)
+    _retie(model, pruned)
     return pruned
+
+
+def _retie(original: nn.Module, pruned: nn.Module) -> None:
+    """Weights tied in the original are one tensor again (they were sliced alike)."""
+    first: dict[int, str] = {}
+    for name, param in original.named_parameters(remove_duplicate=False):
+        if id(param) not in first:
+            first[id(param)] = name
+            continue
+        source = pruned.get_parameter(first[id(param)])
+        module_name, _, attr = name.rpartition(".")
+        owner = pruned.get_submodule(module_name) if module_name else pruned
+        if getattr(owner, attr).shape != source.shape:
+            raise PlanError(f"tied weights {first[id(param)]} and {name} were cut differently")
+        setattr(owner, attr, source)
 
 
 def zero_channels(model: nn.Module, graph: DependencyGraph, plan: Plan) -> nn.Module:

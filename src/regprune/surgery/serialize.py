@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from regprune.io import atomic_torch_save
+from regprune.io import atomic_torch_save, read_weights_only
 
 FORMAT = "regprune.pruned/1"
 
@@ -49,15 +49,25 @@ def _size_attributes(model: nn.Module) -> dict[str, dict[str, Any]]:
     return found
 
 
+def _all_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer by name, tied and non-persistent ones included."""
+    tensors = dict(model.named_parameters(remove_duplicate=False))
+    tensors |= {n: b for n, b in model.named_buffers(remove_duplicate=False) if b is not None}
+    return tensors
+
+
 def save_pruned(model: nn.Module, path: str | os.PathLike) -> None:
     """Write ``model``'s weights and sizes atomically (temp file + rename) to ``path``."""
     state = model.state_dict()
+    tensors = _all_tensors(model)
     payload = {
         "format": FORMAT,
         "model_type": type(model).__name__,
-        "shapes": {k: list(v.shape) for k, v in state.items()},
+        "shapes": {k: list(v.shape) for k, v in tensors.items()},
         "attributes": _size_attributes(model),
         "state_dict": state,
+        # non-persistent buffers are not in the state dict, but surgery may have sliced them
+        "extra_buffers": {k: v for k, v in tensors.items() if k not in state},
     }
     atomic_torch_save(payload, path)
 
@@ -68,12 +78,15 @@ def load_pruned(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     Returns the same ``model`` object, now pruned. Raises ValueError when the file is not a
     regprune pruned model or was saved from another architecture.
     """
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = read_weights_only(path, "a regprune pruned model")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(
             f"{path} is not a regprune pruned model (expected format {FORMAT!r}); "
             "save it with regprune.save_pruned"
         )
+    missing_keys = {"model_type", "shapes", "attributes", "state_dict"} - set(payload)
+    if missing_keys:
+        raise ValueError(f"{path} is corrupt: a pruned model file without {sorted(missing_keys)}")
     if payload["model_type"] != type(model).__name__:
         raise ValueError(
             f"{path} holds a pruned {payload['model_type']}, but the model given is a "
@@ -84,11 +97,12 @@ def load_pruned(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             module = model.get_submodule(name) if name else model
         except AttributeError as error:
             raise ValueError(
-                f"{path}: module '{name}' does not exist in the given model"
+                f"{path}: module '{name}' does not exist in the given model; "
+                "build the architecture it was pruned from"
             ) from error
         for attr, value in values.items():
             setattr(module, attr, tuple(value) if isinstance(value, list) else value)
-    own = dict(model.named_parameters()) | dict(model.named_buffers())
+    own = _all_tensors(model)
     missing = sorted(set(own) - set(payload["shapes"]))
     if missing:
         raise ValueError(
@@ -111,4 +125,21 @@ def load_pruned(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             else:
                 owner._buffers[attr] = fresh
     model.load_state_dict(payload["state_dict"])
+    with torch.no_grad():
+        for key, value in payload.get("extra_buffers", {}).items():
+            own_after = _all_tensors(model)
+            own_after[key].copy_(value)
+    _retie(model, own)
     return model
+
+
+def _retie(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    """Parameters that were one tensor before resizing are one tensor again."""
+    first_name: dict[int, str] = {}
+    for name, tensor in before.items():
+        if id(tensor) in first_name and isinstance(tensor, nn.Parameter):
+            source = model.get_parameter(first_name[id(tensor)])
+            module_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(module_name) if module_name else model, attr, source)
+        else:
+            first_name.setdefault(id(tensor), name)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from regprune.io import atomic_torch_save
+from regprune.io import atomic_torch_save, check_integrity
 
 FORMAT_VERSION = "1.0"
 REQUIRED_KEYS = ("format_version", "model", "epoch", "rng")
@@ -165,6 +165,10 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        check_integrity(path, "a checkpoint")
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: unreadable, the file is truncated or corrupt ({exc})") from exc
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch reports damaged files with several exception types

@@ -1,0 +1,205 @@
+"""Tables and the accuracy-vs-MACs plot from a benchmark's JSON lines.
+
+    python -m benchmarks.methods.report benchmarks/methods/configs/cpu.yaml
+
+Writes ``docs/benchmarks/<name>_tables.md`` (mean +- std over seeds, per method; the hand-written
+``docs/benchmarks.md`` includes its numbers) and ``docs/benchmarks/<name>_acc_vs_macs.png``.
+Only rows with ``status: ok`` count; the seeds each mean is over are listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from .config import BenchConfig, load_config
+
+
+def load_rows(path: Path) -> list[dict]:
+    """The ``ok`` rows, the first one per (label, seed) if a run was recorded twice."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    first: dict[tuple[str, int], dict] = {}
+    for row in rows:
+        if row.get("status") == "ok":
+            first.setdefault((row["label"], row["seed"]), row)
+    return list(first.values())
+
+
+def failures(path: Path) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("status") != "ok"]
+
+
+def mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    values = [v * scale for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def by_label(rows: list[dict], config: BenchConfig) -> dict[str, list[dict]]:
+    grouped: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        grouped[row["label"]].append(row)
+    order = [r.label for r in config.runs]
+    return {label: grouped[label] for label in order if label in grouped}
+
+
+def structured_table(groups: dict[str, list[dict]]) -> list[str]:
+    lines = [
+        "| method | seeds | acc before prune (%) | acc right after prune (%) | "
+        "acc after fine-tune (%) | MACs kept | MFLOPs | params (K) | "
+        "latency b1 (ms) | latency b64 (ms) | sparsify (s) | prune (s) | fine-tune (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, rows in groups.items():
+        if rows[0]["family"] == "unstructured":
+            continue
+
+        def col(key, scale=1.0, digits=2, rows=rows):
+            return mean_std([r.get(key) for r in rows], scale, digits)
+
+        seeds = ",".join(str(r["seed"]) for r in rows)
+        lines.append(
+            f"| {label} | {seeds} | {col('acc_before_prune', 100)} | "
+            f"{col('acc_after_prune', 100)} | **{col('acc_after_finetune', 100)}** | "
+            f"{col('macs_kept', 1, 3)} | {col('flops_after', 1e-6, 1)} | "
+            f"{col('params_after', 1e-3, 1)} | {col('latency_b1_ms_after')} | "
+            f"{col('latency_b64_ms_after', 1, 1)} | {col('time_sparsify_s', 1, 0)} | "
+            f"{col('time_prune_s', 1, 2)} | {col('time_finetune_s', 1, 0)} |"
+        )
+    return lines
+
+
+def unstructured_table(groups: dict[str, list[dict]]) -> list[str]:
+    lines = [
+        "| method | seeds | weight sparsity (%) | acc before prune (%) | "
+        "acc right after prune (%) | acc after fine-tune (%) | sparsify (s) | fine-tune (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, rows in groups.items():
+        if rows[0]["family"] != "unstructured":
+            continue
+
+        def col(key, scale=1.0, digits=2, rows=rows):
+            return mean_std([r.get(key) for r in rows], scale, digits)
+
+        seeds = ",".join(str(r["seed"]) for r in rows)
+        lines.append(
+            f"| {label} | {seeds} | {col('weight_sparsity_after', 100, 1)} | "
+            f"{col('acc_before_prune', 100)} | {col('acc_after_prune', 100)} | "
+            f"**{col('acc_after_finetune', 100)}** | {col('time_sparsify_s', 1, 0)} | "
+            f"{col('time_finetune_s', 1, 0)} |"
+        )
+    return lines
+
+
+def baseline_table(rows: list[dict]) -> list[str]:
+    seeds = sorted({r["seed"] for r in rows})
+    first = {s: next(r for r in rows if r["seed"] == s) for s in seeds}
+    lines = [
+        "| seed | baseline acc (%) | MACs | params | latency b1 (ms) | latency b64 (ms) | "
+        "pretrain (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s, r in first.items():
+        lines.append(
+            f"| {s} | {100 * r['acc_baseline']:.2f} | {r['macs_before'] / 1e6:.2f} M | "
+            f"{r['params_before'] / 1e3:.1f} K | {r['latency_b1_ms_before']:.2f} | "
+            f"{r['latency_b64_ms_before']:.1f} | {r['time_pretrain_s']:.0f} |"
+        )
+    return lines
+
+
+def _mean_err(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def plot(groups: dict[str, list[dict]], path: Path, title: str) -> None:
+    """Left: accuracy after fine-tune vs MACs kept (baseline at 1). Right: per method, the
+    accuracy right after pruning and after fine-tune (mean, std over seeds as error bars)."""
+    structured = {k: v for k, v in groups.items() if v[0]["family"] != "unstructured"}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5), width_ratios=[1, 1.3])
+    colors = plt.get_cmap("tab20").colors
+    base = [100 * r["acc_baseline"] for rows in groups.values() for r in rows]
+    if base:
+        left.errorbar(1.0, *_mean_err(base), fmt="*", ms=12, color="black", label="baseline")
+    for i, (label, rows) in enumerate(structured.items()):
+        marker = "s" if rows[0]["family"] == "tp" else "o"
+        x = statistics.fmean(r["macs_kept"] for r in rows)
+        y, err = _mean_err([100 * r["acc_after_finetune"] for r in rows])
+        left.errorbar(
+            x, y, yerr=err, fmt=marker, capsize=3, color=colors[i % len(colors)], label=label
+        )
+    left.set_xlim(0.4, 1.05)
+    left.set_xlabel("MACs kept (fraction of the baseline)")
+    left.set_ylabel("test accuracy after fine-tune (%)")
+    left.set_title(title, fontsize=9)
+    left.grid(alpha=0.3)
+    left.legend(fontsize=7, ncol=2, loc="lower right")
+    labels = list(structured)
+    ys = range(len(labels))
+    for offset, key, name, alpha in (
+        (-0.2, "acc_after_prune", "right after pruning", 0.45),
+        (0.2, "acc_after_finetune", "after fine-tune", 0.9),
+    ):
+        stats = [_mean_err([100 * r[key] for r in structured[k]]) for k in labels]
+        right.barh(
+            [y + offset for y in ys],
+            [m for m, _ in stats],
+            xerr=[e for _, e in stats],
+            height=0.4,
+            alpha=alpha,
+            color="tab:blue",
+            label=name,
+        )
+    right.set_yticks(list(ys), labels, fontsize=8)
+    right.invert_yaxis()
+    right.set_xlabel("test accuracy (%), mean ± std over seeds")
+    right.grid(alpha=0.3, axis="x")
+    right.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config")
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    out = Path(config.out)
+    rows = load_rows(out)
+    groups = by_label(rows, config)
+    folder = out.parent
+    title = f"{config.model} / {config.dataset}, target {config.target_macs} MACs (final epoch)"
+    plot(groups, folder / f"{config.name}_acc_vs_macs.png", title)
+    have = {(r["label"], r["seed"]) for r in rows}
+    missing = [
+        f"{r.label} (seed {', '.join(str(s) for s in config.seeds if (r.label, s) not in have)})"
+        for r in config.runs
+        if any((r.label, s) not in have for s in config.seeds)
+    ]
+    text = [f"# {config.name}: tables (generated by benchmarks/methods/report.py)", ""]
+    text += ["## Baseline", "", *baseline_table(rows), "", "## Structured", ""]
+    text += [*structured_table(groups), "", "## Unstructured", "", *unstructured_table(groups)]
+    text += ["", f"Not finished: {', '.join(missing) if missing else 'none'}."]
+    for row in failures(out):
+        text.append(f"- failed: {row['label']} seed {row['seed']}: {row.get('error')}")
+    (folder / f"{config.name}_tables.md").write_text("\n".join(text) + "\n")
+    print("\n".join(text))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""One run: a method from the cached baseline through sparsify, prune and fine-tune.
+
+Every family follows the same three timed phases with the same epochs and learning rates:
+
+1. sparsify: ``config.sparsify`` epochs with the method's regularizer (one-shot methods train
+   the same epochs without one; their runs share that plain model, see ``config.PLAIN``);
+2. prune: ours call ``method.prune(data=calibration)``; Torch-Pruning peers are pruned by their
+   own code at the same MACs (``tp_peers.prune_to_macs``); unstructured methods zero weights;
+3. fine-tune: ``config.finetune`` epochs (unstructured runs keep their zeros).
+
+Accuracy is measured on the test set at the end of each phase (final epoch, never the best).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+from torch import nn
+
+import regprune
+from regprune.train import seed_everything
+
+from . import tp_peers
+from .config import PLAIN, BenchConfig, RunSpec
+from .data import BenchData
+from .measure import describe, test_accuracy
+from .phases import plain_continued, train_phase
+
+
+def _method_kwargs(
+    spec: RunSpec, config: BenchConfig, data: BenchData, seed: int
+) -> dict[str, Any]:
+    kwargs = dict(spec.kwargs)
+    if spec.method.startswith("l0_"):
+        kwargs.setdefault("num_samples", len(data.train.dataset))  # N of the 1/N scaling
+    if spec.family == "unstructured":
+        if spec.ratio is not None:
+            kwargs["ratio"] = spec.ratio
+        return kwargs
+    kwargs["target_macs"] = config.target_macs
+    if spec.method in ("oneshot", "adapruner"):
+        kwargs.setdefault("seed", seed)
+    return kwargs
+
+
+def _make(spec: RunSpec, model: nn.Module, data: BenchData, config: BenchConfig, seed: int):
+    if spec.family == "tp":
+        return tp_peers.TorchPruningRegularizer(
+            model, data.example_input(), spec.method, **spec.kwargs
+        )
+    return regprune.methods.get(
+        spec.method, model, data.example_input(), **_method_kwargs(spec, config, data, seed)
+    )
+
+
+def _sparsify(spec, baseline, data, config, seed) -> tuple[nn.Module, Any, dict]:
+    """The sparsify phase; returns the trained model, the method object and phase info."""
+    if spec.sparsify == PLAIN:
+        model, meta = plain_continued(baseline, config, data, seed)
+        method = _make(spec, model, data, config, seed)
+        return model, method, {"time_sparsify_s": meta["time_s"], "sparsify_shared": True}
+    seed_everything(seed)
+    model = copy.deepcopy(baseline)
+    method = _make(spec, model, data, config, seed)
+    stats = train_phase(model, data, config.sparsify, config, "sparsify", method)
+    info = {"time_sparsify_s": stats["time_s"], "sparsify_train_acc": stats["acc"]}
+    info["wants_more_training"] = bool(method.wants_more_training())
+    info["sparsify_stats"] = {k: float(v) for k, v in method.sparsity_stats().items()}
+    return model, method, info
+
+
+def _prune(spec, model, method, data, config) -> tuple[nn.Module, Any, dict]:
+    """Returns the pruned model, the method to run while fine-tuning, and info."""
+    if spec.family == "tp":
+        pruned, info = tp_peers.prune_to_macs(
+            spec.method, model, data.example_input(), config.target_macs
+        )
+        return (
+            pruned,
+            None,
+            {
+                "time_prune_s": info["prune_s"],
+                "tp_search_s": info["search_s"],
+                "tp_pruning_ratio": info["pruning_ratio"],
+            },
+        )
+    start = time.perf_counter()
+    pruned = method.prune(data=data.calibration)
+    info: dict[str, Any] = {"time_prune_s": time.perf_counter() - start}
+    if getattr(method, "chosen", None) is not None:
+        info["adapruner_chosen"] = method.chosen
+    plan = getattr(method, "last_plan", None)
+    if plan is not None:
+        info["kept_widths"] = {str(g): w for g, w in plan.kept_widths().items()}
+    pruned.train()
+    return pruned, method.finetune_method(pruned), info
+
+
+def run_one(
+    spec: RunSpec,
+    baseline: nn.Module,
+    baseline_info: dict,
+    data: BenchData,
+    config: BenchConfig,
+    seed: int,
+) -> dict[str, Any]:
+    """Everything recorded for one (method, seed); see README.md for the field list."""
+    structured = spec.family != "unstructured"
+    model, method, record = _sparsify(spec, baseline, data, config, seed)
+    record["acc_before_prune"] = test_accuracy(model, data, config)
+    pruned, keep, info = _prune(spec, model, method, data, config)
+    record |= info
+    record["acc_after_prune"] = test_accuracy(pruned, data, config)
+    seed_everything(seed)
+    stats = train_phase(pruned, data, config.finetune, config, "finetune", keep)
+    record["time_finetune_s"] = stats["time_s"]
+    record["acc_after_finetune"] = test_accuracy(pruned, data, config)
+    after = describe(pruned, data, config, latency=structured)
+    record |= {f"{k}_after": v for k, v in after.items()}
+    record["macs_kept"] = after["macs"] / baseline_info["macs_before"]
+    record |= baseline_info
+    return record
