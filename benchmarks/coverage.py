@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 import traceback
@@ -42,7 +43,12 @@ def run_one(name: str, ratios: list[float], size: int) -> list[dict]:
     with torch.no_grad():
         expected = model(x)
     for ratio in ratios:
-        row = {"model": name, "ratio": ratio, "macs_before": before.macs, "params_before": before.params}
+        row = {
+            "model": name,
+            "ratio": ratio,
+            "macs_before": before.macs,
+            "params_before": before.params,
+        }
         try:
             start = time.perf_counter()
             graph, plan = make_plan(model, x, ratio=ratio, importance="l1")
@@ -72,8 +78,9 @@ def write_markdown(rows: list[dict], path: Path, command: str, size: int) -> Non
         "# Coverage: every torchvision classifier",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}, torchvision {torchvision.__version__}.  ",
+        f"Machine: {platform.machine()}, {torch.get_num_threads()} thread(s), "
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"load average at the end {os.getloadavg()[0]:.1f} (2 cores, shared).  ",
         f"Input: 1x3x{size}x{size} (inception_v3: 299). Importance: L1, local scope. "
         "`engine s` = trace + plan + surgery. A run passes when the pruned model runs and its "
         "output shape equals the original's.",
@@ -111,9 +118,13 @@ def main() -> None:
     rows = []
     for name in names:
         rows.extend(run_one(name, args.ratios, args.size))
-        write_markdown(rows, args.out, "python benchmarks/coverage.py " + " ".join(
-            f"--ratios {' '.join(map(str, args.ratios))}".split()
-        ), args.size)
+        write_markdown(
+            rows,
+            args.out,
+            "python benchmarks/coverage.py "
+            + " ".join(f"--ratios {' '.join(map(str, args.ratios))}".split()),
+            args.size,
+        )
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
 
 
