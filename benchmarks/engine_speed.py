@@ -330,7 +330,11 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def summarize_coverage(path: Path) -> dict[str, Any] | None:
+def summarize_coverage(
+    path: Path, ours: list[dict[str, Any]], ratio: float
+) -> dict[str, Any] | None:
+    """Max / median engine time in the coverage job's JSON, and how its times compare with
+    this run's on the models both timed at the same ratio (the two ran at different loads)."""
     if not path.exists():
         return None
     rows = json.loads(path.read_text())
@@ -338,7 +342,18 @@ def summarize_coverage(path: Path) -> dict[str, Any] | None:
     if not timed:
         return None
     slowest = max(timed, key=lambda r: r["engine_s"])
+    here = {r["model"]: r["ours"]["time_s"] for r in ours if r["ours"].get("status") == "ok"}
+    same = [
+        (r["model"], r["engine_s"], here[r["model"]])
+        for r in timed
+        if r["ratio"] == ratio and r["model"] in here
+    ]
     return {
+        "written": datetime.datetime.fromtimestamp(path.stat().st_mtime)
+        .astimezone()
+        .isoformat(timespec="seconds"),
+        "same_models": same,
+        "median_factor": statistics.median(c / h for _, c, h in same) if same else None,
         "path": str(path),
         "runs": len(rows),
         "timed_runs": len(timed),
@@ -512,14 +527,24 @@ def render(report: dict[str, Any]) -> str:
     lines += ["", "## Every torchvision classifier (from docs/coverage.json)", ""]
     if coverage:
         lines.append(
-            f"Not re-run here: summarised from `{coverage['path']}` (written by "
-            "`benchmarks/coverage.py`, trace + plan + surgery per model and ratio, run at a "
-            f"different time and load). {coverage['timed_runs']} timed runs over "
+            f"Not re-run here: summarised from `{coverage['path']}` (written "
+            f"{coverage.get('written', '?')} by `benchmarks/coverage.py`: trace + plan + surgery, "
+            "a single run per model and ratio with no warm-up, torch's default thread count, "
+            f"at a different time and load). {coverage['timed_runs']} timed runs over "
             f"{coverage['models']} models: median {coverage['median_s']:.2f} s, max "
             f"{coverage['max_s']:.2f} s ({coverage['max_model']}). Runs at or over 10 s: "
             + (", ".join(coverage["over_10s"]) if coverage["over_10s"] else "none")
             + "."
         )
+        if coverage.get("median_factor"):
+            lines.append(
+                f"\nOn the {len(coverage['same_models'])} models timed both there and here (ratio "
+                f"{report['ratio']}), the coverage job's time is {coverage['median_factor']:.1f}x "
+                "this run's (median; "
+                + ", ".join(f"{m} {c:.2f} vs {h:.2f} s" for m, c, h in coverage["same_models"])
+                + "), so its absolute times say more about the machine's load than about the "
+                "engine."
+            )
     else:
         lines.append("docs/coverage.json did not exist when this run ended; nothing summarised.")
     lines += ["", "## Failures", ""]
@@ -558,7 +583,9 @@ def main() -> None:
         return
     if args.from_json:
         report = json.loads(args.from_json.read_text())
-        report["coverage"] = summarize_coverage(args.coverage_json) or report.get("coverage")
+        report["coverage"] = summarize_coverage(
+            args.coverage_json, report["rows"], report["ratio"]
+        ) or report.get("coverage")
         args.out.write_text(render(report))
         return
     names = ["resnet18"] if args.quick else args.models
@@ -601,7 +628,7 @@ def main() -> None:
     report["coverage_job_running"] = report["coverage_job_running"] or any(
         r["coverage_job_running"] for r in report["rows"]
     )
-    report["coverage"] = summarize_coverage(args.coverage_json)
+    report["coverage"] = summarize_coverage(args.coverage_json, report["rows"], args.ratio)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
     args.out.write_text(render(report))

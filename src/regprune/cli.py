@@ -106,7 +106,9 @@ def _load_run_config(config: str, overrides: Sequence[str], run_dir: str | None)
             data.setdefault("output", {})
             if not isinstance(data["output"], dict):
                 raise ConfigError("output: expected a mapping of keys")
-            data["output"]["run_dir"] = run_dir
+            # A path typed on the command line is the user's own choice (``..`` included); the
+            # config check against ``..`` is for run_dir values inside shared config files.
+            data["output"]["run_dir"] = str(Path(run_dir).expanduser().resolve())
         return config_from_dict(data)
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from None

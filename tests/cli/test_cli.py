@@ -138,6 +138,22 @@ def test_a_missing_data_set_is_one_line_saying_where_we_looked(capsys, tmp_path)
     assert "CIFAR-10 not found. Looked in:" in line and str(tmp_path / "none") in line
 
 
+def test_a_run_dir_given_on_the_command_line_may_use_dot_dot(capsys, tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    data = tiny_config(tmp_path / "unused")
+    data["data"]["name"] = "cifar10"  # fails after the run dir is accepted, before writing
+    data["data"]["root"] = str(tmp_path / "none")
+    config = write_config(tmp_path / "c.yaml", data)
+
+    assert main(["run", str(config), "--run-dir", "../run"]) == 1
+    assert "CIFAR-10 not found" in _error_line(capsys)
+    data["output"]["run_dir"] = "../run"
+    write_config(tmp_path / "c.yaml", data)
+    assert main(["run", str(config)]) == 2
+    assert "output.run_dir: must not contain '..'" in _error_line(capsys)
+
+
 def test_report_and_eval_of_a_directory_without_a_run(capsys, tmp_path):
     assert main(["report", str(tmp_path / "none")]) == 1
     assert "no run directory" in _error_line(capsys)

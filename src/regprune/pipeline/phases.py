@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from regprune.io import read_weights_only
 from regprune.pipeline.context import RunContext, logger
 from regprune.pipeline.rundir import FINETUNED_FILE, PLAN_FILE, PRUNED_FILE, Progress
 from regprune.pipeline.summary import build_summary
@@ -31,15 +32,15 @@ PhaseResult = dict[str, Any]
 Phase = Callable[[RunContext, Progress], PhaseResult]
 
 
-def _load_baseline(ctx: RunContext, model: torch.nn.Module, source: str) -> Path:
+def _load_baseline(model: torch.nn.Module, source: str) -> Path:
     """Load a trained baseline: a regprune checkpoint (its ``model``) or a plain state_dict."""
     path = Path(source).expanduser().resolve()
     if not path.is_file():
         raise FileNotFoundError(f"pretrain.checkpoint: no file at {path}")
     try:
-        state = torch.load(path, map_location=ctx.device, weights_only=True)
-    except Exception as error:  # torch reports unreadable files with several exception types
-        raise CheckpointError(f"pretrain.checkpoint {path} is unreadable: {error}") from error
+        state = read_weights_only(path, "a checkpoint or a state_dict")
+    except ValueError as error:
+        raise CheckpointError(f"pretrain.checkpoint: {error}") from error
     if isinstance(state, dict) and "format_version" in state and "model" in state:
         state = state["model"]
     if not isinstance(state, dict):
@@ -57,7 +58,7 @@ def pretrain(ctx: RunContext, progress: Progress) -> PhaseResult:
     result: PhaseResult = {}
     if section.checkpoint is not None or section.epochs == 0:
         if section.checkpoint is not None:
-            result["baseline"] = str(_load_baseline(ctx, model, section.checkpoint))
+            result["baseline"] = str(_load_baseline(model, section.checkpoint))
         if ctx.main:
             save_checkpoint(ctx.run_dir.checkpoint("pretrain"), model=model, epoch=0)
         ctx.wait_for_main()

@@ -25,13 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from regprune.report.rundir import (
-    METRICS_FILE,
-    PLOTS_DIR,
-    REPORT_FILE,
-    SPARSITY_DIR,
-    atomic_write_text,
-)
+from regprune.io import atomic_write_text
+from regprune.report.rundir import METRICS_FILE, PLOTS_DIR, REPORT_FILE, SPARSITY_DIR
 from regprune.report.summary import SUMMARY_FILE
 
 CONFIG_FILE = "config.yaml"

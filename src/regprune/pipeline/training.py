@@ -8,14 +8,13 @@ therefore the same everywhere.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
+from regprune.io import atomic_torch_save
 from regprune.methods.base import PruningMethod
 from regprune.pipeline.config import TrainSection
 from regprune.pipeline.context import RunContext, logger
@@ -23,24 +22,12 @@ from regprune.pipeline.rundir import METRICS_FILE
 from regprune.train import MetricsLog, Trainer, is_main_process
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """``torch.save`` through a temporary file and ``os.replace``: never a truncated file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(tensors, file)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def write_snapshot(method: PruningMethod, path: Path) -> None:
     """Save ``method.sparsity_snapshot()`` as ``{name: 1-D float tensor}`` (nothing if empty)."""
     snapshot = method.sparsity_snapshot()
     if snapshot:
-        save_tensors(path, {k: v.detach().float().reshape(-1).cpu() for k, v in snapshot.items()})
+        tensors = {k: v.detach().float().reshape(-1).cpu() for k, v in snapshot.items()}
+        atomic_torch_save(tensors, path)
 
 
 class SnapshotTrainer(Trainer):

@@ -168,7 +168,9 @@ def load_checkpoint(
     try:
         check_integrity(path, "a checkpoint")
     except ValueError as exc:
-        raise CheckpointError(f"{path}: unreadable, the file is truncated or corrupt ({exc})") from exc
+        raise CheckpointError(
+            f"{path}: unreadable, the file is truncated or corrupt ({exc})"
+        ) from exc
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch reports damaged files with several exception types
