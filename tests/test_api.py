@@ -68,6 +68,24 @@ def test_global_ratio_removes_that_fraction_of_all_channels() -> None:
     assert plan.num_dropped() == int(0.4 * total)
 
 
+def test_max_ratio_caps_every_group_while_meeting_the_macs_target() -> None:
+    model = create_model("resnet20", num_classes=10)
+    with torch.no_grad():  # make the first residual stream the least important by far
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d) and module.num_features == 16:
+                module.weight.mul_(1e-3)
+    graph, free = make_plan(model, X32, target_macs=0.5, importance="bn_scale", scope="global")
+    assert max(len(free.drop.get(g.id, [])) / g.size for g in graph.groups) > 0.5
+    graph, capped = make_plan(
+        model, X32, target_macs=0.5, importance="bn_scale", scope="global", max_ratio=0.5
+    )
+    assert max(len(capped.drop.get(g.id, [])) / g.size for g in graph.groups) <= 0.5
+    result = rp.prune_with_result(
+        model, X32, target_macs=0.5, importance="bn_scale", scope="global", max_ratio=0.5
+    )
+    assert 0.495 <= result.macs_after / result.macs_before <= 0.5
+
+
 def test_caller_model_is_untouched_and_keeps_its_mode() -> None:
     model = create_model("resnet20", num_classes=10).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -87,6 +105,7 @@ def test_caller_model_is_untouched_and_keeps_its_mode() -> None:
         ({}, "exactly one of"),
         ({"ratio": 0.5, "scope": "layer"}, "scope must be one of"),
         ({"ratio": 0.5, "round_to": 0}, "round_to must be a positive integer"),
+        ({"ratio": 0.5, "max_ratio": 0.0}, r"max_ratio must be in \(0, 1\]"),
         ({"ratio": 0.5, "importance": "taylor2"}, "unknown importance 'taylor2'"),
     ],
 )

@@ -39,6 +39,7 @@ def make_plan(
     scope: str = "local",
     ignore: Iterable[nn.Module | str] = (),
     round_to: int = 1,
+    max_ratio: float = 1.0,
     seed: int = 0,
     scores: dict[int, torch.Tensor] | None = None,
     graph: DependencyGraph | None = None,
@@ -48,7 +49,7 @@ def make_plan(
     ``scores`` overrides the importance criterion (one score per channel of every group of
     ``graph``, which must then be given too).
     """
-    validate_target(ratio, target_macs, scope, round_to)
+    validate_target(ratio, target_macs, scope, round_to, max_ratio)
     if graph is None:
         graph = trace_graph(model, example_inputs, ignore=ignore)
     criterion = get_importance(importance, seed=seed)
@@ -66,6 +67,7 @@ def make_plan(
         round_to=round_to,
         comparable=criterion.comparable,
         macs_model=macs_model,
+        max_ratio=max_ratio,
     )
     return graph, plan
 
@@ -114,6 +116,7 @@ def prune(
     scope: str = "local",
     ignore: Iterable[nn.Module | str] = (),
     round_to: int = 1,
+    max_ratio: float = 1.0,
     seed: int = 0,
 ) -> nn.Module:
     """One-shot structural pruning of any traceable model.
@@ -127,6 +130,7 @@ def prune(
         scope: ``local`` (same ratio in every group) or ``global`` (one ranking).
         ignore: modules (or their names) whose outputs must keep their width.
         round_to: kept widths are multiples of this.
+        max_ratio: no channel group loses more than this fraction of its channels.
         seed: for the random criterion.
 
     Returns:
@@ -144,5 +148,6 @@ def prune(
         scope=scope,
         ignore=ignore,
         round_to=round_to,
+        max_ratio=max_ratio,
         seed=seed,
     ).model

@@ -239,6 +239,7 @@ def cmd_prune_model(args: argparse.Namespace) -> int:
             importance=args.importance,
             scope=args.scope,
             round_to=args.round_to,
+            max_ratio=args.max_ratio,
             ignore=args.ignore,
         )
     except ValueError as error:
@@ -392,6 +393,12 @@ def build_parser(prog: str = "regprune") -> argparse.ArgumentParser:
     )
     prune_parser.add_argument("--scope", choices=("local", "global"), default="local")
     prune_parser.add_argument("--round-to", type=int, default=1, help="kept widths multiple of N")
+    prune_parser.add_argument(
+        "--max-ratio",
+        type=float,
+        default=1.0,
+        help="no channel group loses more than this fraction of its channels (default 1.0)",
+    )
     prune_parser.add_argument(
         "--ignore", action="append", default=[], metavar="MODULE", help="keep this module's width"
     )

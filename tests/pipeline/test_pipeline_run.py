@@ -75,6 +75,18 @@ def test_a_run_writes_every_artifact_inside_its_directory(finished_run: Path):
     assert not [name for name in names if name.endswith(".tmp")]
 
 
+def test_tensorboard_mirrors_every_training_phase(finished_run: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(finished_run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"pretrain/train_loss", "sparsify/val_acc", "finetune/lr"} <= tags
+    records = [r for r in read_metrics(finished_run) if r["phase"] == "sparsify"]
+    logged = [e.value for e in events.Scalars("sparsify/train_loss")]
+    assert logged == pytest.approx([r["train_loss"] for r in records], rel=1e-6)
+
+
 def test_the_summary_holds_every_number_the_issue_asks_for(finished_run: Path):
     summary = RunSummary.load(finished_run)
 

@@ -54,8 +54,11 @@ def _ranks(scores: dict[int, torch.Tensor], graph: DependencyGraph) -> dict[int,
     return ranked
 
 
-def _min_keep(size: int, round_to: int) -> int:
-    return min(size, round_to)
+def _min_keep(size: int, round_to: int, max_ratio: float = 1.0) -> int:
+    """The fewest channels a group may keep: ``round_to`` (one aligned block) and, with
+    ``max_ratio`` < 1, the share of the group that the cap protects."""
+    capped = math.ceil(size * (1.0 - max_ratio) - 1e-9)
+    return min(size, max(round_to, capped))
 
 
 def _round_kept(kept: torch.Tensor, sizes: torch.Tensor, round_to: int) -> torch.Tensor:
@@ -83,10 +86,11 @@ def _build_order(
     scope: str,
     comparable: bool,
     round_to: int,
+    max_ratio: float,
 ) -> _Order:
     groups, ranks, keys, tiebreak, components = [], [], [], [], []
     for group in graph.groups:
-        droppable = group.size - _min_keep(group.size, round_to)
+        droppable = group.size - _min_keep(group.size, round_to, max_ratio)
         if droppable <= 0:
             continue
         order = ranked[group.id][:droppable]
@@ -137,6 +141,7 @@ def allocate(
     round_to: int = 1,
     comparable: bool = False,
     macs_model: MacsModel | None = None,
+    max_ratio: float = 1.0,
 ) -> Plan:
     """Choose the channels to drop.
 
@@ -149,17 +154,23 @@ def allocate(
         round_to: kept widths are multiples of this (kernels run faster on aligned widths).
         comparable: scores are comparable across groups as they are (no per-group scaling).
         macs_model: required with ``target_macs``.
+        max_ratio: no group loses more than this fraction of its channels. A global ranking
+            of raw scores can otherwise empty a whole group, typically a residual stream whose
+            last-BN scales are small in every block; that many channels rarely come back in
+            fine-tuning (Torch-Pruning's ``max_pruning_ratio`` plays the same role).
 
     Raises:
         ValueError: bad arguments. BudgetError: a target that cannot be met.
     """
-    validate_target(ratio, target_macs, scope, round_to)
+    validate_target(ratio, target_macs, scope, round_to, max_ratio)
     ranked = _ranks(scores, graph)
     sizes = torch.tensor([g.size for g in graph.groups], dtype=torch.float64)
-    order = _build_order(graph, scores, ranked, scope, comparable, round_to)
+    order = _build_order(graph, scores, ranked, scope, comparable, round_to, max_ratio)
     if ratio is not None:
         if scope == "local":
-            floor_keep = torch.tensor([_min_keep(g.size, round_to) for g in graph.groups])
+            floor_keep = torch.tensor(
+                [_min_keep(g.size, round_to, max_ratio) for g in graph.groups]
+            )
             dropped = torch.minimum(torch.floor(sizes * ratio), sizes - floor_keep)
             kept = _round_kept(sizes - dropped, sizes, round_to)
             counts = (sizes - kept).long()
@@ -376,7 +387,11 @@ def _closest_below(
 
 
 def validate_target(
-    ratio: float | None, target_macs: float | None, scope: str, round_to: int
+    ratio: float | None,
+    target_macs: float | None,
+    scope: str,
+    round_to: int,
+    max_ratio: float = 1.0,
 ) -> None:
     """Reject bad targets at the door, saying what is allowed."""
     for name, value in (("ratio", ratio), ("target_macs", target_macs)):
@@ -397,3 +412,7 @@ def validate_target(
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     if not isinstance(round_to, int) or round_to < 1:
         raise ValueError(f"round_to must be a positive integer, got {round_to!r}")
+    if isinstance(max_ratio, bool) or not isinstance(max_ratio, Real) or not 0 < max_ratio <= 1:
+        raise ValueError(
+            f"max_ratio must be in (0, 1] (the most of one group that may go), got {max_ratio!r}"
+        )

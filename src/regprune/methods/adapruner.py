@@ -127,7 +127,7 @@ class AdaPruner(GraphMethod):
         importance = self.block_importance()
         relative = importance / importance.mean().clamp(min=1e-12)
         sizes = torch.tensor([g.size for g in self.groups], dtype=torch.float64)
-        floor = torch.clamp(torch.ceil(sizes * self.min_keep), min=1)
+        floor = torch.clamp(torch.ceil(sizes * max(self.min_keep, 1.0 - self.max_ratio)), min=1)
         floor = torch.maximum(floor, torch.minimum(sizes, torch.tensor(float(self.round_to))))
 
         def widths(alpha: float) -> torch.Tensor:

@@ -41,6 +41,7 @@ class GraphMethod(PruningMethod):
         target_macs: fraction of the MACs to keep (met within 1%).
         scope: ``"local"`` (per group) or ``"global"`` (one ranking).
         round_to: kept widths are multiples of this.
+        max_ratio: no channel group loses more than this fraction of its channels.
         ignore: modules (or names) whose outputs keep their width.
     """
 
@@ -57,12 +58,14 @@ class GraphMethod(PruningMethod):
         target_macs: float | None = None,
         scope: str | None = None,
         round_to: int = 1,
+        max_ratio: float = 1.0,
         ignore: Iterable[nn.Module | str] = (),
     ) -> None:
         super().__init__(model)
         self.scope = scope or self.default_scope
         if not (self.target_optional and ratio is None and target_macs is None):
-            validate_target(ratio, target_macs, self.scope, round_to)
+            validate_target(ratio, target_macs, self.scope, round_to, max_ratio)
+        self.max_ratio = max_ratio
         self.example_inputs = example_inputs
         self.ratio = ratio
         self.target_macs = target_macs
@@ -97,6 +100,7 @@ class GraphMethod(PruningMethod):
             round_to=self.round_to,
             comparable=comparable,
             macs_model=self.macs_model if self.target_macs is not None else None,
+            max_ratio=self.max_ratio,
         )
         return broadcast_from_main(plan)
 

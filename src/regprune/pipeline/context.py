@@ -118,13 +118,6 @@ class RunContext:
         model = self.build_model()
         if {"sparsify", "prune"} & set(phases):
             build_method(self.config.method, model, self.example_inputs())
-        method = self.config.method
-        if "report" in phases and method.ratio is None and method.target_macs is None:
-            raise ConfigError(
-                f"method: {method.name} runs without ratio or target_macs, but the report's "
-                "summary needs one; run the phases before the report on their own "
-                "(regprune train / sparsify / prune / finetune)"
-            )
 
     def build_model(self) -> nn.Module:
         """A freshly initialised model of the configured architecture, on the device."""

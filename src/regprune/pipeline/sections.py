@@ -156,6 +156,7 @@ class MethodSection:
     target_macs: float | None = None
     scope: str | None = None
     round_to: int = 1
+    max_ratio: float = 1.0
     ignore: list[str] = field(default_factory=list)
 
     def validate(self, where: str) -> None:
@@ -190,7 +191,12 @@ class MethodSection:
             f"must be local, global or null, got {self.scope!r}",
         )
         check(self.round_to >= 1, f"{where}.round_to", f"must be >= 1, got {self.round_to}")
-        for key in ("ratio", "target_macs", "scope", "round_to", "ignore"):
+        check(
+            0.0 < self.max_ratio <= 1.0,
+            f"{where}.max_ratio",
+            f"must be in (0, 1] (the most of one channel group that may go), got {self.max_ratio}",
+        )
+        for key in ("ratio", "target_macs", "scope", "round_to", "max_ratio", "ignore"):
             check(key not in self.kwargs, f"{where}.kwargs.{key}", f"set it as {where}.{key}")
 
     def target_kwargs(self) -> dict[str, Any]:
@@ -205,6 +211,8 @@ class MethodSection:
             target["scope"] = self.scope
         if self.round_to != 1:
             target["round_to"] = self.round_to
+        if self.max_ratio != 1.0:
+            target["max_ratio"] = self.max_ratio
         if self.ignore:
             target["ignore"] = list(self.ignore)
         return target

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from regprune.methods.unstructured import weight_sparsity
 from regprune.metrics import count, measure_latency
 from regprune.pipeline.context import PHASES, RunContext
 from regprune.pipeline.rundir import FINETUNED_FILE, Progress
@@ -77,4 +78,5 @@ def build_summary(ctx: RunContext, progress: Progress) -> RunSummary:
         phase_time_s=phase_times(progress),
         ratio=config.method.ratio,
         target_macs=config.method.target_macs,
+        weight_sparsity=weight_sparsity(final),
     )

@@ -53,8 +53,12 @@ def duration(seconds: float) -> str:
 def _header(summary: RunSummary) -> list[str]:
     if summary.ratio is not None:
         target = f"remove {percent(summary.ratio, 1)} of the channels (ratio {summary.ratio:g})"
+        if summary.macs_after == summary.macs_before and summary.weight_sparsity > 0:
+            target = f"zero {percent(summary.ratio, 1)} of the weights (ratio {summary.ratio:g})"
+    elif summary.target_macs is not None:
+        target = f"keep {percent(summary.target_macs, 1)} of the MACs"
     else:
-        target = f"keep {percent(summary.target_macs or 0.0, 1)} of the MACs"
+        target = "none given; the regularizer decided what to remove (closed L0 gates)"
     phases = ", ".join(f"{phase} {duration(s)}" for phase, s in summary.phase_time_s.items())
     total = duration(sum(summary.phase_time_s.values()))
     return [
@@ -68,6 +72,8 @@ def _header(summary: RunSummary) -> list[str]:
         "",
         f"- Machine: {summary.machine}",
         f"- Target: {target}",
+        f"- Weight sparsity of the final model: {percent(summary.weight_sparsity, 2)} "
+        "(exact zeros in conv / linear weights)",
         f"- Seeds: {', '.join(map(str, summary.seeds))}",
         f"- Wall time: {phases or 'not recorded'} (total {total})",
         f"- Report written by regprune {regprune.__version__}",

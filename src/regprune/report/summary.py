@@ -59,7 +59,10 @@ class RunSummary:
         layer_widths: ``{layer: (width before, width after)}``, see ``width_changes``.
         phase_time_s: wall time per phase in seconds (``{"sparsify": 812.3, ...}``).
         ratio: the channel ratio asked for, if the target was a ratio.
-        target_macs: the fraction of MACs to keep, if the target was a MACs budget.
+        target_macs: the fraction of MACs to keep, if the target was a MACs budget. Neither
+            target: the method decided the widths or the sparsity itself (L0 gates).
+        weight_sparsity: fraction of exact zeros in the final model's conv / linear weights
+            (what unstructured methods deliver; near 0 for structured ones).
         machine: where the numbers were measured; defaults to the current machine.
         schema_version: format version of the JSON file.
     """
@@ -82,6 +85,7 @@ class RunSummary:
     phase_time_s: dict[str, float]
     ratio: float | None = None
     target_macs: float | None = None
+    weight_sparsity: float = 0.0
     machine: str = field(default_factory=describe_machine)
     schema_version: int = SCHEMA_VERSION
 
@@ -97,10 +101,14 @@ class RunSummary:
                 )
             if any(not 0.0 <= v <= 1.0 for v in values):
                 raise ValueError(f"{name} must be fractions in [0, 1] (not percent), got {values}")
-        if (self.ratio is None) == (self.target_macs is None):
+        if self.ratio is not None and self.target_macs is not None:
             raise ValueError(
-                f"give exactly one target, ratio or target_macs; got ratio={self.ratio}, "
+                f"give at most one target, ratio or target_macs; got ratio={self.ratio}, "
                 f"target_macs={self.target_macs}"
+            )
+        if not 0.0 <= self.weight_sparsity <= 1.0:
+            raise ValueError(
+                f"weight_sparsity must be a fraction in [0, 1], got {self.weight_sparsity}"
             )
         for name in ("macs_before", "macs_after", "params_before", "params_after"):
             if getattr(self, name) < 0:

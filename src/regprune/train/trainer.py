@@ -39,6 +39,7 @@ from regprune.train.distributed import (
 )
 from regprune.train.metrics_log import MetricsLog
 from regprune.train.optim import SCHEDULES, build_optimizer, build_scheduler
+from regprune.train.tensorboard import TENSORBOARD_DIR, TensorBoardLog
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +180,11 @@ class Trainer:
             )
         self.scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
         self.metrics = MetricsLog(metrics_path) if metrics_path is not None else None
+        self.tensorboard = (
+            TensorBoardLog(Path(metrics_path).parent / TENSORBOARD_DIR)
+            if metrics_path is not None and is_main_process()
+            else None
+        )
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
         self.epochs_done = 0
 
@@ -231,6 +237,8 @@ class Trainer:
             if is_main_process():
                 if self.metrics is not None:
                     self.metrics.append(record)
+                if self.tensorboard is not None:
+                    self.tensorboard.write(record)
                 logger.info(_format_epoch(record, self.config.epochs))
             history.append(record)
         return history
