@@ -86,6 +86,18 @@ def test_max_ratio_caps_every_group_while_meeting_the_macs_target() -> None:
     assert 0.495 <= result.macs_after / result.macs_before <= 0.5
 
 
+def test_pruned_model_shares_no_tensor_with_the_original() -> None:
+    model = create_model("resnet20", num_classes=10)
+    small = rp.prune(model, X32, ratio=0.5, ignore=["conv1"])  # conv1 and bn1 stay whole
+    assert small.conv1.weight.shape == model.conv1.weight.shape
+    originals = {t.data_ptr() for t in [*model.parameters(), *model.buffers()] if t.numel()}
+    copies = [t for t in [*small.parameters(), *small.buffers()] if t.numel()]
+    assert not [t for t in copies if t.data_ptr() in originals]
+    with torch.no_grad():
+        small.conv1.weight.add_(1.0)
+    assert not torch.equal(small.conv1.weight, model.conv1.weight)
+
+
 def test_caller_model_is_untouched_and_keeps_its_mode() -> None:
     model = create_model("resnet20", num_classes=10).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
