@@ -206,6 +206,24 @@ def test_l0_weight_gives_exact_zeros_and_keeps_them_while_finetuning() -> None:
     assert weight_sparsity(small) == pytest.approx(sparsity)
 
 
+@pytest.mark.parametrize("name", ["l0_weight", "l0_channel"])
+def test_l0_gates_train_at_their_own_rate_without_weight_decay(name: str) -> None:
+    from regprune.train import build_optimizer
+
+    model = create_model("lenet5", num_classes=10, in_channels=1)
+    method = methods.get(name, model, X, lam=0.1, num_samples=1000, gate_lr_scale=20.0)
+    optimizer = build_optimizer(model, lr=0.01, groups=method.optimizer_groups())
+    gates = {id(g.log_alpha) for g in method.regularizer.gates.values()}
+    base, special = optimizer.param_groups
+    assert {id(p) for p in special["params"]} == gates
+    assert not gates & {id(p) for p in base["params"]}
+    assert special["lr"] == pytest.approx(0.2) and special["weight_decay"] == 0.0
+    with pytest.raises(ValueError, match="gate_lr_scale must be a number > 0"):
+        methods.get(
+            name, create_model("lenet5", num_classes=10, in_channels=1), X, lam=0.1, gate_lr_scale=0
+        )
+
+
 def test_unstructured_magnitude_reaches_the_ratio_and_refuses_macs_targets() -> None:
     model = resnet()
     method = methods.get("magnitude_unstructured", model, X, ratio=0.8)

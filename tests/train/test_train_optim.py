@@ -64,3 +64,26 @@ def test_constant_and_optimizer_settings():
 def test_bad_arguments_are_rejected_with_the_allowed_values(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_a_method_group_gets_its_own_lr_and_weight_decay_and_follows_the_schedule():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    gates = list(model[1].parameters())
+    optimizer = build_optimizer(
+        model, lr=0.1, groups=[{"params": gates, "lr_scale": 10.0, "weight_decay": 0.0}]
+    )
+    base, special = optimizer.param_groups
+    assert [id(p) for p in base["params"]] == [id(p) for p in model[0].parameters()]
+    assert [id(p) for p in special["params"]] == [id(p) for p in gates]
+    assert (base["lr"], base["weight_decay"]) == (0.1, 5e-4)
+    assert special["lr"] == pytest.approx(1.0) and special["weight_decay"] == 0.0
+    scheduler = build_scheduler(optimizer, "cosine", epochs=2, steps_per_epoch=2)
+    optimizer.step()
+    scheduler.step()
+    assert special["lr"] / base["lr"] == pytest.approx(10.0)
+
+
+def test_an_unknown_optimizer_group_key_is_rejected():
+    model = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match=r"\['lr'\] unknown; allowed"):
+        build_optimizer(model, lr=0.1, groups=[{"params": [model.bias], "lr": 1.0}])

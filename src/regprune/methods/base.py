@@ -70,6 +70,14 @@ class PruningMethod:
         """What to run while fine-tuning ``pruned`` (unstructured methods keep their zeros)."""
         return None
 
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """The method's own parameters that need other optimizer settings than the weights.
+
+        Each entry is ``{"params": [...], "lr_scale": float, "weight_decay": float}`` for
+        :func:`regprune.train.build_optimizer`; build the optimizer after creating the method.
+        """
+        return []
+
     def sparsity_snapshot(self) -> dict[str, torch.Tensor]:
         """The regularized quantity per layer/group (|gamma|, group norms, gates) for histograms."""
         return {}

@@ -31,6 +31,18 @@ from regprune.methods.unstructured import (
 from regprune.regularizers import L0Regularizer
 
 
+def _check_scale(scale: float) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
+        raise ValueError(f"gate_lr_scale must be a number > 0, got {scale!r}")
+    return float(scale)
+
+
+def gate_group(regularizer: L0Regularizer, lr_scale: float) -> list[dict[str, Any]]:
+    """The gates' ``log_alpha``: their own learning-rate multiple, no weight decay."""
+    gates = [gate.log_alpha for gate in regularizer.gates.values()]
+    return [{"params": gates, "lr_scale": lr_scale, "weight_decay": 0.0}] if gates else []
+
+
 class L0Channel(GraphMethod):
     """Structured L0: gates on channels, removal of closed ones.
 
@@ -38,6 +50,11 @@ class L0Channel(GraphMethod):
         lam: ``lambda`` of the expected-L0 penalty.
         num_samples: ``N``, training set size (the penalty is scaled by 1/N).
         init_keep_prob: initial keep probability of every gate.
+        gate_lr_scale: the gates' ``log_alpha`` train at this multiple of the weights' learning
+            rate and without weight decay (**our choice**: the paper trains everything with
+            Adam, whose steps do not depend on the gradient's scale; with SGD the expected-L0
+            gradient, ``lam / N`` times a sigmoid slope, moves ``log_alpha`` too slowly to close
+            gates in a short schedule, and weight decay would pull it towards keep-prob 0.5).
         **target: optional. Without a target the channels whose test gate is 0 are removed
             (at least one channel per group is kept); with ``ratio`` / ``target_macs`` the
             channels are ranked by ``log_alpha`` and allocated like any other criterion.
@@ -55,9 +72,11 @@ class L0Channel(GraphMethod):
         lam: float = 0.1,
         num_samples: int = 50000,
         init_keep_prob: float = 0.9,
+        gate_lr_scale: float = 1.0,
         **target: Any,
     ) -> None:
         super().__init__(model, example_inputs, **target)
+        self.gate_lr_scale = _check_scale(gate_lr_scale)
         self.regularizer = L0Regularizer(
             model,
             self.groups,
@@ -70,6 +89,9 @@ class L0Channel(GraphMethod):
 
     def penalty(self) -> torch.Tensor:
         return self.regularizer.penalty()
+
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        return gate_group(self.regularizer, self.gate_lr_scale)
 
     def step(self) -> None:
         super().step()
@@ -120,7 +142,10 @@ class L0Channel(GraphMethod):
 
 
 class L0Weight(PruningMethod):
-    """Fine-grained L0: one gate per weight of every conv and linear; closed gates -> zeros."""
+    """Fine-grained L0: one gate per weight of every conv and linear; closed gates -> zeros.
+
+    ``lam``, ``num_samples``, ``init_keep_prob`` and ``gate_lr_scale`` as in :class:`L0Channel`.
+    """
 
     name = "l0_weight"
 
@@ -132,8 +157,10 @@ class L0Weight(PruningMethod):
         lam: float = 0.1,
         num_samples: int = 50000,
         init_keep_prob: float = 0.9,
+        gate_lr_scale: float = 1.0,
     ) -> None:
         super().__init__(model)
+        self.gate_lr_scale = _check_scale(gate_lr_scale)
         self.regularizer = L0Regularizer(
             model,
             lam=lam,
@@ -145,6 +172,9 @@ class L0Weight(PruningMethod):
 
     def penalty(self) -> torch.Tensor:
         return self.regularizer.penalty()
+
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        return gate_group(self.regularizer, self.gate_lr_scale)
 
     def step(self) -> None:
         super().step()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,10 +24,15 @@ def build_optimizer(
     momentum: float = 0.9,
     nesterov: bool = False,
     weight_decay: float = 5e-4,
+    groups: Sequence[dict[str, Any]] = (),
 ) -> torch.optim.SGD:
     """SGD over a model's (or an iterable's) parameters.
 
-    Weight decay applies to every parameter, as in the CIFAR pruning papers we reproduce.
+    Weight decay applies to every parameter, as in the CIFAR pruning papers we reproduce,
+    except those of ``groups``: a method's own parameters with their own settings (L0 gates:
+    ``{"params": [...], "lr_scale": 10.0, "weight_decay": 0.0}``), from
+    :meth:`PruningMethod.optimizer_groups`. ``lr_scale`` multiplies ``lr``, so schedules
+    scale every group alike.
 
     Example:
         >>> opt = build_optimizer(nn.Linear(2, 2), lr=0.1, nesterov=True)
@@ -37,8 +43,31 @@ def build_optimizer(
         raise ValueError("nesterov=True needs momentum > 0")
     if isinstance(params, nn.Module):
         params = params.parameters()
+    special: list[dict[str, Any]] = []
+    claimed: set[int] = set()
+    for group in groups:
+        unknown = set(group) - {"params", "lr_scale", "weight_decay"}
+        if unknown:
+            raise ValueError(
+                f"optimizer group keys {sorted(unknown)} unknown; allowed: "
+                "params, lr_scale, weight_decay"
+            )
+        members = list(group["params"])
+        claimed.update(id(p) for p in members)
+        special.append(
+            {
+                "params": members,
+                "lr": lr * float(group.get("lr_scale", 1.0)),
+                "weight_decay": float(group.get("weight_decay", weight_decay)),
+            }
+        )
+    base = [p for p in params if id(p) not in claimed]
     return torch.optim.SGD(
-        params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
+        [{"params": base}, *special],
+        lr=lr,
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
     )
 
 

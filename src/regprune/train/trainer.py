@@ -162,7 +162,12 @@ class Trainer:
         self.phase = phase
         self.run_config = dict(run_config or {})
         self.optimizer = build_optimizer(
-            model, config.lr, config.momentum, config.nesterov, config.weight_decay
+            model,
+            config.lr,
+            config.momentum,
+            config.nesterov,
+            config.weight_decay,
+            groups=method.optimizer_groups() if method is not None else (),
         )
         self.scheduler = build_scheduler(
             self.optimizer,
