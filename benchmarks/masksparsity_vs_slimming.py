@@ -69,6 +69,11 @@ def _run(root: Path, baseline: Path, variant: str, seed: int, extra: list[str]) 
     return json.loads(summary.read_text())
 
 
+def _accuracy_percent(value: float | list[float]) -> float:
+    """A run's summary stores accuracy as a list over its seeds (one here), as a fraction."""
+    return 100.0 * (value[-1] if isinstance(value, list) else value)
+
+
 def _mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f}"
@@ -96,7 +101,7 @@ def _write(out: Path, records: dict[str, list[dict]], command: str, seeds: list[
         "|---|---:|---:|---:|---:|---:|",
     ]
     for variant, runs in records.items():
-        cells = [_mean_std([r[c] for r in runs]) for c in COLUMNS]
+        cells = [_mean_std([_accuracy_percent(r[c]) for r in runs]) for c in COLUMNS]
         kept = _mean_std([r["macs_after"] / r["macs_before"] for r in runs])
         params = _mean_std([r["params_after"] / 1e3 for r in runs])
         lines.append(f"| {variant} | {' | '.join(cells)} | {kept} | {params} K |")
