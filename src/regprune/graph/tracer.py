@@ -22,6 +22,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from regprune.graph.atoms import AtomTable
 from regprune.graph.labels import atoms_in, constant_label
+from regprune.graph.meta_shortcuts import shape_only_result
 from regprune.inputs import as_input_tuple
 from regprune.surgery.rules import (
     LayerRecord,
@@ -213,7 +214,9 @@ class Tracer(TorchFunctionMode):
     # ---- the mode -----------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        out = shape_only_result(func, args, kwargs) if self.on_meta else None
+        if out is None:
+            out = func(*args, **kwargs)
         if self._busy or self._suppress:
             return out
         self._busy = True
@@ -240,11 +243,13 @@ class Tracer(TorchFunctionMode):
             if not self._suppress:
                 self._busy = True
                 try:
-                    rule = self._rule_modules.get(name)
-                    if rule is not None:
-                        self._record_layer(name, module, rule, args, output)
-                    else:
-                        self._record_opaque(module, args, output)
+                    # label arithmetic is not the model's: keep it out of this mode entirely
+                    with torch._C.DisableTorchFunction():
+                        rule = self._rule_modules.get(name)
+                        if rule is not None:
+                            self._record_layer(name, module, rule, args, output)
+                        else:
+                            self._record_opaque(module, args, output)
                 finally:
                     self._busy = False
         self.module_stack.pop()
