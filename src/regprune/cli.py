@@ -140,8 +140,11 @@ def _print_results(run_dir: Path) -> None:
         summary.acc_after_prune[0],
         summary.acc_after_finetune[0],
     )
+    baseline = (
+        f"{summary.acc_baseline[0]:.2%} baseline, " if summary.acc_baseline is not None else ""
+    )
     print(
-        f"Test accuracy: {before:.2%} before pruning, {after:.2%} right after, "
+        f"Test accuracy: {baseline}{before:.2%} before pruning, {after:.2%} right after, "
         f"{tuned:.2%} after fine-tuning"
     )
     kept = summary.macs_after / summary.macs_before if summary.macs_before else 1.0

@@ -106,7 +106,7 @@ def test_a_bad_config_key_is_one_line_naming_the_key_and_the_allowed_ones(capsys
     assert main(["run", str(config)]) == 2
     line = _error_line(capsys)
     assert "bad.yaml: unknown key 'epoch' in section 'finetune' (did you mean 'epochs'?)" in line
-    assert "allowed keys: epochs, lr, momentum" in line
+    assert "allowed keys: epochs, lr, optimizer, momentum" in line
     assert not (tmp_path / "run").exists()
 
 

@@ -98,6 +98,11 @@ def test_missing_required_key(tiny):
         ({"data": {"name": "imagenet21k"}}, "unknown data set 'imagenet21k'"),
         ({"finetune": {"schedule": "linear"}}, "finetune.schedule: must be one of cosine"),
         ({"sparsify": {"epochs": -1}}, "sparsify.epochs: must be >= 0"),
+        ({"sparsify": {"optimizer": "rmsprop"}}, "sparsify.optimizer: must be one of sgd, adam"),
+        (
+            {"finetune": {"optimizer": "adam", "nesterov": True}},
+            "finetune.nesterov: needs optimizer sgd",
+        ),
         ({"output": {"run_dir": "runs/../../etc"}}, r"output.run_dir: must not contain '\.\.'"),
         ({"method": {"kwargs": {"ratio": 0.5}}}, "method.kwargs.ratio: set it as method.ratio"),
     ],

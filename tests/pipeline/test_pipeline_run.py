@@ -100,14 +100,21 @@ def test_the_summary_holds_every_number_the_issue_asks_for(finished_run: Path):
     # Loose: meeting the budget within 1% is the allocation's contract, tested there.
     assert summary.macs_after == pytest.approx(0.5 * summary.macs_before, rel=0.05)
     assert summary.params_after < summary.params_before
-    for values in (summary.acc_before_prune, summary.acc_after_prune, summary.acc_after_finetune):
-        assert len(values) == 1 and 0.0 <= values[0] <= 1.0
+    accuracies = (
+        summary.acc_baseline,
+        summary.acc_before_prune,
+        summary.acc_after_prune,
+        summary.acc_after_finetune,
+    )
+    for values in accuracies:
+        assert values is not None and len(values) == 1 and 0.0 <= values[0] <= 1.0
     assert sorted(summary.latency_ms_before) == sorted(summary.latency_ms_after) == [1, 4]
     assert list(summary.phase_time_s) == ["pretrain", "sparsify", "prune", "finetune"]
     assert all(seconds > 0 for seconds in summary.phase_time_s.values())
     assert any(before > after for before, after in summary.layer_widths.values())
     report = (finished_run / "report.md").read_text()
     assert COMMAND in report and "MACs" in report
+    assert f"| accuracy | {100 * summary.acc_baseline[0]:.2f} % |" in report
 
 
 def test_the_final_model_reloads_with_the_summary_cost(finished_run: Path):

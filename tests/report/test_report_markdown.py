@@ -115,3 +115,10 @@ def test_broken_metrics_line_names_file_and_line(run_dir: Path) -> None:
         file.write('{"phase": "finetune", "epoch": \n')
     with pytest.raises(ValueError, match=r"metrics\.jsonl:11 is not valid JSON"):
         write_report(run_dir)
+
+
+def test_a_summary_with_a_baseline_accuracy_shows_it_first(run_dir: Path) -> None:
+    make_summary(acc_baseline=[0.95]).save(run_dir)
+    text = write_report(run_dir).read_text()
+    assert "|  | baseline (pretrained) | before pruning |" in text
+    assert "| accuracy | 95.00 % | 91.23 % |" in text

@@ -4,6 +4,7 @@ import itertools
 import math
 
 import pytest
+import torch
 from torch import nn
 
 from regprune.train import build_optimizer, build_scheduler
@@ -57,6 +58,11 @@ def test_constant_and_optimizer_settings():
     [
         (lambda: build_optimizer(nn.Linear(2, 2), lr=0.1, momentum=0, nesterov=True), "momentum"),
         (lambda: build_optimizer(nn.Linear(2, 2), lr=0), "lr must be > 0"),
+        (lambda: build_optimizer(nn.Linear(2, 2), lr=0.1, kind="lbfgs"), "sgd, adam, adamw"),
+        (
+            lambda: build_optimizer(nn.Linear(2, 2), lr=0.1, nesterov=True, kind="adam"),
+            "nesterov=True needs the sgd optimizer",
+        ),
         (lambda: _lrs("linear"), "cosine, step, constant"),
         (lambda: _lrs("step", milestones=(0, 4)), r"milestones must lie in \(0, 4\)"),
     ],
@@ -87,3 +93,24 @@ def test_an_unknown_optimizer_group_key_is_rejected():
     model = nn.Linear(2, 2)
     with pytest.raises(ValueError, match=r"\['lr'\] unknown; allowed"):
         build_optimizer(model, lr=0.1, groups=[{"params": [model.bias], "lr": 1.0}])
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"), [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)]
+)
+def test_adam_keeps_method_groups_and_steps_each_parameter_by_about_lr(kind, expected):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+    gates = list(model[1].parameters())
+    optimizer = build_optimizer(
+        model, lr=1e-2, weight_decay=0.0, kind=kind, groups=[{"params": gates, "lr_scale": 5.0}]
+    )
+    assert type(optimizer) is expected
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-2, 5e-2])
+    before = [p.detach().clone() for p in model.parameters()]
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    optimizer.step()
+    # Adam's first step moves every parameter with a non-zero gradient by exactly lr (sign step)
+    steps = [(p.detach() - b).abs() for p, b in zip(model.parameters(), before, strict=True)]
+    assert torch.allclose(steps[0], torch.full_like(steps[0], 1e-2), rtol=1e-3)
+    assert torch.allclose(steps[3], torch.full_like(steps[3], 5e-2), rtol=1e-3)

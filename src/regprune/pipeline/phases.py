@@ -64,6 +64,9 @@ def pretrain(ctx: RunContext, progress: Progress) -> PhaseResult:
         ctx.wait_for_main()
     else:
         result["earlier_s"] = train_phase(ctx, "pretrain", model, section)
+    # the reference every later accuracy is read against (sparsity training changes the model)
+    result["acc_baseline"] = evaluate(model, ctx.loaders.test, ctx.device)["acc"]
+    logger.info("[pretrain] baseline test acc %.2f %%", 100 * result["acc_baseline"])
     return result
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from regprune.pipeline.typed import ConfigError
 from regprune.train import TrainConfig
-from regprune.train.optim import SCHEDULES
+from regprune.train.optim import OPTIMIZERS, SCHEDULES
 
 
 def check(condition: bool, where: str, message: str) -> None:
@@ -74,10 +74,11 @@ class ModelSection:
 
 @dataclass
 class TrainSection:
-    """SGD settings of one training phase (``TrainConfig``); ``epochs: 0`` skips the phase."""
+    """Settings of one training phase (``TrainConfig``); ``epochs: 0`` skips the phase."""
 
     epochs: int = 0
     lr: float = 0.1
+    optimizer: str = "sgd"
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
@@ -107,9 +108,14 @@ class TrainSection:
             f"must be > 0 or null, got {self.grad_clip}",
         )
         check(
-            not self.nesterov or self.momentum > 0,
+            self.optimizer in OPTIMIZERS,
+            f"{where}.optimizer",
+            f"must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}",
+        )
+        check(
+            not self.nesterov or (self.momentum > 0 and self.optimizer == "sgd"),
             f"{where}.nesterov",
-            "needs momentum > 0",
+            "needs optimizer sgd with momentum > 0",
         )
 
     def train_config(self, device: str | None, progress: bool) -> TrainConfig:
@@ -118,6 +124,7 @@ class TrainSection:
         return TrainConfig(
             epochs=self.epochs,
             lr=self.lr,
+            optimizer=self.optimizer,
             momentum=self.momentum,
             nesterov=self.nesterov,
             weight_decay=self.weight_decay,

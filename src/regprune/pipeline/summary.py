@@ -59,6 +59,7 @@ def build_summary(ctx: RunContext, progress: Progress) -> RunSummary:
     example = ctx.example_inputs()
     cost_before, cost_after = count(original, example), count(final, example)
     prune_result = progress.phases["prune"]
+    baseline = progress.phases["pretrain"].get("acc_baseline")  # absent in runs before 0.2
     return RunSummary(
         method=config.method.name,
         model=config.model.name,
@@ -79,4 +80,5 @@ def build_summary(ctx: RunContext, progress: Progress) -> RunSummary:
         ratio=config.method.ratio,
         target_macs=config.method.target_macs,
         weight_sparsity=weight_sparsity(final),
+        acc_baseline=[baseline] if baseline is not None else None,
     )

@@ -82,17 +82,16 @@ def _header(summary: RunSummary) -> list[str]:
 
 
 def _results(summary: RunSummary) -> list[str]:
-    accuracy = markdown_table(
-        ["", "before pruning", "after pruning (no fine-tune)", "after fine-tune"],
-        [
-            [
-                "accuracy",
-                accuracy_cell(summary.acc_before_prune),
-                accuracy_cell(summary.acc_after_prune),
-                accuracy_cell(summary.acc_after_finetune),
-            ]
-        ],
-    )
+    headers = ["", "before pruning", "after pruning (no fine-tune)", "after fine-tune"]
+    cells = [
+        accuracy_cell(summary.acc_before_prune),
+        accuracy_cell(summary.acc_after_prune),
+        accuracy_cell(summary.acc_after_finetune),
+    ]
+    if summary.acc_baseline is not None:
+        headers.insert(1, "baseline (pretrained)")
+        cells.insert(0, accuracy_cell(summary.acc_baseline))
+    accuracy = markdown_table(headers, [["accuracy", *cells]])
     cost_rows = [
         ("MACs", summary.macs_before, summary.macs_after),
         ("FLOPs (2 x MACs)", summary.flops_before, summary.flops_after),
@@ -239,7 +238,7 @@ def _fraction(value: Any) -> str:
 def _accuracy_vs_macs(run_dir: Path, summary: RunSummary) -> list[str]:
     plot = plots.accuracy_vs_macs(
         {
-            "baseline": (summary.macs_before, summary.acc_before_prune),
+            "baseline": (summary.macs_before, summary.acc_baseline or summary.acc_before_prune),
             "pruned, before fine-tune": (summary.macs_after, summary.acc_after_prune),
             "pruned, after fine-tune": (summary.macs_after, summary.acc_after_finetune),
         },

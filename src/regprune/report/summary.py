@@ -47,7 +47,8 @@ class RunSummary:
         dataset: dataset name.
         seeds: the seed of each repetition, at least one.
         command: the exact command line that reproduces the run.
-        acc_before_prune: test accuracy (fraction in [0, 1]) of the trained, unpruned model.
+        acc_before_prune: test accuracy (fraction in [0, 1]) of the model just before surgery:
+            after sparsity training for regularization methods.
         acc_after_prune: accuracy right after surgery, before fine-tuning.
         acc_after_finetune: accuracy at the final fine-tuning epoch (not the best epoch).
         macs_before: MACs of one forward of the example inputs (batch 1), unpruned.
@@ -63,6 +64,8 @@ class RunSummary:
             target: the method decided the widths or the sparsity itself (L0 gates).
         weight_sparsity: fraction of exact zeros in the final model's conv / linear weights
             (what unstructured methods deliver; near 0 for structured ones).
+        acc_baseline: test accuracy of the pretrained model, before any sparsity training:
+            what the final accuracy is compared with. None in summaries that predate it.
         machine: where the numbers were measured; defaults to the current machine.
         schema_version: format version of the JSON file.
     """
@@ -86,14 +89,17 @@ class RunSummary:
     ratio: float | None = None
     target_macs: float | None = None
     weight_sparsity: float = 0.0
+    acc_baseline: list[float] | None = None
     machine: str = field(default_factory=describe_machine)
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
         if not self.seeds:
             raise ValueError("seeds must name at least one seed")
-        for name in ("acc_before_prune", "acc_after_prune", "acc_after_finetune"):
+        for name in ("acc_baseline", "acc_before_prune", "acc_after_prune", "acc_after_finetune"):
             values = getattr(self, name)
+            if values is None:  # only acc_baseline may be absent
+                continue
             if len(values) != len(self.seeds):
                 raise ValueError(
                     f"{name} has {len(values)} values for {len(self.seeds)} seeds; "

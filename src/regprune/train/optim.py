@@ -18,6 +18,9 @@ from torch.optim.lr_scheduler import LambdaLR
 SCHEDULES = ("cosine", "step", "constant")
 
 
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
 def build_optimizer(
     params: nn.Module | Iterable[torch.nn.Parameter],
     lr: float,
@@ -25,8 +28,15 @@ def build_optimizer(
     nesterov: bool = False,
     weight_decay: float = 5e-4,
     groups: Sequence[dict[str, Any]] = (),
-) -> torch.optim.SGD:
-    """SGD over a model's (or an iterable's) parameters.
+    kind: str = "sgd",
+) -> torch.optim.Optimizer:
+    """SGD (default), Adam or AdamW over a model's (or an iterable's) parameters.
+
+    SGD with momentum is what the CIFAR pruning papers use. Adam is there for the methods
+    whose papers train with it: L0 gates (Louizos et al.) move far more evenly under Adam,
+    because the expected-L0 gradient of an open gate is a saturated sigmoid's slope that
+    plain SGD barely feels. ``momentum`` and ``nesterov`` are SGD's; Adam keeps its default
+    betas. Adam's ``weight_decay`` is an L2 term in the gradient, AdamW's is decoupled.
 
     Weight decay applies to every parameter, as in the CIFAR pruning papers we reproduce,
     except those of ``groups``: a method's own parameters with their own settings (L0 gates:
@@ -36,11 +46,14 @@ def build_optimizer(
 
     Example:
         >>> opt = build_optimizer(nn.Linear(2, 2), lr=0.1, nesterov=True)
+        >>> opt = build_optimizer(nn.Linear(2, 2), lr=1e-3, kind="adam")
     """
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
-    if nesterov and momentum <= 0:
-        raise ValueError("nesterov=True needs momentum > 0")
+    if kind not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {kind!r}")
+    if nesterov and (momentum <= 0 or kind != "sgd"):
+        raise ValueError("nesterov=True needs the sgd optimizer with momentum > 0")
     if isinstance(params, nn.Module):
         params = params.parameters()
     special: list[dict[str, Any]] = []
@@ -62,12 +75,13 @@ def build_optimizer(
             }
         )
     base = [p for p in params if id(p) not in claimed]
+    param_groups = [{"params": base}, *special]
+    if kind == "adam":
+        return torch.optim.Adam(param_groups, lr=lr, weight_decay=weight_decay)
+    if kind == "adamw":
+        return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay)
     return torch.optim.SGD(
-        [{"params": base}, *special],
-        lr=lr,
-        momentum=momentum,
-        nesterov=nesterov,
-        weight_decay=weight_decay,
+        param_groups, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
     )
 
 

@@ -38,7 +38,7 @@ from regprune.train.distributed import (
     sync_buffers,
 )
 from regprune.train.metrics_log import MetricsLog
-from regprune.train.optim import SCHEDULES, build_optimizer, build_scheduler
+from regprune.train.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
 from regprune.train.tensorboard import TENSORBOARD_DIR, TensorBoardLog
 
 logger = logging.getLogger(__name__)
@@ -53,8 +53,10 @@ class TrainConfig:
 
     Attributes:
         epochs: run length.
-        lr: peak learning rate of SGD.
-        momentum, nesterov, weight_decay: SGD settings.
+        lr: peak learning rate.
+        optimizer: ``sgd`` (default), ``adam`` or ``adamw``.
+        momentum, nesterov: SGD settings (``nesterov`` needs ``sgd``).
+        weight_decay: L2 (decoupled for ``adamw``).
         schedule: ``cosine``, ``step`` or ``constant`` (per iteration).
         milestones, gamma: ``step`` schedule: drop epochs (default 1/2 and 3/4) and factor.
         label_smoothing: cross-entropy label smoothing (training loss only).
@@ -66,6 +68,7 @@ class TrainConfig:
 
     epochs: int
     lr: float = 0.1
+    optimizer: str = "sgd"
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
@@ -81,6 +84,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
+            )
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule}")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -168,6 +175,7 @@ class Trainer:
             config.nesterov,
             config.weight_decay,
             groups=method.optimizer_groups() if method is not None else (),
+            kind=config.optimizer,
         )
         self.scheduler = build_scheduler(
             self.optimizer,
