@@ -23,7 +23,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -98,11 +97,9 @@ def run_variant(spec: Spec, baseline: Path, label: str, seed: int, extra: list[s
     return json.loads(summary.read_text())
 
 
-def _last(value: Any) -> float | None:
-    """A summary's accuracy is a list over its seeds (one here); None where it is absent."""
-    if value is None:
-        return None
-    return float(value[-1] if isinstance(value, list) else value)
+def _only_seed(accuracies: list[float] | None) -> float | None:
+    """A summary holds one accuracy per seed, and each run here has one; None if absent."""
+    return None if accuracies is None else accuracies[0]
 
 
 def table(records: dict[str, list[dict]]) -> list[str]:
@@ -116,12 +113,12 @@ def table(records: dict[str, list[dict]]) -> list[str]:
         if not runs:
             continue
         accuracy = [
-            mean_std([_last(r.get(key)) for r in runs], scale=100)
+            mean_std([_only_seed(r.get(key)) for r in runs], scale=100)
             for key in ("acc_baseline", "acc_before_prune", "acc_after_prune", "acc_after_finetune")
         ]
         kept = mean_std([r["macs_after"] / r["macs_before"] for r in runs], digits=3)
         params = mean_std([r["params_after"] / 1e3 for r in runs], digits=1)
-        sparsity = mean_std([r.get("weight_sparsity", 0.0) for r in runs], scale=100)
+        sparsity = mean_std([r["weight_sparsity"] for r in runs], scale=100)
         seconds = mean_std([r["phase_time_s"].get("sparsify") for r in runs], digits=0)
         lines.append(
             f"| {label} | {len(runs)} | {' | '.join(accuracy)} | {kept} | {params} K "
