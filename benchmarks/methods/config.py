@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,19 @@ PLAIN = "plain"
 all such runs of a seed share one plain-continued model (identical computation, done once)."""
 
 
+PHASE_OVERRIDES = ("optimizer", "lr", "weight_decay", "schedule")
+"""What a run may change of the shared sparsify phase (``sparsify_phase:``): how it optimizes,
+never how long, so every method still gets the same epochs."""
+
+
 @dataclass(frozen=True)
 class Phase:
     epochs: int
     lr: float
     schedule: str = "cosine"
+    optimizer: str = "sgd"
+    weight_decay: float | None = None
+    """``None``: the config's ``weight_decay``."""
 
 
 @dataclass(frozen=True)
@@ -41,12 +49,16 @@ class RunSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     sparsify: str = "train"
     ratio: float | None = None
+    sparsify_phase: Phase | None = None
+    """This run's own optimizer settings for the sparsify epochs (L0 gates train with Adam, as
+    in the paper); ``None``: the config's ``sparsify`` phase."""
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     name: str
     model: str
+    model_kwargs: dict[str, Any]
     dataset: str
     data_root: str | None
     train_subset: int | None
@@ -58,11 +70,15 @@ class BenchConfig:
     device: str
     weight_decay: float
     target_macs: float
+    max_ratio: float | None
+    """Cap on the share of any one channel group that a structured run may remove (ours:
+    ``max_ratio``, Torch-Pruning: ``max_pruning_ratio``); ``None``: no cap."""
     calibration_batches: int
     pretrain: Phase
     sparsify: Phase
     finetune: Phase
-    latency_repeats: int
+    latency_rounds: int
+    """Interleaved timing rounds per batch size in the latency pass (``latency.py``)."""
     latency_batches: list[int]
     cache_dir: str
     out: str
@@ -72,6 +88,7 @@ class BenchConfig:
         """Cache key of a pretrained baseline: everything that changes its weights."""
         parts = {
             "model": self.model,
+            "model_kwargs": self.model_kwargs,
             "dataset": self.dataset,
             "train_subset": self.train_subset,
             "data_seed": self.data_seed,
@@ -81,6 +98,12 @@ class BenchConfig:
             "seed": seed,
         }
         return _digest(parts)
+
+    @property
+    def latency_out(self) -> Path:
+        """The latency pass's JSON lines beside ``out``: ``latency.py`` writes, the report reads."""
+        out = Path(self.out)
+        return out.with_name(f"{out.stem}_latency.jsonl")
 
     def plain_key(self, seed: int) -> str:
         return _digest({"baseline": self.baseline_key(seed), "sparsify": asdict(self.sparsify)})
@@ -99,7 +122,19 @@ def _phase(raw: dict[str, Any], name: str) -> Phase:
     return phase
 
 
-def _expand(entry: dict[str, Any]) -> list[RunSpec]:
+def _sparsify_phase(label: str, overrides: dict[str, Any] | None, shared: Phase) -> Phase | None:
+    if not overrides:
+        return None
+    unknown = sorted(set(overrides) - set(PHASE_OVERRIDES))
+    if unknown:
+        raise ValueError(
+            f"run {label!r}: sparsify_phase keys {unknown} unknown; allowed: {PHASE_OVERRIDES} "
+            "(the epochs are the config's, the same for every method)"
+        )
+    return replace(shared, **overrides)
+
+
+def _expand(entry: dict[str, Any], shared_sparsify: Phase) -> list[RunSpec]:
     entry = dict(entry)
     family = entry.pop("family", "ours")
     if family not in FAMILIES:
@@ -109,26 +144,46 @@ def _expand(entry: dict[str, Any]) -> list[RunSpec]:
     kwargs = dict(entry.pop("kwargs", {}) or {})
     sparsify = entry.pop("sparsify", "train")
     ratios = entry.pop("ratios", None)
+    phase = _sparsify_phase(label, entry.pop("sparsify_phase", None), shared_sparsify)
     if entry:
         raise ValueError(f"run {label!r}: unknown keys {sorted(entry)}")
-    if family != "unstructured":
-        return [RunSpec(label, family, method, kwargs, sparsify)]
-    if not ratios:
-        return [RunSpec(label, family, method, kwargs, sparsify)]
-    return [RunSpec(f"{label}@{r:g}", family, method, kwargs, sparsify, float(r)) for r in ratios]
+    if family == "unstructured" and ratios:
+        return [
+            RunSpec(f"{label}@{r:g}", family, method, kwargs, sparsify, float(r), phase)
+            for r in ratios
+        ]
+    return [RunSpec(label, family, method, kwargs, sparsify, None, phase)]
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """The YAML mapping at ``path``; ``base: OTHER.yaml`` (beside it) supplies every key it
+    does not set itself, so a VGG or smoke config changes the model or data, not the runs."""
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark config {path} does not exist")
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a benchmark config is a YAML mapping")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    return _read(path.parent / base) | raw
 
 
 def load_config(path: str | Path) -> BenchConfig:
     """Read and validate a benchmark config (see ``configs/cpu.yaml`` for every key)."""
-    raw = yaml.safe_load(Path(path).read_text())
+    raw = _read(Path(path))
     latency = raw.get("latency", {})
-    runs = [spec for entry in raw["runs"] for spec in _expand(entry)]
+    sparsify = _phase(raw, "sparsify")
+    runs = [spec for entry in raw["runs"] for spec in _expand(entry, sparsify)]
+    if raw.get("structured_only", False):
+        runs = [spec for spec in runs if spec.family != "unstructured"]
     labels = [r.label for r in runs]
     if len(set(labels)) != len(labels):
         raise ValueError(f"config: run labels must be unique, got {labels}")
     return BenchConfig(
         name=raw["name"],
         model=raw["model"],
+        model_kwargs=dict(raw.get("model_kwargs") or {}),
         dataset=raw["dataset"],
         data_root=raw.get("data_root"),
         train_subset=raw.get("train_subset"),
@@ -140,11 +195,12 @@ def load_config(path: str | Path) -> BenchConfig:
         device=raw.get("device", "cpu"),
         weight_decay=float(raw.get("weight_decay", 5e-4)),
         target_macs=float(raw["target_macs"]),
+        max_ratio=None if raw.get("max_ratio") is None else float(raw["max_ratio"]),
         calibration_batches=int(raw.get("calibration_batches", 8)),
         pretrain=_phase(raw, "pretrain"),
-        sparsify=_phase(raw, "sparsify"),
+        sparsify=sparsify,
         finetune=_phase(raw, "finetune"),
-        latency_repeats=int(latency.get("repeats", 10)),
+        latency_rounds=int(latency.get("rounds", 15)),
         latency_batches=[int(b) for b in latency.get("batches", [1, 64])],
         cache_dir=raw.get("cache_dir", "/tmp/regprune-bench-cache"),
         out=raw["out"],

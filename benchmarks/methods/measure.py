@@ -1,4 +1,7 @@
-"""What every run records about a model: test accuracy, MACs / FLOPs / params, CPU latency."""
+"""What every run records about a model: test accuracy, MACs / FLOPs / params, weight sparsity.
+
+Latency is not measured here, while other runs may share the machine: ``latency.py`` times every
+saved model against its baseline afterwards, interleaved, on a quiet machine."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import torch
 from torch import nn
 
 from regprune.methods.unstructured import weight_sparsity
-from regprune.metrics import count, measure_latency
+from regprune.metrics import count
 from regprune.train import evaluate
 
 from .config import BenchConfig
@@ -28,24 +31,6 @@ def size_of(model: nn.Module, data: BenchData) -> dict[str, float]:
     }
 
 
-def latency_ms(model: nn.Module, data: BenchData, config: BenchConfig) -> dict[str, float]:
-    """Median CPU latency per batch size, one thread (the machine is shared: medians only)."""
-    result = {}
-    for batch in config.latency_batches:
-        timing = measure_latency(
-            model,
-            data.example_input(batch),
-            warmup=2,
-            repeats=config.latency_repeats,
-            threads=config.threads,
-        )
-        result[f"latency_b{batch}_ms"] = timing.median_ms
-    return result
-
-
-def describe(model: nn.Module, data: BenchData, config: BenchConfig, latency: bool) -> dict:
+def describe(model: nn.Module, data: BenchData) -> dict:
     with torch.no_grad():
-        record = size_of(model, data)
-    if latency:
-        record |= latency_ms(model, data, config)
-    return record
+        return size_of(model, data)

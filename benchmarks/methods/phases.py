@@ -1,9 +1,10 @@
 """Training phases with one life cycle for every method, and the cached baseline.
 
-Every phase builds a fresh SGD optimizer *after* the method exists (L0 adds gate parameters),
-with a per-iteration schedule, and runs ``regprune.train.train_one_epoch``, which calls
-``penalty / after_backward / step`` of whatever method it is given (ours, a Torch-Pruning
-adapter, or ``KeepSparsity`` while fine-tuning unstructured models).
+Every phase builds a fresh optimizer (SGD unless the phase says otherwise) *after* the method
+exists, with the method's own parameter groups (L0 gates) and a per-iteration schedule, and
+runs ``regprune.train.train_one_epoch``, which calls ``penalty / after_backward / step`` of
+whatever method it is given (ours, a Torch-Pruning adapter, or ``KeepSparsity`` while
+fine-tuning unstructured models).
 """
 
 from __future__ import annotations
@@ -37,7 +38,13 @@ def train_phase(
     method: PruningMethod | None = None,
 ) -> dict[str, float]:
     """Train ``model`` in place for ``phase``; returns the last epoch's stats and ``time_s``."""
-    optimizer = build_optimizer(model, lr=phase.lr, weight_decay=config.weight_decay)
+    optimizer = build_optimizer(
+        model,
+        lr=phase.lr,
+        weight_decay=config.weight_decay if phase.weight_decay is None else phase.weight_decay,
+        groups=method.optimizer_groups() if method is not None else (),
+        kind=phase.optimizer,
+    )
     scheduler = build_scheduler(
         optimizer, phase.schedule, epochs=phase.epochs, steps_per_epoch=len(data.train)
     )
@@ -60,7 +67,12 @@ def train_phase(
 
 
 def new_model(config: BenchConfig, data: BenchData) -> nn.Module:
-    model = create_model(config.model, num_classes=data.num_classes, in_channels=data.in_channels)
+    model = create_model(
+        config.model,
+        num_classes=data.num_classes,
+        in_channels=data.in_channels,
+        **config.model_kwargs,
+    )
     return model.to(config.device)
 
 

@@ -23,13 +23,21 @@ import matplotlib.pyplot as plt
 from .config import BenchConfig, load_config
 
 
-def load_rows(path: Path) -> list[dict]:
-    """The ``ok`` rows, the first one per (label, seed) if a run was recorded twice."""
+def load_rows(path: Path, latency: Path | None = None) -> list[dict]:
+    """The ``ok`` rows, the first one per (label, seed) if a run was recorded twice, with the
+    latency pass's figures (``latency`` JSON lines, see ``latency.py``) merged in when given."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     first: dict[tuple[str, int], dict] = {}
     for row in rows:
         if row.get("status") == "ok":
             first.setdefault((row["label"], row["seed"]), row)
+    if latency is not None and latency.exists():
+        for line in latency.read_text().splitlines():
+            if line.strip():
+                timing = json.loads(line)
+                key = (timing.pop("label"), timing.pop("seed"))
+                if key in first:
+                    first[key] |= {k: v for k, v in timing.items() if k != "machine"}
     return list(first.values())
 
 
@@ -58,9 +66,10 @@ def by_label(rows: list[dict], config: BenchConfig) -> dict[str, list[dict]]:
 def structured_table(groups: dict[str, list[dict]]) -> list[str]:
     lines = [
         "| method | seeds | acc before prune (%) | acc right after prune (%) | "
-        "acc after fine-tune (%) | MACs kept | MFLOPs | params (K) | "
-        "latency b1 (ms) | latency b64 (ms) | sparsify (s) | prune (s) | fine-tune (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "... with BN re-estimated (%) | acc after fine-tune (%) | MACs kept | MFLOPs | "
+        "params (K) | speedup b1 | speedup b64 | speedup b64 / MACs ratio | "
+        "sparsify (s) | prune (s) | fine-tune (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, rows in groups.items():
         if rows[0]["family"] == "unstructured":
@@ -72,10 +81,11 @@ def structured_table(groups: dict[str, list[dict]]) -> list[str]:
         seeds = ",".join(str(r["seed"]) for r in rows)
         lines.append(
             f"| {label} | {seeds} | {col('acc_before_prune', 100)} | "
-            f"{col('acc_after_prune', 100)} | **{col('acc_after_finetune', 100)}** | "
+            f"{col('acc_after_prune', 100)} | {col('acc_after_prune_bn', 100)} | "
+            f"**{col('acc_after_finetune', 100)}** | "
             f"{col('macs_kept', 1, 3)} | {col('flops_after', 1e-6, 1)} | "
-            f"{col('params_after', 1e-3, 1)} | {col('latency_b1_ms_after')} | "
-            f"{col('latency_b64_ms_after', 1, 1)} | {col('time_sparsify_s', 1, 0)} | "
+            f"{col('params_after', 1e-3, 1)} | {col('speedup_b1')} | "
+            f"{col('speedup_b64')} | {col('efficiency_b64')} | {col('time_sparsify_s', 1, 0)} | "
             f"{col('time_prune_s', 1, 2)} | {col('time_finetune_s', 1, 0)} |"
         )
     return lines
@@ -84,8 +94,9 @@ def structured_table(groups: dict[str, list[dict]]) -> list[str]:
 def unstructured_table(groups: dict[str, list[dict]]) -> list[str]:
     lines = [
         "| method | seeds | weight sparsity (%) | acc before prune (%) | "
-        "acc right after prune (%) | acc after fine-tune (%) | sparsify (s) | fine-tune (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "acc right after prune (%) | ... with BN re-estimated (%) | acc after fine-tune (%) | "
+        "sparsify (s) | fine-tune (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, rows in groups.items():
         if rows[0]["family"] != "unstructured":
@@ -98,6 +109,7 @@ def unstructured_table(groups: dict[str, list[dict]]) -> list[str]:
         lines.append(
             f"| {label} | {seeds} | {col('weight_sparsity_after', 100, 1)} | "
             f"{col('acc_before_prune', 100)} | {col('acc_after_prune', 100)} | "
+            f"{col('acc_after_prune_bn', 100)} | "
             f"**{col('acc_after_finetune', 100)}** | {col('time_sparsify_s', 1, 0)} | "
             f"{col('time_finetune_s', 1, 0)} |"
         )
@@ -108,17 +120,24 @@ def baseline_table(rows: list[dict]) -> list[str]:
     seeds = sorted({r["seed"] for r in rows})
     first = {s: next(r for r in rows if r["seed"] == s) for s in seeds}
     lines = [
-        "| seed | baseline acc (%) | MACs | params | latency b1 (ms) | latency b64 (ms) | "
-        "pretrain (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| seed | baseline acc (%) | MACs | FLOPs | params | latency b1 (ms) | "
+        "latency b64 (ms) | pretrain (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for s, r in first.items():
+    for s in seeds:
+        r = first[s]
+        timed = next((t for t in rows if t["seed"] == s and "latency_b1_ms_before" in t), {})
         lines.append(
             f"| {s} | {100 * r['acc_baseline']:.2f} | {r['macs_before'] / 1e6:.2f} M | "
-            f"{r['params_before'] / 1e3:.1f} K | {r['latency_b1_ms_before']:.2f} | "
-            f"{r['latency_b64_ms_before']:.1f} | {r['time_pretrain_s']:.0f} |"
+            f"{r['flops_before'] / 1e6:.2f} M | {r['params_before'] / 1e3:.1f} K | "
+            f"{_ms(timed.get('latency_b1_ms_before'), 2)} | "
+            f"{_ms(timed.get('latency_b64_ms_before'), 1)} | {r['time_pretrain_s']:.0f} |"
         )
     return lines
+
+
+def _ms(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _mean_err(values: list[float]) -> tuple[float, float]:
@@ -180,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = load_config(args.config)
     out = Path(config.out)
-    rows = load_rows(out)
+    rows = load_rows(out, config.latency_out)
     groups = by_label(rows, config)
     folder = out.parent
     title = f"{config.model} / {config.dataset}, target {config.target_macs} MACs (final epoch)"

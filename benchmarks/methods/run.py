@@ -24,7 +24,7 @@ from .config import BenchConfig, RunSpec, load_config
 from .data import build_bench_data
 from .measure import describe, test_accuracy
 from .phases import pretrained_baseline
-from .runners import run_one
+from .runners import model_file, run_one
 
 
 def done_runs(path: Path) -> set[tuple[str, int]]:
@@ -103,8 +103,12 @@ def run_seed(config: BenchConfig, seed: int, runs: list[RunSpec], out: Path) -> 
         return
     data = build_bench_data(config, seed)
     baseline, meta = pretrained_baseline(config, data, seed)
-    before = describe(baseline, data, config, latency=True)
+    before = describe(baseline, data)
     baseline_info = {f"{k}_before": v for k, v in before.items()}
+    saved = model_file(config, "baseline", seed)
+    if not saved.exists():
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        regprune.save_pruned(baseline.eval(), saved)  # the latency pass times against it
     baseline_info["acc_baseline"] = test_accuracy(baseline, data, config)
     baseline_info["time_pretrain_s"] = meta["time_s"]
     claims = Path(config.cache_dir) / "claims"
@@ -122,6 +126,7 @@ def run_seed(config: BenchConfig, seed: int, runs: list[RunSpec], out: Path) -> 
             "seed": seed,
             "target_macs": config.target_macs,
             "model": config.model,
+            "model_kwargs": config.model_kwargs,
             "dataset": config.dataset,
             "machine": machine(),
         }

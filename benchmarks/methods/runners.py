@@ -8,25 +8,41 @@ Every family follows the same three timed phases with the same epochs and learni
    own code at the same MACs (``tp_peers.prune_to_macs``); unstructured methods zero weights;
 3. fine-tune: ``config.finetune`` epochs (unstructured runs keep their zeros).
 
-Accuracy is measured on the test set at the end of each phase (final epoch, never the best).
+Accuracy is measured on the test set at the end of each phase (final epoch, never the best);
+right after pruning it is measured twice: as the pruned model comes out, and after re-estimating
+its BatchNorm statistics on the calibration images (a copy; fine-tuning starts from the former).
+The fine-tuned model is saved under ``cache_dir/models`` for the latency pass (``latency.py``),
+which times every model against its baseline on a quiet machine after all runs are done.
 """
 
 from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 import regprune
-from regprune.train import seed_everything
+from regprune.train import recalibrate_batch_norm, seed_everything
 
-from . import tp_peers
 from .config import PLAIN, BenchConfig, RunSpec
 from .data import BenchData
 from .measure import describe, test_accuracy
 from .phases import plain_continued, train_phase
+
+
+def _peers():
+    """The Torch-Pruning adapter, imported only for ``family: tp`` runs (an optional extra)."""
+    try:
+        from . import tp_peers
+    except ImportError as error:
+        raise ImportError(
+            f"family: tp runs need Torch-Pruning 1.6.1 ({error}); install it with "
+            "pip install -e '.[bench]'"
+        ) from error
+    return tp_peers
 
 
 def _method_kwargs(
@@ -40,6 +56,8 @@ def _method_kwargs(
             kwargs["ratio"] = spec.ratio
         return kwargs
     kwargs["target_macs"] = config.target_macs
+    if config.max_ratio is not None:
+        kwargs.setdefault("max_ratio", config.max_ratio)
     if spec.method in ("oneshot", "adapruner"):
         kwargs.setdefault("seed", seed)
     return kwargs
@@ -47,7 +65,7 @@ def _method_kwargs(
 
 def _make(spec: RunSpec, model: nn.Module, data: BenchData, config: BenchConfig, seed: int):
     if spec.family == "tp":
-        return tp_peers.TorchPruningRegularizer(
+        return _peers().TorchPruningRegularizer(
             model, data.example_input(), spec.method, **spec.kwargs
         )
     return regprune.methods.get(
@@ -64,7 +82,8 @@ def _sparsify(spec, baseline, data, config, seed) -> tuple[nn.Module, Any, dict]
     seed_everything(seed)
     model = copy.deepcopy(baseline)
     method = _make(spec, model, data, config, seed)
-    stats = train_phase(model, data, config.sparsify, config, "sparsify", method)
+    phase = spec.sparsify_phase or config.sparsify
+    stats = train_phase(model, data, phase, config, "sparsify", method)
     info = {"time_sparsify_s": stats["time_s"], "sparsify_train_acc": stats["acc"]}
     info["wants_more_training"] = bool(method.wants_more_training())
     info["sparsify_stats"] = {k: float(v) for k, v in method.sparsity_stats().items()}
@@ -74,8 +93,8 @@ def _sparsify(spec, baseline, data, config, seed) -> tuple[nn.Module, Any, dict]
 def _prune(spec, model, method, data, config) -> tuple[nn.Module, Any, dict]:
     """Returns the pruned model, the method to run while fine-tuning, and info."""
     if spec.family == "tp":
-        pruned, info = tp_peers.prune_to_macs(
-            spec.method, model, data.example_input(), config.target_macs
+        pruned, info = _peers().prune_to_macs(
+            spec.method, model, data.example_input(), config.target_macs, config.max_ratio
         )
         return (
             pruned,
@@ -98,6 +117,18 @@ def _prune(spec, model, method, data, config) -> tuple[nn.Module, Any, dict]:
     return pruned, method.finetune_method(pruned), info
 
 
+def model_file(config: BenchConfig, label: str, seed: int) -> Path:
+    """Where a run's fine-tuned model (or a seed's baseline, ``label="baseline"``) is saved."""
+    return Path(config.cache_dir) / "models" / f"{config.name}-{label}-seed{seed}.pt"
+
+
+def accuracy_with_recalibrated_bn(model: nn.Module, data: BenchData, config: BenchConfig) -> float:
+    """Test accuracy of a copy whose BatchNorm statistics were re-estimated on calibration data."""
+    recalibrated = copy.deepcopy(model)
+    recalibrate_batch_norm(recalibrated, data.calibration)
+    return test_accuracy(recalibrated, data, config)
+
+
 def run_one(
     spec: RunSpec,
     baseline: nn.Module,
@@ -107,18 +138,22 @@ def run_one(
     seed: int,
 ) -> dict[str, Any]:
     """Everything recorded for one (method, seed); see README.md for the field list."""
-    structured = spec.family != "unstructured"
     model, method, record = _sparsify(spec, baseline, data, config, seed)
     record["acc_before_prune"] = test_accuracy(model, data, config)
     pruned, keep, info = _prune(spec, model, method, data, config)
     record |= info
     record["acc_after_prune"] = test_accuracy(pruned, data, config)
+    record["acc_after_prune_bn"] = accuracy_with_recalibrated_bn(pruned, data, config)
     seed_everything(seed)
     stats = train_phase(pruned, data, config.finetune, config, "finetune", keep)
     record["time_finetune_s"] = stats["time_s"]
     record["acc_after_finetune"] = test_accuracy(pruned, data, config)
-    after = describe(pruned, data, config, latency=structured)
+    after = describe(pruned, data)
     record |= {f"{k}_after": v for k, v in after.items()}
     record["macs_kept"] = after["macs"] / baseline_info["macs_before"]
     record |= baseline_info
+    path = model_file(config, spec.label, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    regprune.save_pruned(pruned.eval(), path)
+    record["model_file"] = str(path)
     return record

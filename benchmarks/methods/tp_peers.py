@@ -41,8 +41,19 @@ def _classifier(model: nn.Module) -> list[nn.Module]:
     return linears[-1:]
 
 
-def make_pruner(name: str, model: nn.Module, example: torch.Tensor, ratio: float, **kwargs: Any):
-    """A TP pruner of kind ``name`` with global pruning at channel ratio ``ratio``."""
+def make_pruner(
+    name: str,
+    model: nn.Module,
+    example: torch.Tensor,
+    ratio: float,
+    max_ratio: float | None = None,
+    **kwargs: Any,
+):
+    """A TP pruner of kind ``name`` with global pruning at channel ratio ``ratio``.
+
+    ``max_ratio`` is TP's ``max_pruning_ratio`` (the most of any one layer it may remove), the
+    counterpart of our ``max_ratio``; ``None`` leaves TP's default (1.0).
+    """
     if name not in PEERS:
         raise ValueError(f"unknown Torch-Pruning peer {name!r}; choose one of {PEERS}")
     common = dict(
@@ -51,6 +62,8 @@ def make_pruner(name: str, model: nn.Module, example: torch.Tensor, ratio: float
         pruning_ratio=ratio,
         ignored_layers=_classifier(model),
     )
+    if max_ratio is not None:
+        common["max_pruning_ratio"] = max_ratio
     if name == "magnitude":
         return tp.pruner.MetaPruner(model, example, **common)
     if name == "bn_scale":
@@ -97,7 +110,11 @@ class TorchPruningRegularizer(PruningMethod):
 
 
 def prune_to_macs(
-    name: str, model: nn.Module, example: torch.Tensor, target_macs: float
+    name: str,
+    model: nn.Module,
+    example: torch.Tensor,
+    target_macs: float,
+    max_ratio: float | None = None,
 ) -> tuple[nn.Module, dict[str, float]]:
     """Prune a copy of ``model`` with TP to at most ``target_macs`` of its MACs.
 
@@ -110,7 +127,7 @@ def prune_to_macs(
     def trial(ratio: float) -> tuple[nn.Module, float, float]:
         candidate = copy.deepcopy(model)
         start = time.perf_counter()
-        make_pruner(name, candidate, example, ratio).step()
+        make_pruner(name, candidate, example, ratio, max_ratio).step()
         elapsed = time.perf_counter() - start
         return candidate, count(candidate, example).macs, elapsed
 

@@ -9,6 +9,7 @@ import torch
 import torch.fx
 from torch import nn
 
+import regprune as rp
 from regprune.models import create_model, list_models
 from regprune.models.lenet import LeNet5
 from regprune.models.mobilenetv2_cifar import InvertedResidual
@@ -157,3 +158,16 @@ def test_kaiming_init_for_convs_and_neutral_batchnorm() -> None:
     bn = model.features[-2]
     assert torch.equal(bn.weight, torch.ones_like(bn.weight))
     assert not bn.bias.any()
+
+
+def test_vgg_width_scales_every_conv_and_quarters_the_macs_at_half_width() -> None:
+    full = create_model("vgg11", in_channels=1)
+    half = create_model("vgg11", in_channels=1, width=0.5)
+    full_widths = [m.out_channels for m in full.modules() if isinstance(m, nn.Conv2d)]
+    half_widths = [m.out_channels for m in half.modules() if isinstance(m, nn.Conv2d)]
+    assert half_widths == [w // 2 for w in full_widths]
+    x = torch.randn(1, 1, 28, 28)
+    ratio = rp.count(half, x).macs / rp.count(full, x).macs
+    assert 0.24 < ratio < 0.26  # conv MACs scale with in x out width; the stem has 1 input
+    with pytest.raises(ValueError, match="width"):
+        create_model("vgg11", width=0.0)

@@ -29,28 +29,9 @@ from regprune.importance.criteria import mean_over_slices
 from regprune.methods.base import CalibrationData
 from regprune.methods.graph_method import GraphMethod, broadcast_from_main
 from regprune.regularizers import BNScaleL1
+from regprune.train.batchnorm import recalibrate_batch_norm
 
 DEFAULT_CANDIDATES = ("l1", "l2", "bn_scale", "fpgm", "random")
-
-
-def recalibrate_batch_norm(model: nn.Module, batches: CalibrationData) -> None:
-    """Reset BN running statistics and re-estimate them (cumulative average) on ``batches``."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms or not batches:
-        return
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    was_training = model.training
-    model.train()
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        for x, _ in batches:
-            model(x.to(device))
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
-    model.train(was_training)
 
 
 def proxy_loss(model: nn.Module, batches: CalibrationData) -> float:

@@ -93,25 +93,62 @@ def _make_features(cfg: VggCfg, in_channels: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def scale_widths(cfg: VggCfg, width: float) -> list[int | str]:
+    """``cfg`` with every conv width multiplied by ``width`` (rounded, at least 1).
+
+    Why: a half-width VGG keeps the architecture's shape (depth, pools, plain chains) at a
+    quarter of the MACs, which is what a CPU-scale benchmark can afford.
+    """
+    if width <= 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    return [c if c == "M" else max(1, round(int(c) * width)) for c in cfg]
+
+
 @register_model("vgg11")
-def vgg11(num_classes: int = 10, in_channels: int = 3, classifier_hidden: int | None = None) -> VGG:
-    """VGG-11 with BatchNorm (8 conv layers)."""
-    return VGG(CFGS["vgg11"], num_classes, in_channels, classifier_hidden)
+def vgg11(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    classifier_hidden: int | None = None,
+    width: float = 1.0,
+) -> VGG:
+    """VGG-11 with BatchNorm (8 conv layers). ``width`` scales every conv width."""
+    return VGG(scale_widths(CFGS["vgg11"], width), num_classes, in_channels, classifier_hidden)
 
 
 @register_model("vgg13")
-def vgg13(num_classes: int = 10, in_channels: int = 3, classifier_hidden: int | None = None) -> VGG:
-    """VGG-13 with BatchNorm (10 conv layers)."""
-    return VGG(CFGS["vgg13"], num_classes, in_channels, classifier_hidden)
+def vgg13(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    classifier_hidden: int | None = None,
+    width: float = 1.0,
+) -> VGG:
+    """VGG-13 with BatchNorm (10 conv layers). ``width`` scales every conv width."""
+    return VGG(scale_widths(CFGS["vgg13"], width), num_classes, in_channels, classifier_hidden)
 
 
 @register_model("vgg16")
-def vgg16(num_classes: int = 10, in_channels: int = 3, classifier_hidden: int | None = None) -> VGG:
-    """VGG-16 with BatchNorm (13 conv layers), the network-slimming / Li et al. CIFAR model."""
-    return VGG(CFGS["vgg16"], num_classes, in_channels, classifier_hidden)
+def vgg16(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    classifier_hidden: int | None = None,
+    width: float = 1.0,
+) -> VGG:
+    """VGG-16 with BatchNorm (13 conv layers), the network-slimming / Li et al. CIFAR model.
+
+    ``width`` scales every conv width.
+    """
+    return VGG(scale_widths(CFGS["vgg16"], width), num_classes, in_channels, classifier_hidden)
 
 
 @register_model("vgg19")
-def vgg19(num_classes: int = 10, in_channels: int = 3, classifier_hidden: int | None = None) -> VGG:
-    """VGG-19 with BatchNorm (16 conv layers), the network-slimming CIFAR model."""
-    return VGG(CFGS["vgg19"], num_classes, in_channels, classifier_hidden)
+def vgg19(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    classifier_hidden: int | None = None,
+    width: float = 1.0,
+) -> VGG:
+    """VGG-19 with BatchNorm (16 conv layers), the network-slimming CIFAR model.
+
+    ``width`` scales every conv width.
+    """
+    return VGG(scale_widths(CFGS["vgg19"], width), num_classes, in_channels, classifier_hidden)

@@ -9,6 +9,7 @@ Example:
     >>> trainer.fit()  # doctest: +SKIP
 """
 
+from regprune.train.batchnorm import recalibrate_batch_norm
 from regprune.train.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
@@ -59,6 +60,7 @@ __all__ = [
     "is_main_process",
     "load_checkpoint",
     "load_model_state",
+    "recalibrate_batch_norm",
     "resolve_device",
     "restore_rng_state",
     "save_checkpoint",

@@ -1,0 +1,138 @@
+"""The method benchmark harness: its config rules, and one tiny run -> latency -> report.
+
+The shipped configs are loaded as they are (they are what docs/benchmarks.md reports), and a
+run on a few hundred real Fashion-MNIST images checks that every recorded figure is what it
+claims: the MACs target met, the saved model is the one measured, speedup = latency ratio.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from benchmarks.methods import latency, report, run
+from benchmarks.methods.config import load_config
+from torch import nn
+
+import regprune as rp
+from regprune.models import create_model
+from tests.methods.fmnist import needs_fmnist
+
+CONFIGS = Path(__file__).resolve().parents[2] / "benchmarks" / "methods" / "configs"
+
+
+def test_derived_configs_take_the_runs_and_strengths_of_their_base() -> None:
+    cpu = load_config(CONFIGS / "cpu.yaml")
+    smoke = load_config(CONFIGS / "smoke.yaml")
+    vgg = load_config(CONFIGS / "cpu_vgg.yaml")
+    def methods(config):
+        return [(r.label, r.method, r.kwargs) for r in config.runs]
+
+    assert methods(smoke) == methods(cpu)  # same methods and strengths, smaller data
+    smoke_l0 = next(r for r in smoke.runs if r.label == "l0_channel")
+    assert smoke_l0.sparsify_phase.epochs == smoke.sparsify.epochs  # its own epochs
+    assert (smoke.name, smoke.train_subset) == ("smoke", 256)
+    assert vgg.model == "vgg11" and vgg.model_kwargs == {"width": 0.5}
+    assert vgg.runs == [r for r in cpu.runs if r.family != "unstructured"]  # same epochs
+    assert vgg.baseline_key(0) != cpu.baseline_key(0)  # another model, another baseline
+    assert vgg.latency_out.name == "cpu_vgg_latency.jsonl"
+
+
+def test_l0_runs_change_the_optimizer_of_the_sparsify_phase_but_not_its_length() -> None:
+    cpu = load_config(CONFIGS / "cpu.yaml")
+    by_label = {r.label: r for r in cpu.runs}
+    for label in ("l0_channel", "l0_weight"):
+        phase = by_label[label].sparsify_phase
+        assert phase is not None and phase.optimizer == "adam" and phase.weight_decay == 0.0
+        assert phase.epochs == cpu.sparsify.epochs
+    assert by_label["greg1"].sparsify_phase is None
+
+
+def _write(tmp_path: Path, **changes) -> Path:
+    raw = {
+        "name": "tiny",
+        "model": "resnet20",
+        "dataset": "fashionmnist",
+        "data_root": None,
+        "train_subset": 192,
+        "test_subset": 100,
+        "seeds": [0],
+        "batch_size": 64,
+        "target_macs": 0.5,
+        "max_ratio": 0.7,
+        "calibration_batches": 2,
+        "cache_dir": str(tmp_path / "cache"),
+        "out": str(tmp_path / "out" / "tiny.jsonl"),
+        "pretrain": {"epochs": 1, "lr": 0.1},
+        "sparsify": {"epochs": 1, "lr": 0.05, "schedule": "constant"},
+        "finetune": {"epochs": 1, "lr": 0.01},
+        "latency": {"rounds": 1, "batches": [1, 8]},
+        "runs": [
+            {"label": "l1", "method": "oneshot", "kwargs": {"importance": "l1"}},
+            {
+                "label": "l0_channel",
+                "method": "l0_channel",
+                "kwargs": {"lam": 2.5, "gate_lr_scale": 50},
+                "sparsify_phase": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0},
+            },
+            {
+                "label": "magnitude",
+                "family": "unstructured",
+                "method": "magnitude_unstructured",
+                "ratios": [0.5],
+                "sparsify": "plain",
+            },
+        ],
+    } | changes
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_a_run_may_not_change_the_epochs_every_method_shares(tmp_path: Path) -> None:
+    runs = [{"label": "x", "method": "slimming", "sparsify_phase": {"epochs": 5}}]
+    with pytest.raises(ValueError, match="sparsify_phase keys \\['epochs'\\] unknown"):
+        load_config(_write(tmp_path, runs=runs))
+
+
+@needs_fmnist
+def test_tiny_benchmark_records_what_it_measured(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    config = load_config(path)
+    run.main([str(path)])
+    rows = {r["label"]: r for r in map(json.loads, Path(config.out).read_text().splitlines())}
+    assert {r["status"] for r in rows.values()} == {"ok"}, rows
+    x = torch.randn(1, 1, 28, 28)
+    for label in ("l1", "l0_channel"):
+        row = rows[label]
+        assert 0.49 * row["macs_before"] <= row["macs_after"] <= 0.5 * row["macs_before"]
+        assert row["flops_after"] == 2 * row["macs_after"]
+        assert 0.0 <= row["acc_after_prune_bn"] <= 1.0
+        saved = rp.load_pruned(create_model("resnet20", in_channels=1), row["model_file"])
+        assert rp.count(saved, x).macs == row["macs_after"]  # the file is the model measured
+        for name, conv in create_model("resnet20", in_channels=1).named_modules():
+            if isinstance(conv, nn.Conv2d):  # max_ratio 0.7: at most 70% of a group removed
+                kept = saved.get_submodule(name).out_channels
+                assert kept >= conv.out_channels - int(0.7 * conv.out_channels), name
+    assert rows["l0_channel"]["sparsify_stats"]["l0/expected"] > 0
+    unstructured = rows["magnitude@0.5"]
+    assert unstructured["weight_sparsity_after"] == pytest.approx(0.5, abs=0.01)
+    assert unstructured["macs_after"] == unstructured["macs_before"]
+
+    latency.main([str(path)])
+    timings = [json.loads(line) for line in config.latency_out.read_text().splitlines()]
+    assert sorted(t["label"] for t in timings) == ["l0_channel", "l1"]  # structured only
+    for t in timings:
+        for batch in (1, 8):
+            ratio = t[f"latency_b{batch}_ms_before"] / t[f"latency_b{batch}_ms_after"]
+            assert t[f"speedup_b{batch}"] == pytest.approx(ratio)
+            assert t[f"efficiency_b{batch}"] == pytest.approx(ratio / t["macs_ratio"])
+
+    report.main([str(path)])
+    tables = (Path(config.out).parent / "tiny_tables.md").read_text()
+    assert "| l0_channel | 0 |" in tables and "| magnitude@0.5 | 0 |" in tables
+    assert "Not finished: none." in tables
+    assert (Path(config.out).parent / "tiny_acc_vs_macs.png").stat().st_size > 0
