@@ -177,6 +177,12 @@ def load_config(path: str | Path) -> BenchConfig:
     runs = [spec for entry in raw["runs"] for spec in _expand(entry, sparsify)]
     if raw.get("structured_only", False):
         runs = [spec for spec in runs if spec.family != "unstructured"]
+    only = raw.get("only")
+    if only is not None:
+        unknown = sorted(set(only) - {spec.label for spec in runs})
+        if unknown:
+            raise ValueError(f"config: 'only' names runs that do not exist: {unknown}")
+        runs = [spec for spec in runs if spec.label in only]
     labels = [r.label for r in runs]
     if len(set(labels)) != len(labels):
         raise ValueError(f"config: run labels must be unique, got {labels}")

@@ -193,9 +193,67 @@ def plot(groups: dict[str, list[dict]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def pareto(configs: list[BenchConfig]) -> tuple[dict[str, list[tuple]], list[float]]:
+    """Per label, ``(macs_kept, acc, acc_std, n_seeds)`` at each target it ran at, sorted by
+    MACs; and the baseline accuracies. Only rows of each config's own ``out`` count."""
+    points: dict[str, list[tuple]] = defaultdict(list)
+    base: list[float] = []
+    for config in configs:
+        rows = load_rows(Path(config.out))
+        base += [r["acc_baseline"] * 100 for r in rows if r["family"] != "unstructured"]
+        for label, group in by_label(rows, config).items():
+            if group[0]["family"] == "unstructured":
+                continue
+            acc, err = _mean_err([100 * r["acc_after_finetune"] for r in group])
+            macs = statistics.fmean(r["macs_kept"] for r in group)
+            points[label].append((macs, acc, err, len(group)))
+    return {k: sorted(v) for k, v in points.items()}, base
+
+
+def pareto_table(points: dict[str, list[tuple]], targets: list[float]) -> list[str]:
+    header = " | ".join(f"MACs {t:g}" for t in targets)
+    lines = [f"| method | {header} |", "|---" * (len(targets) + 1) + "|"]
+    for label, series in points.items():
+        cells = []
+        for target in targets:
+            hit = [p for p in series if abs(p[0] - target) < 0.02]
+            cells.append(f"{hit[0][1]:.2f} ± {hit[0][2]:.2f} ({hit[0][3]})" if hit else "-")
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    return lines
+
+
+def pareto_plot(points: dict[str, list[tuple]], base: list[float], path: Path, title: str) -> None:
+    """Accuracy after fine-tune against MACs kept, one line per method over the targets."""
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    colors = plt.get_cmap("tab20").colors
+    if base:
+        ax.errorbar(1.0, *_mean_err(base), fmt="*", ms=12, color="black", label="baseline")
+    for i, (label, series) in enumerate(points.items()):
+        if len(series) < 2:
+            continue
+        xs, ys, errs, _ = zip(*series, strict=True)
+        style = "--s" if label.startswith("tp_") else "-o"
+        ax.errorbar(xs, ys, yerr=errs, fmt=style, capsize=3, color=colors[i % 20], label=label)
+    ax.set_xlabel("MACs kept (fraction of the baseline)")
+    ax.set_ylabel("test accuracy after fine-tune (%), mean ± std over seeds")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config")
+    parser.add_argument(
+        "--with",
+        dest="others",
+        nargs="*",
+        default=[],
+        help="configs of the same model at other MACs targets: adds the accuracy-vs-MACs plot",
+    )
     args = parser.parse_args(argv)
     config = load_config(args.config)
     out = Path(config.out)
@@ -216,6 +274,13 @@ def main(argv: list[str] | None = None) -> None:
     text += ["", f"Not finished: {', '.join(missing) if missing else 'none'}."]
     for row in failures(out):
         text.append(f"- failed: {row['label']} seed {row['seed']}: {row.get('error')}")
+    if args.others:
+        configs = [config, *map(load_config, args.others)]
+        points, base = pareto(configs)
+        targets = sorted({c.target_macs for c in configs})
+        text += ["", "## Accuracy after fine-tune by MACs target (mean ± std (seeds))", ""]
+        text += pareto_table(points, targets)
+        pareto_plot(points, base, folder / f"{config.name}_pareto.png", title)
     (folder / f"{config.name}_tables.md").write_text("\n".join(text) + "\n")
     print("\n".join(text))
 

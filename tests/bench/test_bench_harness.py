@@ -28,6 +28,7 @@ def test_derived_configs_take_the_runs_and_strengths_of_their_base() -> None:
     cpu = load_config(CONFIGS / "cpu.yaml")
     smoke = load_config(CONFIGS / "smoke.yaml")
     vgg = load_config(CONFIGS / "cpu_vgg.yaml")
+
     def methods(config):
         return [(r.label, r.method, r.kwargs) for r in config.runs]
 
@@ -87,7 +88,7 @@ def _write(tmp_path: Path, **changes) -> Path:
             },
         ],
     } | changes
-    path = tmp_path / "tiny.yaml"
+    path = tmp_path / f"{raw['name']}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -131,8 +132,28 @@ def test_tiny_benchmark_records_what_it_measured(tmp_path: Path) -> None:
             assert t[f"speedup_b{batch}"] == pytest.approx(ratio)
             assert t[f"efficiency_b{batch}"] == pytest.approx(ratio / t["macs_ratio"])
 
-    report.main([str(path)])
-    tables = (Path(config.out).parent / "tiny_tables.md").read_text()
+    # A second MACs target from the same cached baseline, for the accuracy-vs-MACs plot.
+    other = _write(
+        tmp_path,
+        name="tiny03",
+        target_macs=0.3,
+        only=["l1"],
+        out=str(tmp_path / "out" / "tiny03.jsonl"),
+    )
+    run.main([str(other)])
+    assert len(list((tmp_path / "cache").glob("*-baseline.pt"))) == 1  # shared, not retrained
+    (row03,) = map(json.loads, Path(load_config(other).out).read_text().splitlines())
+    assert row03["macs_after"] <= 0.3 * row03["macs_before"]
+    assert row03["acc_baseline"] == rows["l1"]["acc_baseline"]
+
+    report.main([str(path), "--with", str(other)])
+    folder = Path(config.out).parent
+    tables = (folder / "tiny_tables.md").read_text()
     assert "| l0_channel | 0 |" in tables and "| magnitude@0.5 | 0 |" in tables
     assert "Not finished: none." in tables
-    assert (Path(config.out).parent / "tiny_acc_vs_macs.png").stat().st_size > 0
+    l1_line = next(
+        line for line in tables.splitlines() if line.startswith("| l1 | ") and "(1)" in line
+    )
+    assert l1_line.count("(1)") == 2  # accuracy at both targets, one seed each
+    for png in ("tiny_acc_vs_macs.png", "tiny_pareto.png"):
+        assert (folder / png).stat().st_size > 0
