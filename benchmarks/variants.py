@@ -3,7 +3,7 @@
 A spec (YAML) names a config, the variants (lists of ``KEY=VALUE`` overrides of that config)
 and the seeds. The baseline is pretrained once (seed 0) and every (variant, seed) is one
 ``regprune run`` that starts from it, so variants differ only in what their overrides change;
-the seed changes the batch order of the sparsify and fine-tune phases. A run whose
+the seed changes the train / test subsets the pipeline draws and the batch order. A run whose
 ``summary.json`` exists is skipped, so an interrupted benchmark resumes where it stopped.
 
 Writes ``out`` (Markdown: the command, machine, seeds, and mean +- std per variant of test
@@ -136,8 +136,9 @@ def write(spec: Spec, records: dict[str, list[dict]], command: str) -> None:
         f"Spec: `{spec.config}` with the overrides of each variant (see the spec file)  ",
         f"Machine: {machine}  ",
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
-        f"Seeds: {', '.join(map(str, spec.seeds))} (batch order of sparsify and fine-tune; one "
-        "baseline, pretrained with seed 0)",
+        f"Seeds: {', '.join(map(str, spec.seeds))} (each seed draws its own class-balanced "
+        "train and test subsets of the config's size and its own batch order; every run starts "
+        "from one baseline, pretrained with seed 0 on seed 0's subset)",
         "",
         spec.setup,
         "",
