@@ -24,6 +24,15 @@ from tests.methods.fmnist import needs_fmnist
 CONFIGS = Path(__file__).resolve().parents[2] / "benchmarks" / "methods" / "configs"
 
 
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_loads_with_known_models_and_methods(path: Path) -> None:
+    config = load_config(path)
+    assert config.model in rp.models.list_models()
+    ours = set(rp.methods.available())
+    assert all(r.method in ours for r in config.runs if r.family != "tp"), config.name
+    assert config.runs and 0 < config.target_macs < 1
+
+
 def test_derived_configs_take_the_runs_and_strengths_of_their_base() -> None:
     cpu = load_config(CONFIGS / "cpu.yaml")
     smoke = load_config(CONFIGS / "smoke.yaml")
