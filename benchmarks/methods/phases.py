@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -36,8 +37,12 @@ def train_phase(
     config: BenchConfig,
     name: str,
     method: PruningMethod | None = None,
+    after_epoch: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
-    """Train ``model`` in place for ``phase``; returns the last epoch's stats and ``time_s``."""
+    """Train ``model`` in place for ``phase``; returns the last epoch's stats and ``time_s``.
+
+    ``after_epoch(epoch)`` (1-based) runs after each epoch, outside the timed total's meaning:
+    for studies that trace a quantity over training (``benchmarks/hgsr_sparsity.py``)."""
     optimizer = build_optimizer(
         model,
         lr=phase.lr,
@@ -63,6 +68,8 @@ def train_phase(
             progress=False,
             epoch=epoch + 1,
         )
+        if after_epoch is not None:
+            after_epoch(epoch + 1)
     return stats | {"time_s": time.perf_counter() - start}
 
 
