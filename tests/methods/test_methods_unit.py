@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -188,6 +190,28 @@ def test_l0_channel_removes_closed_gates_and_returns_a_plain_model() -> None:
     assert small.layer2[1].conv1.out_channels == 22
     assert not any(parametrize.is_parametrized(m) for m in small.modules())
     assert not any(parametrize.is_parametrized(m) for m in model.modules())
+
+
+def test_l0_channel_warns_when_the_target_keeps_channels_with_closed_gates() -> None:
+    model = resnet()
+    method = methods.get("l0_channel", model, X, lam=0.1, num_samples=1000, target_macs=0.5)
+    with torch.no_grad():
+        for gate in method.regularizer.gates.values():
+            gate.log_alpha[: (3 * gate.log_alpha.numel()) // 4] = -10.0  # 75% closed everywhere
+    with pytest.warns(UserWarning, match="closed gates and are zero in the pruned model"):
+        small = method.prune()
+    assert rp.count(small, X).macs <= 0.5 * rp.count(model, X).macs
+
+
+def test_l0_channel_gives_no_warning_when_the_target_removes_every_closed_gate() -> None:
+    model = resnet()
+    method = methods.get("l0_channel", model, X, lam=0.1, num_samples=1000, target_macs=0.9)
+    group = next(g for g in method.groups if g.producers == ["layer2.1.conv1"])
+    with torch.no_grad():
+        method.regularizer.gates[group.id].log_alpha[:2] = -10.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        method.prune()
 
 
 def test_l0_weight_gives_exact_zeros_and_keeps_them_while_finetuning() -> None:

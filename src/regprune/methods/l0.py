@@ -15,6 +15,7 @@ from that model, then returns a pruned copy, so what comes out is a plain ``nn.M
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -118,7 +119,9 @@ class L0Channel(GraphMethod):
                     closed[torch.argmax(self._log_alpha[gid])] = False
                 masks[gid] = closed
             return self.apply(self.plan_from_masks(masks))
-        return self.apply(self.plan_from_scores(self._log_alpha, comparable=True))
+        plan = self.plan_from_scores(self._log_alpha, comparable=True)
+        _warn_closed_but_kept(gates, plan.drop_masks())
+        return self.apply(plan)
 
     def sparsity_stats(self) -> dict[str, float]:
         if self.baked:
@@ -139,6 +142,28 @@ class L0Channel(GraphMethod):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.regularizer.load_state_dict(state["regularizer"])
+
+
+def _warn_closed_but_kept(gates: dict[int, torch.Tensor], drop: dict[int, torch.Tensor]) -> None:
+    """Warn when the target keeps channels whose gate is closed: they are zeros in the result.
+
+    Why a warning and not a silent fix: the gated model computes exactly zero for those
+    channels, and the pruned model must compute what it did; but a model whose kept channels
+    are dead cannot learn them back (a conv fed by zero activations gets no gradient), so the
+    user needs to hear that the penalty was too strong for the target.
+    """
+    kept_closed = total_kept = 0
+    for gid, gate in gates.items():
+        kept = ~drop.get(gid, torch.zeros(gate.numel(), dtype=torch.bool)).to(gate.device)
+        kept_closed += int((gate.reshape(-1)[kept] == 0).sum())
+        total_kept += int(kept.sum())
+    if kept_closed:
+        warnings.warn(
+            f"l0_channel: {kept_closed} of the {total_kept} channels kept for the target have "
+            "closed gates and are zero in the pruned model (the L0 penalty closed more than "
+            "the target removes); lower lam or gate_lr_scale, or prune without a target",
+            stacklevel=3,
+        )
 
 
 class L0Weight(PruningMethod):
