@@ -19,10 +19,8 @@ import time
 from pathlib import Path
 
 import torch
-from benchmarks.methods.config import load_config
-from benchmarks.methods.data import build_bench_data
 from benchmarks.methods.measure import test_accuracy
-from benchmarks.methods.phases import pretrained_baseline
+from benchmarks.methods.phases import study_start
 from benchmarks.methods.run import cpu_name
 from scipy.stats import kendalltau, spearmanr
 
@@ -109,10 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="docs/hgsr_rank.md")
     parser.add_argument("--json", default="docs/benchmarks/hgsr_rank.json")
     args = parser.parse_args(argv)
-    config = load_config(args.config)
-    torch.set_num_threads(config.threads)
-    data = build_bench_data(config, args.seed)
-    model, _ = pretrained_baseline(config, data, args.seed)
+    config, data, model = study_start(args.config, args.seed)
     batches = calibration(data, args.samples, args.seed)
     graph = trace_graph(model, data.example_input())
 

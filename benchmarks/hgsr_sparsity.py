@@ -32,10 +32,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
-from benchmarks.methods.config import Phase, load_config
-from benchmarks.methods.data import build_bench_data
+from benchmarks.methods.config import Phase
 from benchmarks.methods.measure import test_accuracy
-from benchmarks.methods.phases import pretrained_baseline, train_phase
+from benchmarks.methods.phases import study_start, train_phase
 from benchmarks.methods.run import machine
 from benchmarks.methods.runners import accuracy_with_recalibrated_bn
 
@@ -177,10 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="docs/hgsr_sparsity.md")
     parser.add_argument("--png", default="docs/hgsr_sparsity.png")
     args = parser.parse_args(argv)
-    config = load_config(args.config)
-    torch.set_num_threads(config.threads)
-    data = build_bench_data(config, args.seed)
-    baseline, _ = pretrained_baseline(config, data, args.seed)
+    config, data, baseline = study_start(args.config, args.seed)
     baseline_acc = test_accuracy(baseline, data, config)
     results = [trace_one(lam, args, config, data, baseline) for lam in args.lams]
     plot(results, Path(args.png))

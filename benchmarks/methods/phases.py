@@ -23,8 +23,8 @@ from regprune.methods import PruningMethod
 from regprune.models import create_model
 from regprune.train import build_optimizer, build_scheduler, seed_everything, train_one_epoch
 
-from .config import BenchConfig, Phase
-from .data import BenchData
+from .config import BenchConfig, Phase, load_config
+from .data import BenchData, build_bench_data
 
 EPOCH_OFFSET = {"pretrain": 0, "sparsify": 1000, "finetune": 2000}
 """Distinct shuffling streams per phase, so fine-tuning does not replay the sparsify order."""
@@ -128,3 +128,13 @@ def plain_continued(
     model = copy.deepcopy(baseline)
     model.load_state_dict(state)
     return model, meta
+
+
+def study_start(config_path: str, seed: int) -> tuple[BenchConfig, BenchData, nn.Module]:
+    """Config, data and cached baseline for a study that starts where the benchmark does
+    (``benchmarks/hgsr_rank.py``, ``benchmarks/hgsr_sparsity.py``), threads set as configured."""
+    config = load_config(config_path)
+    torch.set_num_threads(config.threads)
+    data = build_bench_data(config, seed)
+    model, _ = pretrained_baseline(config, data, seed)
+    return config, data, model

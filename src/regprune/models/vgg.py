@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from regprune.models._init import init_weights
-from regprune.models.registry import register_model
+from regprune.models.registry import ModelFn, register_model
 
 VggCfg = Sequence[int | str]
 
@@ -104,51 +104,25 @@ def scale_widths(cfg: VggCfg, width: float) -> list[int | str]:
     return [c if c == "M" else max(1, round(int(c) * width)) for c in cfg]
 
 
-@register_model("vgg11")
-def vgg11(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    classifier_hidden: int | None = None,
-    width: float = 1.0,
-) -> VGG:
-    """VGG-11 with BatchNorm (8 conv layers). ``width`` scales every conv width."""
-    return VGG(scale_widths(CFGS["vgg11"], width), num_classes, in_channels, classifier_hidden)
+def _vgg(name: str, description: str) -> ModelFn:
+    """Register the constructor of ``CFGS[name]``; one body for the four depths."""
+
+    def build(
+        num_classes: int = 10,
+        in_channels: int = 3,
+        classifier_hidden: int | None = None,
+        width: float = 1.0,
+    ) -> VGG:
+        return VGG(scale_widths(CFGS[name], width), num_classes, in_channels, classifier_hidden)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"{description} ``width`` scales every conv width."
+    return register_model(name)(build)
 
 
-@register_model("vgg13")
-def vgg13(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    classifier_hidden: int | None = None,
-    width: float = 1.0,
-) -> VGG:
-    """VGG-13 with BatchNorm (10 conv layers). ``width`` scales every conv width."""
-    return VGG(scale_widths(CFGS["vgg13"], width), num_classes, in_channels, classifier_hidden)
-
-
-@register_model("vgg16")
-def vgg16(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    classifier_hidden: int | None = None,
-    width: float = 1.0,
-) -> VGG:
-    """VGG-16 with BatchNorm (13 conv layers), the network-slimming / Li et al. CIFAR model.
-
-    ``width`` scales every conv width.
-    """
-    return VGG(scale_widths(CFGS["vgg16"], width), num_classes, in_channels, classifier_hidden)
-
-
-@register_model("vgg19")
-def vgg19(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    classifier_hidden: int | None = None,
-    width: float = 1.0,
-) -> VGG:
-    """VGG-19 with BatchNorm (16 conv layers), the network-slimming CIFAR model.
-
-    ``width`` scales every conv width.
-    """
-    return VGG(scale_widths(CFGS["vgg19"], width), num_classes, in_channels, classifier_hidden)
+vgg11 = _vgg("vgg11", "VGG-11 with BatchNorm (8 conv layers).")
+vgg13 = _vgg("vgg13", "VGG-13 with BatchNorm (10 conv layers).")
+vgg16 = _vgg(
+    "vgg16", "VGG-16 with BatchNorm (13 conv layers), the network-slimming / Li et al. CIFAR model."
+)
+vgg19 = _vgg("vgg19", "VGG-19 with BatchNorm (16 conv layers), the network-slimming CIFAR model.")
