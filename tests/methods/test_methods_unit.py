@@ -230,6 +230,24 @@ def test_l0_weight_gives_exact_zeros_and_keeps_them_while_finetuning() -> None:
     assert weight_sparsity(small) == pytest.approx(sparsity)
 
 
+def test_l0_weight_snapshot_strides_the_test_gates_of_every_layer() -> None:
+    from regprune.methods.l0 import SNAPSHOT_GATES
+
+    model = create_model("vgg11", num_classes=10, in_channels=1, width=0.25)
+    method = methods.get("l0_weight", model, X, lam=0.1, num_samples=1000)
+    with torch.no_grad():
+        for gate in method.regularizer.gates.values():
+            closed = torch.rand(gate.log_alpha.shape) < 0.5  # about half of them, anywhere
+            gate.log_alpha[closed] = -10.0
+    snapshot = method.sparsity_snapshot()
+    assert set(snapshot) == set(method.regularizer.gates)
+    for values in snapshot.values():
+        assert 0 < values.numel() <= SNAPSHOT_GATES
+        assert 0.0 < float((values == 0).double().mean()) < 1.0  # the spread survives
+    method.prune()
+    assert method.sparsity_snapshot() == {}  # baked: nothing gated any more
+
+
 @pytest.mark.parametrize("name", ["l0_weight", "l0_channel"])
 def test_l0_gates_train_at_their_own_rate_without_weight_decay(name: str) -> None:
     from regprune.train import build_optimizer

@@ -150,7 +150,7 @@ def _sparsity(run_dir: Path) -> list[str]:
         return [
             *lines,
             f"No sparsity snapshots in `{SPARSITY_DIR}/`: this run had no regularized "
-            "training phase, so there is no trajectory to show.",
+            "training phase, or its method records none, so there is no trajectory to show.",
             "",
         ]
     (first_epoch, first_path), (last_epoch, last_path) = snapshots[0], snapshots[-1]
