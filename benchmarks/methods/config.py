@@ -177,6 +177,12 @@ def load_config(path: str | Path) -> BenchConfig:
     runs = [spec for entry in raw["runs"] for spec in _expand(entry, sparsify)]
     if raw.get("structured_only", False):
         runs = [spec for spec in runs if spec.family != "unstructured"]
+    for label, changes in (raw.get("kwargs_overrides") or {}).items():
+        matches = [i for i, spec in enumerate(runs) if spec.label == label]
+        if not matches:
+            raise ValueError(f"config: kwargs_overrides names a run that does not exist: {label}")
+        for i in matches:
+            runs[i] = replace(runs[i], kwargs={**runs[i].kwargs, **changes})
     only = raw.get("only")
     if only is not None:
         unknown = sorted(set(only) - {spec.label for spec in runs})

@@ -46,7 +46,12 @@ def test_derived_configs_take_the_runs_and_strengths_of_their_base() -> None:
     assert smoke_l0.sparsify_phase.epochs == smoke.sparsify.epochs  # its own epochs
     assert (smoke.name, smoke.train_subset) == ("smoke", 256)
     assert vgg.model == "vgg11" and vgg.model_kwargs == {"width": 0.5}
-    assert vgg.runs == [r for r in cpu.runs if r.family != "unstructured"]  # same epochs
+    structured = [r for r in cpu.runs if r.family != "unstructured"]
+    assert [r.label for r in vgg.runs] == [r.label for r in structured]
+    for ours, base in zip(vgg.runs, structured, strict=True):  # same epochs, one strength moved
+        changed = {k for k in ours.kwargs if ours.kwargs[k] != base.kwargs.get(k)}
+        assert changed == ({"lam"} if ours.label == "l0_channel" else set()), ours.label
+        assert ours.sparsify_phase == base.sparsify_phase
     assert vgg.baseline_key(0) != cpu.baseline_key(0)  # another model, another baseline
     assert vgg.latency_out.name == "cpu_vgg_latency.jsonl"
 
@@ -100,6 +105,13 @@ def _write(tmp_path: Path, **changes) -> Path:
     path = tmp_path / f"{raw['name']}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+def test_kwargs_overrides_must_name_an_existing_run(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, kwargs_overrides={"l1": {"seed": 3}}))
+    assert next(r for r in config.runs if r.label == "l1").kwargs == {"importance": "l1", "seed": 3}
+    with pytest.raises(ValueError, match="does not exist: l2"):
+        load_config(_write(tmp_path, kwargs_overrides={"l2": {"seed": 3}}))
 
 
 def test_a_run_may_not_change_the_epochs_every_method_shares(tmp_path: Path) -> None:
