@@ -167,11 +167,13 @@ def test_tiny_benchmark_records_what_it_measured(tmp_path: Path) -> None:
     assert row03["macs_after"] <= 0.3 * row03["macs_before"]
     assert row03["acc_baseline"] == rows["l1"]["acc_baseline"]
 
-    report.main([str(path), "--with", str(other)])
+    report.main([str(path), "--with", str(other), "--reference", "l1"])
     folder = Path(config.out).parent
     tables = (folder / "tiny_tables.md").read_text()
     assert "| l0_channel | 0 |" in tables and "| magnitude@0.5 | 0 |" in tables
     assert "Not finished: none." in tables
+    gap = 100 * (rows["l0_channel"]["acc_after_finetune"] - rows["l1"]["acc_after_finetune"])
+    assert f"| l0_channel | 1 | {gap:.2f} | {gap:+.2f} |" in tables  # paired by seed
     l1_line = next(
         line for line in tables.splitlines() if line.startswith("| l1 | ") and "(1)" in line
     )
