@@ -43,7 +43,7 @@ def load_rows(path: Path, latency: Path | None = None) -> list[dict]:
 
 def failures(path: Path) -> list[dict]:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r.get("status") != "ok"]
+    return [r for r in rows if r.get("status") == "error"]  # not "superseded" (see its note)
 
 
 def mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
