@@ -32,7 +32,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
-from benchmarks.methods.config import Phase
+from benchmarks.methods.config import Phase, load_config
 from benchmarks.methods.measure import test_accuracy
 from benchmarks.methods.phases import study_start, train_phase
 from benchmarks.methods.run import machine
@@ -116,13 +116,15 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def markdown(results: list[dict], args, config, baseline_acc: float, command: str) -> str:
+def markdown(
+    results: list[dict], args, config, baseline_acc: float, command: str, date: str
+) -> str:
     lines = [
-        "# HGSR drives input-channel groups to zero",
+        "# Does HGSR drive input-channel groups to zero?",
         "",
         f"Command: `{command}`  ",
         f"Machine: {machine()}  ",
-        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
+        f"Date: {date}  ",
         f"Setup: {config.model} / {config.dataset}, the method benchmark's cached baseline "
         f"(`{args.config}`, seed {args.seed}, {config.train_subset} training images, test "
         f"accuracy {100 * baseline_acc:.2f}% on {config.test_subset} test images); HGSR "
@@ -161,6 +163,23 @@ def markdown(results: list[dict], args, config, baseline_acc: float, command: st
             f"{100 * r['acc_before_prune']:.2f} | {100 * r['acc_after_prune']:.2f} | "
             f"{100 * r['acc_after_prune_bn']:.2f} | {r['train_s']:.0f} |"
         )
+    lines += [
+        "",
+        "Spread of the group norms (all convs): the 5th, 50th and 95th percentile, and how many "
+        "groups sit under 1/100 of the median of their own distribution.",
+        "",
+        "| lam | when | p5 | median | p95 | p95 / p5 | under median / 100 (%) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        for when in ("start", "end"):
+            norms = 10 ** torch.tensor(r[f"log10_norms_{when}"], dtype=torch.float64)
+            p5, p50, p95 = (float(torch.quantile(norms, q)) for q in (0.05, 0.5, 0.95))
+            tiny = 100 * float((norms < p50 / 100).double().mean())
+            lines.append(
+                f"| {r['lam']:g} | {'baseline' if when == 'start' else 'after training'} | "
+                f"{p5:.3g} | {p50:.3g} | {p95:.3g} | {p95 / p5:.1f} | {tiny:.1f} |"
+            )
     lines += ["", f"![log10 group norms]({Path(args.png).name})", ""]
     return "\n".join(lines)
 
@@ -175,17 +194,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--out", default="docs/hgsr_sparsity.md")
     parser.add_argument("--png", default="docs/hgsr_sparsity.png")
+    parser.add_argument("--render-only", action="store_true", help="re-render from the JSON")
     args = parser.parse_args(argv)
-    config, data, baseline = study_start(args.config, args.seed)
-    baseline_acc = test_accuracy(baseline, data, config)
-    results = [trace_one(lam, args, config, data, baseline) for lam in args.lams]
-    plot(results, Path(args.png))
+    out = Path(args.out)
     command = "python -m benchmarks.hgsr_sparsity " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
-    Path(args.out).write_text(markdown(results, args, config, baseline_acc, command))
-    Path(args.out).with_suffix(".json").write_text(json.dumps(results) + "\n")
-    print(Path(args.out).read_text())
+    if args.render_only:  # re-render the page from the JSON of the last run
+        saved = json.loads(out.with_suffix(".json").read_text())
+        config = load_config(args.config)
+        torch.set_num_threads(config.threads)
+        baseline_acc, results, command = saved["baseline_acc"], saved["runs"], saved["command"]
+    else:
+        config, data, baseline = study_start(args.config, args.seed)
+        baseline_acc = test_accuracy(baseline, data, config)
+        results = [trace_one(lam, args, config, data, baseline) for lam in args.lams]
+        date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        saved = {"command": command, "date": date, "baseline_acc": baseline_acc, "runs": results}
+        out.with_suffix(".json").write_text(json.dumps(saved) + "\n")
+    plot(results, Path(args.png))
+    out.write_text(markdown(results, args, config, baseline_acc, command, saved["date"]))
+    print(out.read_text())
 
 
 if __name__ == "__main__":
