@@ -314,7 +314,11 @@ def main(argv: list[str] | None = None) -> None:
         targets = sorted({c.target_macs for c in configs})
         text += ["", "## Accuracy after fine-tune by MACs target (mean ± std (seeds))", ""]
         text += pareto_table(points, targets)
-        pareto_plot(points, base, folder / f"{config.name}_pareto.png", title)
+        pareto_title = (
+            f"{config.model} / {config.dataset}, MACs targets "
+            f"{' / '.join(f'{t:g}' for t in targets)} (final epoch)"
+        )
+        pareto_plot(points, base, folder / f"{config.name}_pareto.png", pareto_title)
     (folder / f"{config.name}_tables.md").write_text("\n".join(text) + "\n")
     print("\n".join(text))
 
