@@ -11,6 +11,7 @@ import torch
 
 import regprune as rp
 from regprune import methods
+from regprune.train import recalibrate_batch_norm
 from tests.methods.fmnist import accuracy, fit, needs_fmnist, pretrained_resnet20, train_batches
 
 pytestmark = [needs_fmnist, pytest.mark.xdist_group("fmnist")]
@@ -61,9 +62,15 @@ def test_greg1_shrinks_its_prune_set_and_prunes_nearly_losslessly() -> None:
     )
     fit(model, epochs=2, lr=0.01, method=method)
     assert method.regularizer.phase == "done"
-    sparse_acc = accuracy(model)
-    after_prune = accuracy(method.prune())
-    assert after_prune >= sparse_acc - 0.08
+    small = method.prune()
+    # Both judged with BatchNorm statistics re-estimated on the same training images: after 30
+    # steps of a penalty that grows every step, the running statistics lag the weights, and how
+    # far is numerically fragile (46% vs 71% on one machine); the removal itself is what is
+    # asserted here, and it is lossless.
+    for net in (model, small):
+        recalibrate_batch_norm(net, train_batches()[:5])
+    sparse_acc, after_prune = accuracy(model), accuracy(small)
+    assert after_prune >= sparse_acc - 0.03
     assert after_prune > one_shot + 0.1
 
 

@@ -16,6 +16,14 @@ from regprune.report import RunSummary
 from tests.pipeline.tiny_run import needs_fashion_mnist, torch_globals_restored
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+MODEL_OF = {"l0_weight": "lenet5", "l0_weight_vgg16": "vgg16"}
+"""The papers' models for fine-grained L0 (LeNet-5, VGG-16); every other config prunes a
+CIFAR-style ResNet-20."""
+
+
+def method_of(stem: str) -> str:
+    """``configs/<method>.yaml``, or ``<method>_<model>.yaml`` for a second model's recipe."""
+    return "l0_weight" if stem == "l0_weight_vgg16" else stem
 
 
 def test_there_is_a_config_per_method_and_a_quickstart():
@@ -32,10 +40,9 @@ def test_a_shipped_config_builds_its_model_and_method(path: Path):
 
     assert method.model is model
     assert config.data.name == "fashion-mnist"
-    # the papers' model for fine-grained L0 is LeNet-5; the rest prune a CIFAR-style ResNet-20
-    assert config.model.name == ("lenet5" if path.stem == "l0_weight" else "resnet20")
+    assert config.model.name == MODEL_OF.get(path.stem, "resnet20")
     if path.stem != "quickstart":
-        assert config.method.name == path.stem
+        assert config.method.name == method_of(path.stem)
         assert config.output.run_dir == f"runs/{path.stem}"
 
 
@@ -73,7 +80,7 @@ def test_every_shipped_config_runs_end_to_end_from_the_cli(path: Path, tmp_path:
         code = cli_main(["run", str(path), *overrides, "--run-dir", str(run_dir), "-q"])
     assert code == 0
     summary = RunSummary.load(run_dir)
-    assert summary.method == path.stem
+    assert summary.method == method_of(path.stem)
     assert (run_dir / "report.md").is_file()
     assert summary.macs_after <= summary.macs_before
     if summary.macs_after == summary.macs_before and summary.ratio is not None:
