@@ -39,6 +39,7 @@ from benchmarks.methods.run import machine
 from benchmarks.methods.runners import accuracy_with_recalibrated_bn
 
 import regprune
+from regprune.train import seed_everything
 
 VANISHED = 1e-3
 
@@ -50,6 +51,9 @@ def group_norms(method) -> torch.Tensor:
 
 
 def trace_one(lam: float, args: argparse.Namespace, config, data, baseline) -> dict:
+    # Seeded per lam: augmentation draws from the global RNG, so without it a lam's result would
+    # depend on which lams ran before it in the same process.
+    seed_everything(args.seed)
     model = copy.deepcopy(baseline)
     method = regprune.methods.get(
         "hgsr",
@@ -194,17 +198,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--out", default="docs/hgsr_sparsity.md")
     parser.add_argument("--png", default="docs/hgsr_sparsity.png")
-    parser.add_argument("--render-only", action="store_true", help="re-render from the JSON")
+    parser.add_argument(
+        "--from-json",
+        nargs="+",
+        type=Path,
+        help="render from saved runs instead of training (several files: their lams side by side)",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     command = "python -m benchmarks.hgsr_sparsity " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
-    if args.render_only:  # re-render the page from the JSON of the last run
-        saved = json.loads(out.with_suffix(".json").read_text())
+    if args.from_json:
+        saves = [json.loads(path.read_text()) for path in args.from_json]
         config = load_config(args.config)
         torch.set_num_threads(config.threads)
-        baseline_acc, results, command = saved["baseline_acc"], saved["runs"], saved["command"]
+        baseline_acc = saves[0]["baseline_acc"]
+        if any(saved["baseline_acc"] != baseline_acc for saved in saves):
+            raise SystemExit("--from-json: the runs started from different baselines")
+        results = [run for saved in saves for run in saved["runs"]]
+        command = " ; ".join(saved["command"] for saved in saves) + f" ; {command}"
+        saved = saves[0]
     else:
         config, data, baseline = study_start(args.config, args.seed)
         baseline_acc = test_accuracy(baseline, data, config)

@@ -20,6 +20,7 @@ def test_accuracy(model: nn.Module, data: BenchData, config: BenchConfig) -> flo
     return float(evaluate(model, data.test, config.device)["acc"])
 
 
+@torch.no_grad()
 def size_of(model: nn.Module, data: BenchData) -> dict[str, float]:
     """MACs (FLOPs = 2 x MACs), params and the fraction of exact zeros in conv/linear weights."""
     counted = count(model, data.example_input())
@@ -29,8 +30,3 @@ def size_of(model: nn.Module, data: BenchData) -> dict[str, float]:
         "params": counted.params,
         "weight_sparsity": weight_sparsity(model),
     }
-
-
-def describe(model: nn.Module, data: BenchData) -> dict:
-    with torch.no_grad():
-        return size_of(model, data)

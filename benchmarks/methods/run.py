@@ -22,7 +22,7 @@ import regprune
 
 from .config import BenchConfig, RunSpec, load_config
 from .data import build_bench_data
-from .measure import describe, test_accuracy
+from .measure import size_of, test_accuracy
 from .phases import pretrained_baseline
 from .runners import model_file, run_one
 
@@ -103,7 +103,7 @@ def run_seed(config: BenchConfig, seed: int, runs: list[RunSpec], out: Path) -> 
         return
     data = build_bench_data(config, seed)
     baseline, meta = pretrained_baseline(config, data, seed)
-    before = describe(baseline, data)
+    before = size_of(baseline, data)
     baseline_info = {f"{k}_before": v for k, v in before.items()}
     saved = model_file(config, "baseline", seed)
     if not saved.exists():

@@ -29,7 +29,7 @@ from regprune.train import recalibrate_batch_norm, seed_everything
 
 from .config import PLAIN, BenchConfig, RunSpec
 from .data import BenchData
-from .measure import describe, test_accuracy
+from .measure import size_of, test_accuracy
 from .phases import plain_continued, train_phase
 
 
@@ -148,7 +148,7 @@ def run_one(
     stats = train_phase(pruned, data, config.finetune, config, "finetune", keep)
     record["time_finetune_s"] = stats["time_s"]
     record["acc_after_finetune"] = test_accuracy(pruned, data, config)
-    after = describe(pruned, data)
+    after = size_of(pruned, data)
     record |= {f"{k}_after": v for k, v in after.items()}
     record["macs_kept"] = after["macs"] / baseline_info["macs_before"]
     record |= baseline_info

@@ -154,7 +154,7 @@ def _warn_closed_but_kept(gates: dict[int, torch.Tensor], drop: dict[int, torch.
     """
     kept_closed = total_kept = 0
     for gid, gate in gates.items():
-        kept = ~drop.get(gid, torch.zeros(gate.numel(), dtype=torch.bool)).to(gate.device)
+        kept = ~drop[gid].to(gate.device)
         kept_closed += int((gate.reshape(-1)[kept] == 0).sum())
         total_kept += int(kept.sum())
     if kept_closed:
