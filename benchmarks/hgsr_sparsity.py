@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--out", default="docs/hgsr_sparsity.md")
-    parser.add_argument("--png", default="docs/hgsr_sparsity.png")
+    parser.add_argument("--png", type=Path, help="the histogram (default: --out as .png)")
     parser.add_argument(
         "--from-json",
         nargs="+",
@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     out = Path(args.out)
+    args.png = args.png or out.with_suffix(".png")
     command = "python -m benchmarks.hgsr_sparsity " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
