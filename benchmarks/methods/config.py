@@ -174,7 +174,8 @@ def load_config(path: str | Path) -> BenchConfig:
     raw = _read(Path(path))
     latency = raw.get("latency", {})
     sparsify = _phase(raw, "sparsify")
-    runs = [spec for entry in raw["runs"] for spec in _expand(entry, sparsify)]
+    entries = list(raw["runs"]) + list(raw.get("extra_runs") or [])
+    runs = [spec for entry in entries for spec in _expand(entry, sparsify)]
     if raw.get("structured_only", False):
         runs = [spec for spec in runs if spec.family != "unstructured"]
     for label, changes in (raw.get("kwargs_overrides") or {}).items():

@@ -15,7 +15,7 @@ from regprune.importance import Importance, get_importance
 from regprune.inputs import as_input_tuple
 from regprune.metrics import count
 from regprune.modes import eval_mode
-from regprune.surgery import apply_plan
+from regprune.surgery import CompensationReport, apply_plan_with_report
 
 
 @dataclass
@@ -27,6 +27,7 @@ class PruneResult:
     graph: DependencyGraph
     macs_before: int
     macs_after: int
+    compensation: CompensationReport
 
 
 def make_plan(
@@ -94,15 +95,30 @@ def _tensors(value: Any) -> list[torch.Tensor]:
     return list(iter_tensors(value))
 
 
-def prune_with_result(model: nn.Module, example_inputs: Any, **kwargs: Any) -> PruneResult:
-    """Like :func:`prune` but also returns the plan, the graph and the MACs before and after."""
+def prune_with_result(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    compensate: str | None = "constant",
+    calibration: Iterable[Any] | None = None,
+    **kwargs: Any,
+) -> PruneResult:
+    """Like :func:`prune` but also returns the plan, the graph, the MACs before and after and
+    what the compensation of removed channels found."""
     graph, plan = make_plan(model, example_inputs, **kwargs)
-    pruned = apply_plan(model, graph, plan)
+    pruned, compensation = apply_plan_with_report(
+        model, graph, plan, compensate=compensate, calibration=calibration
+    )
     with eval_mode(model), torch.no_grad():
         expected = model(*as_input_tuple(example_inputs))
     check_runs(pruned, example_inputs, expected)
     return PruneResult(
-        pruned, plan, graph, count(model, example_inputs).macs, count(pruned, example_inputs).macs
+        pruned,
+        plan,
+        graph,
+        count(model, example_inputs).macs,
+        count(pruned, example_inputs).macs,
+        compensation,
     )
 
 
@@ -118,6 +134,8 @@ def prune(
     round_to: int = 1,
     max_ratio: float = 1.0,
     seed: int = 0,
+    compensate: str | None = "constant",
+    calibration: Iterable[Any] | None = None,
 ) -> nn.Module:
     """One-shot structural pruning of any traceable model.
 
@@ -132,6 +150,11 @@ def prune(
         round_to: kept widths are multiples of this.
         max_ratio: no channel group loses more than this fraction of its channels.
         seed: for the random criterion.
+        compensate: what removed channels still send is folded into the biases of the layers
+            that read them: ``"constant"`` (default, no data) for channels whose output is
+            constant, ``"mean"`` for every removed channel's mean over ``calibration`` (mean
+            replacement), ``"none"`` / None to drop them as they are.
+        calibration: batches (``inputs`` or ``(inputs, targets)``) for ``compensate="mean"``.
 
     Returns:
         A new, physically smaller ``nn.Module`` with the same output shapes.
@@ -150,4 +173,6 @@ def prune(
         round_to=round_to,
         max_ratio=max_ratio,
         seed=seed,
+        compensate=compensate,
+        calibration=calibration,
     ).model

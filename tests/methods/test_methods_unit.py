@@ -104,6 +104,68 @@ def test_masksparsity_vote_rule_keeps_at_least_one_channel_per_group() -> None:
     assert method.mask_plan.num_dropped() > 0
 
 
+def test_masksparsity_vote_rule_meets_the_target_cap_and_rounding() -> None:
+    # the old rule kept 0.280 of ResNet-20's MACs for a 0.5 target, dropped 15 of 16 channels
+    # in capped groups and ignored round_to
+    model = resnet()
+    method = methods.get(
+        "masksparsity",
+        model,
+        X,
+        target_macs=0.5,
+        max_ratio=0.5,
+        round_to=4,
+        mask_from="bn_scale",
+        mask_rule="vote",
+    )
+    small = method.prune()
+    kept = rp.count(small, X).macs / rp.count(model, X).macs
+    assert 0.49 <= kept <= 0.5
+    for group in method.groups:
+        dropped = len(method.mask_plan.drop.get(group.id, []))
+        assert dropped <= group.size // 2
+        assert (group.size - dropped) % 4 == 0 or dropped == 0
+
+
+def test_masksparsity_restart_from_baseline_puts_the_weights_back_after_the_mask() -> None:
+    model = resnet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    method = methods.get(
+        "masksparsity", model, X, ratio=0.5, mask_iters=3, mask_s=1e-2, restart_from_baseline=True
+    )
+    train_steps(model, method, 2)
+    assert not torch.equal(model.conv1.weight, before["conv1.weight"])
+    train_steps(model, method, 1)  # the mask is made here, then the weights go back
+    assert method.phase == "sparsify"
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert "baseline" in method.state_dict() and method.state_dict()["baseline"] is None
+
+
+def test_silencing_methods_warn_when_pruned_before_their_schedule_is_done() -> None:
+    model = resnet()
+    method = methods.get("masksparsity", model, X, ratio=0.5, mask_iters=3)
+    train_steps(model, method, 3)
+    with pytest.warns(UserWarning, match="before the masked sparsity stage trained"):
+        method.prune()
+    greg = methods.get("greg1", resnet(), X, ratio=0.5, update_every=2, delta=0.1)
+    with pytest.warns(UserWarning, match="still growing") as caught:
+        greg.prune()
+    # nothing was silenced: the removed channels still carry signal, and the report says so
+    assert any("were silent where they are read" in str(w.message) for w in caught)
+    report = greg.removal_report()
+    assert report["constant_inputs"] < report["removed_inputs"]
+    assert report["warnings"] and report["max_relative_range"] > 0.1
+
+
+def test_oneshot_does_not_warn_about_live_channels() -> None:
+    method = methods.get("oneshot", resnet(), X, ratio=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        method.prune()
+    assert method.removal_report()["warnings"] == []
+
+
 def test_greg1_prune_set_is_the_l1_smallest_and_lambda_grows_on_it() -> None:
     model = resnet()
     method = methods.get(
@@ -209,9 +271,13 @@ def test_l0_channel_gives_no_warning_when_the_target_removes_every_closed_gate()
     group = next(g for g in method.groups if g.producers == ["layer2.1.conv1"])
     with torch.no_grad():
         method.regularizer.gates[group.id].log_alpha[:2] = -10.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         method.prune()
+    messages = [str(w.message) for w in caught]
+    assert not any("closed gates and are zero" in m for m in messages)
+    # the target removes more than the two closed gates: the open ones it removes are named
+    assert any("removed channels still have open gates" in m for m in messages)
 
 
 def test_l0_weight_gives_exact_zeros_and_keeps_them_while_finetuning() -> None:

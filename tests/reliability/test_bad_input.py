@@ -477,13 +477,13 @@ def test_a_damaged_file_is_a_clear_error_naming_the_file(saved: Path, how: str) 
     ("kwargs", "message"),
     [
         ({"ratio": 0.5, "mask_rule": "bad"}, r"mask_rule must be one of \('aggregate', 'vote'\)"),
-        ({"ratio": 0.5, "vote_fraction": 0}, r"vote_fraction must be in \(0, 1\], got 0"),
+        ({"ratio": 0.5, "compensate": "zero"}, "compensate must be one of"),
         ({"ratio": 0.5, "norm": "l3"}, "norm must be one of"),
         ({"ratio": 0.5, "mask_from": "nope"}, "unknown importance 'nope'; choose one of"),
         ({"ratio": 1.5}, r"ratio must be in \[0, 1\)"),
         ({}, "give exactly one of ratio="),
     ],
-    ids=["mask_rule", "vote_fraction", "norm", "mask_from", "ratio", "no-target"],
+    ids=["mask_rule", "compensate", "norm", "mask_from", "ratio", "no-target"],
 )
 def test_bad_method_arguments_say_what_is_allowed(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -67,12 +67,17 @@ def trace_graph(
             try:
                 tracer = Tracer(model, ignored, on_meta=True)
                 tracer.run(example_inputs)
-                return build_dependency_graph(model, tracer)
+                graph = build_dependency_graph(model, tracer)
             except (TraceError, NotImplementedError, RuntimeError):
-                pass  # fall back to a real forward, which also gives the real error if any
+                graph = None  # fall back to a real forward, which also gives the real error
+            if graph is not None:
+                graph.example_inputs = example_inputs
+                return graph
         tracer = Tracer(model, ignored)
         tracer.run(example_inputs)
-        return build_dependency_graph(model, tracer)
+        graph = build_dependency_graph(model, tracer)
+        graph.example_inputs = example_inputs
+        return graph
 
 
 __all__ = [

@@ -54,6 +54,7 @@ class DependencyGraph:
         free_slicings: how each directly used parameter is sliced.
         unprunable: what was kept whole, and why.
         model_type: the traced model's class name (plans check it before they apply).
+        example_inputs: what the model was traced with (surgery probes constant channels with it).
     """
 
     groups: list[ChannelGroup]
@@ -64,6 +65,7 @@ class DependencyGraph:
     free_slicings: list[FreeParamSlicing]
     unprunable: list[Unprunable] = field(default_factory=list)
     model_type: str = ""
+    example_inputs: Any = None
 
     def channel_index(self, atoms: torch.Tensor, group_id: int) -> torch.Tensor:
         """Group channel index of each atom (-1 for atoms outside the group or no atom)."""

@@ -196,17 +196,17 @@ class AdaPruner(GraphMethod):
         widths = broadcast_from_main(self.kept_widths())
         half = len(data) // 2
         recalibration, held_out = list(data[:half]), list(data[half:])
-        candidates: dict[str, tuple[Plan, nn.Module]] = {}
+        candidates: dict[str, tuple[Plan, nn.Module, Any]] = {}
         self.candidate_losses = {}
         for criterion in self.candidates:
             plan = self.plan_for(widths, criterion(self.model, self.graph))
-            candidate = self.apply(plan)
+            candidate = self.apply(plan, data)
             recalibrate_batch_norm(candidate, recalibration)
             self.candidate_losses[criterion.name] = proxy_loss(candidate, held_out)
-            candidates[criterion.name] = (plan, candidate)
+            candidates[criterion.name] = (plan, candidate, self.last_compensation)
         local_best = min(self.candidate_losses, key=self.candidate_losses.__getitem__)
         self.chosen = broadcast_from_main(local_best)  # every DDP rank inherits the same way
-        plan, model = candidates[self.chosen]
+        plan, model, self.last_compensation = candidates[self.chosen]
         self.last_plan = plan
         return model
 

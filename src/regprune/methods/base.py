@@ -66,6 +66,10 @@ class PruningMethod:
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement prune()")
 
+    def removal_report(self) -> dict[str, Any]:
+        """After :meth:`prune`: how silent the removed set was (for logs and the run report)."""
+        return {}
+
     def finetune_method(self, pruned: nn.Module) -> PruningMethod | None:
         """What to run while fine-tuning ``pruned`` (unstructured methods keep their zeros)."""
         return None

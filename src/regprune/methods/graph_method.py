@@ -8,6 +8,7 @@ allocation code as one-shot pruning. Subclasses only say how they regularize and
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,7 +20,8 @@ from regprune.allocation import MacsModel, Plan, allocate, validate_target
 from regprune.graph import DependencyGraph, trace_graph
 from regprune.methods.base import CalibrationData, PruningMethod
 from regprune.metrics import count
-from regprune.surgery import apply_plan
+from regprune.surgery import CompensationReport, apply_plan_with_report
+from regprune.surgery.compensate import check_compensate
 
 
 def broadcast_from_main(value: Any) -> Any:
@@ -43,11 +45,19 @@ class GraphMethod(PruningMethod):
         round_to: kept widths are multiples of this.
         max_ratio: no channel group loses more than this fraction of its channels.
         ignore: modules (or names) whose outputs keep their width.
+        compensate: what the removed channels still send is folded into the layers that read
+            them (:func:`regprune.apply_plan`): ``"constant"`` (default), ``"mean"`` (over the
+            ``data`` given to :meth:`prune`) or ``"none"``.
     """
 
     default_scope = "global"
     target_optional = False
     """True for methods that can decide the widths themselves (L0's closed gates)."""
+    silences_removal_set = False
+    """True for methods whose regularizer is meant to silence what they remove: they warn at
+    prune time when it did not (a one-shot criterion removes live channels by design)."""
+    SILENT_SHARE = 0.9
+    """Below this share of constant removed inputs, a silencing method warns (our choice)."""
 
     def __init__(
         self,
@@ -60,8 +70,11 @@ class GraphMethod(PruningMethod):
         round_to: int = 1,
         max_ratio: float = 1.0,
         ignore: Iterable[nn.Module | str] = (),
+        compensate: str | None = "constant",
     ) -> None:
         super().__init__(model)
+        check_compensate(compensate, has_data=True)
+        self.compensate = compensate
         self.scope = scope or self.default_scope
         if not (self.target_optional and ratio is None and target_macs is None):
             validate_target(ratio, target_macs, self.scope, round_to, max_ratio)
@@ -78,6 +91,8 @@ class GraphMethod(PruningMethod):
             )
         self._macs_model: MacsModel | None = None
         self.last_plan: Plan | None = None
+        self.last_compensation: CompensationReport | None = None
+        self.last_warnings: list[str] = []
 
     @property
     def groups(self):
@@ -110,10 +125,41 @@ class GraphMethod(PruningMethod):
         sizes = {g.id: g.size for g in self.graph.groups}
         return Plan(drop, sizes, self.graph.model_type)
 
-    def apply(self, plan: Plan) -> nn.Module:
-        """Build the smaller model; remember the plan for the report."""
+    def apply(self, plan: Plan, data: CalibrationData | None = None) -> nn.Module:
+        """Build the smaller model, compensated; remember the plan and what the fold found."""
         self.last_plan = plan
-        return apply_plan(self.model, self.graph, plan)
+        if self.compensate == "mean" and not data:
+            raise ValueError(
+                f"{self.name}: compensate='mean' needs calibration batches; call prune(data) "
+                "with a few training batches, or use compensate='constant'"
+            )
+        pruned, report = apply_plan_with_report(
+            self.model, self.graph, plan, compensate=self.compensate, calibration=data
+        )
+        self.last_compensation = report
+        self.last_warnings = self.schedule_warnings(plan)
+        if self.silences_removal_set and report.silent_share < self.SILENT_SHARE:
+            self.last_warnings.append(
+                f"{self.name}: only {report.constant_inputs} of the {report.removed_inputs} "
+                "removed channel inputs were silent where they are read (largest range "
+                f"{report.max_relative_range:.2g} of the kept channels'): the regularizer has "
+                "not finished, so removal costs accuracy; train longer or stronger, or prune "
+                "with compensate='mean'"
+            )
+        for text in self.last_warnings:
+            warnings.warn(text, stacklevel=3)
+        return pruned
+
+    def schedule_warnings(self, plan: Plan) -> list[str]:
+        """What the method knows about its own unfinished schedule at prune time (override)."""
+        return []
+
+    def removal_report(self) -> dict[str, Any]:
+        """How silent the removed channels were, measured where they are read (after prune),
+        and the method's warnings about its schedule."""
+        if self.last_compensation is None:
+            return {}
+        return self.last_compensation.to_dict() | {"warnings": list(self.last_warnings)}
 
     def scores(self, data: CalibrationData | None = None) -> tuple[dict[int, torch.Tensor], bool]:
         """Per-channel scores and whether they compare across groups (override per method)."""
@@ -121,4 +167,4 @@ class GraphMethod(PruningMethod):
 
     def prune(self, data: CalibrationData | None = None) -> nn.Module:
         scores, comparable = self.scores(data)
-        return self.apply(self.plan_from_scores(scores, comparable))
+        return self.apply(self.plan_from_scores(scores, comparable), data)

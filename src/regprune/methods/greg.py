@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from regprune.allocation import Plan
 from regprune.importance import MagnitudeImportance
 from regprune.methods.base import CalibrationData
 from regprune.methods.graph_method import GraphMethod, broadcast_from_main
@@ -48,6 +49,7 @@ class GReg(GraphMethod):
     """
 
     name = "greg"
+    silences_removal_set = True
     default_scope = "local"
 
     def __init__(self, model: nn.Module, example_inputs: Any, *, variant: int = 1, **kwargs: Any):
@@ -88,7 +90,16 @@ class GReg(GraphMethod):
                 "pick_delta x update_every iterations) before pruning"
             )
         masks = {int(k): v for k, v in self.regularizer.prune_set().items()}
-        return self.apply(broadcast_from_main(self.plan_from_masks(masks)))
+        return self.apply(broadcast_from_main(self.plan_from_masks(masks)), data)
+
+    def schedule_warnings(self, plan: Plan) -> list[str]:
+        if self.regularizer.done:
+            return []
+        return [
+            f"{self.name}: pruned while its penalty is still {self.regularizer.phase} (lambda "
+            f"has not reached tau={self.regularizer.tau} or the stabilization is not over): "
+            "the prune set may still carry signal; train until wants_more_training() is False"
+        ]
 
     def sparsity_stats(self) -> dict[str, float]:
         return self.regularizer.stats()

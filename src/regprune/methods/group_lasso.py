@@ -21,6 +21,7 @@ class GroupLassoMethod(GraphMethod):
     """
 
     name = "group_lasso"
+    silences_removal_set = True
     default_scope = "global"
 
     def __init__(self, model: nn.Module, example_inputs: Any, *, lam: float = 1e-4, **target: Any):

@@ -30,6 +30,7 @@ class HGSR(GraphMethod):
     """
 
     name = "hgsr"
+    silences_removal_set = True
     default_scope = "global"
 
     def __init__(

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from regprune.allocation import Plan
 from regprune.methods.base import CalibrationData, PruningMethod
 from regprune.methods.graph_method import GraphMethod
 from regprune.methods.unstructured import (
@@ -62,6 +63,7 @@ class L0Channel(GraphMethod):
     """
 
     name = "l0_channel"
+    silences_removal_set = True
     default_scope = "global"
     target_optional = True
 
@@ -87,6 +89,7 @@ class L0Channel(GraphMethod):
             init_keep_prob=init_keep_prob,
         )
         self.baked = False
+        self._gates_at_prune: dict[int, torch.Tensor] = {}
 
     def penalty(self) -> torch.Tensor:
         return self.regularizer.penalty()
@@ -111,6 +114,7 @@ class L0Channel(GraphMethod):
 
     def prune(self, data: CalibrationData | None = None) -> nn.Module:
         gates = self._bake()
+        self._gates_at_prune = gates
         if self.ratio is None and self.target_macs is None:
             masks = {}
             for gid, gate in gates.items():
@@ -118,10 +122,27 @@ class L0Channel(GraphMethod):
                 if bool(closed.all()):
                     closed[torch.argmax(self._log_alpha[gid])] = False
                 masks[gid] = closed
-            return self.apply(self.plan_from_masks(masks))
+            return self.apply(self.plan_from_masks(masks), data)
         plan = self.plan_from_scores(self._log_alpha, comparable=True)
         _warn_closed_but_kept(gates, plan.drop_masks())
-        return self.apply(plan)
+        return self.apply(plan, data)
+
+    def schedule_warnings(self, plan: Plan) -> list[str]:
+        gates = self._gates_at_prune
+        if not gates:
+            return []
+        drop = plan.drop_masks()
+        removed_open = sum(
+            int((gates[g].reshape(-1).cpu()[drop[g]] > 0).sum()) for g in drop if g in gates
+        )
+        removed = plan.num_dropped()
+        if not removed_open:
+            return []
+        return [
+            f"l0_channel: {removed_open} of the {removed} removed channels still have open "
+            "gates (the L0 penalty has not closed what the target removes); train longer or "
+            "raise lam"
+        ]
 
     def sparsity_stats(self) -> dict[str, float]:
         if self.baked:

@@ -8,8 +8,9 @@
 3. Prune exactly the masked channels (their gamma is ~0, so accuracy barely moves), fine-tune.
 
 Residual groups: by default a channel's BN scales are averaged over the whole group
-(``mask_rule="aggregate"``); ``mask_rule="vote"`` is the code's rule, where each coupled BN votes
-with the global threshold and a channel goes when at least ``vote_fraction`` of them agree.
+(``mask_rule="aggregate"``); ``mask_rule="vote"`` follows the code's idea, where each coupled BN
+votes with the global threshold: channels are ranked by their share of keep votes and the target
+is allocated over that ranking (the code ignores any budget; see ``_vote``).
 """
 
 from __future__ import annotations
@@ -38,12 +39,17 @@ class MaskSparsity(GraphMethod):
         mask_iters: iterations of the slimming stage.
         mask_s: slimming strength during that stage.
         mask_rule: ``"aggregate"`` or ``"vote"`` (see module docstring).
-        vote_fraction: share of coupled BNs that must agree under ``"vote"``.
         norm: ``"l1"`` (paper), ``"l2"`` or ``"smooth_l1"`` (variants in the code).
+        restart_from_baseline: after the slimming stage has made the mask, put the weights back
+            to what they were when the method was created and train the masked penalty from
+            there, as the authors' scripts do (their mask comes from a separate slimming run);
+            False (default) continues from the slimmed weights. The optimizer's momentum is
+            not reset (our choice: the pipeline keeps one optimizer per phase).
         **target: ratio / target_macs, scope, round_to, ignore.
     """
 
     name = "masksparsity"
+    silences_removal_set = True
     default_scope = "global"
 
     def __init__(
@@ -56,16 +62,14 @@ class MaskSparsity(GraphMethod):
         mask_iters: int = 200,
         mask_s: float = 1e-4,
         mask_rule: str = "aggregate",
-        vote_fraction: float = 0.5,
         norm: str = "l1",
         smooth_l1_beta: float | None = None,
+        restart_from_baseline: bool = False,
         **target: Any,
     ) -> None:
         super().__init__(model, example_inputs, **target)
         if mask_rule not in MASK_RULES:
             raise ValueError(f"mask_rule must be one of {MASK_RULES}, got {mask_rule!r}")
-        if not 0 < vote_fraction <= 1:
-            raise ValueError(f"vote_fraction must be in (0, 1], got {vote_fraction}")
         if mask_from != "slimming":
             get_importance(mask_from)  # fail now on a bad name, not after the slimming stage
         if not isinstance(mask_iters, int) or mask_iters < 0:
@@ -74,12 +78,14 @@ class MaskSparsity(GraphMethod):
         self.mask_from = mask_from
         self.mask_iters = mask_iters if mask_from == "slimming" else 0
         self.mask_rule = mask_rule
-        self.vote_fraction = vote_fraction
         self.mask_plan: Plan | None = None
         self.regularizer = BNScaleL1(
             self.groups, s=mask_s, norm=norm, smooth_l1_beta=smooth_l1_beta
         )
         self._masked_strength = s
+        self._baseline: dict[str, torch.Tensor] | None = None
+        if restart_from_baseline and self.mask_iters > 0:
+            self._baseline = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if self.mask_iters == 0:
             self._make_mask()
 
@@ -99,30 +105,42 @@ class MaskSparsity(GraphMethod):
         self.mask_plan = broadcast_from_main(plan)
         self.regularizer.s = self._masked_strength
         self.regularizer.set_mask(self.mask_plan.drop_masks())
+        if self._baseline is not None:
+            self.model.load_state_dict(self._baseline)
+            self._baseline = None
 
     def _vote(self, plan: Plan, scores: dict[int, torch.Tensor]) -> Plan:
-        """Each coupled BN votes with the global threshold; a channel goes on enough votes."""
+        """Rank channels by how many coupled BNs vote to keep them, then allocate the target.
+
+        Each BN scale of a group votes with the global threshold of the aggregate plan (keep
+        when ``|gamma|`` is above it); a channel's score is the share of keep votes, ties broken
+        by the aggregated scale. The authors' code (netslim/prune.py) prunes, per coupled group,
+        at the highest agreement level that removes at least as many channels as the
+        least-pruning member would, which ignores any budget; **our choice**: the votes only
+        order the channels, and the shared allocation meets the target, ``max_ratio`` and
+        ``round_to`` like every other method.
+        """
         dropped = [scores[g][torch.tensor(c)] for g, c in plan.drop.items() if c]
         if not dropped:
             return plan
         threshold = float(torch.cat(dropped).max())
-        masks = {}
+        top = max(float(v.abs().max()) for v in scores.values()) or 1.0
+        vote_scores = {}
         for group in self.groups:
+            aggregate = scores[group.id].double().cpu()
             scales = group.norm_scales()
             if not scales:
-                masks[group.id] = plan.drop_masks()[group.id]
-                continue
-            votes = torch.zeros(group.size, dtype=torch.float64)
-            voters = torch.zeros(group.size, dtype=torch.float64)
-            for s in scales:
-                below = (s.tensor(self.model).detach().abs() <= threshold).double().cpu()
-                votes += s.per_channel_sum(below, group.size)
-                voters += s.per_channel_sum(torch.ones_like(below), group.size)
-            mask = votes / voters.clamp(min=1) >= self.vote_fraction
-            if bool(mask.all()):
-                mask[torch.argmax(scores[group.id])] = False
-            masks[group.id] = mask
-        return self.plan_from_masks(masks)
+                keep_share = (aggregate > threshold).double()
+            else:
+                votes = torch.zeros(group.size, dtype=torch.float64)
+                voters = torch.zeros(group.size, dtype=torch.float64)
+                for s in scales:
+                    above = (s.tensor(self.model).detach().abs() > threshold).double().cpu()
+                    votes += s.per_channel_sum(above, group.size)
+                    voters += s.per_channel_sum(torch.ones_like(above), group.size)
+                keep_share = votes / voters.clamp(min=1)
+            vote_scores[group.id] = keep_share + 1e-3 * aggregate / top
+        return self.plan_from_scores(vote_scores, comparable=True)
 
     def after_backward(self) -> None:
         self.regularizer.apply_to_grads(self.model)
@@ -132,11 +150,20 @@ class MaskSparsity(GraphMethod):
         if self.mask_plan is None and self.iteration >= self.mask_iters:
             self._make_mask()
 
+    def schedule_warnings(self, plan: Plan) -> list[str]:
+        if self.iteration > self.mask_iters:
+            return []
+        return [
+            "masksparsity: pruned before the masked sparsity stage trained (iteration "
+            f"{self.iteration}, mask made at {self.mask_iters}): the masked channels were "
+            "never pushed to zero"
+        ]
+
     def prune(self, data: CalibrationData | None = None) -> nn.Module:
         if self.mask_plan is None:
             self._make_mask()
         assert self.mask_plan is not None
-        return self.apply(self.mask_plan)
+        return self.apply(self.mask_plan, data)
 
     def sparsity_stats(self) -> dict[str, float]:
         return self.regularizer.stats(self.model)
@@ -148,10 +175,12 @@ class MaskSparsity(GraphMethod):
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["mask_plan"] = self.mask_plan.to_dict() if self.mask_plan else None
+        state["baseline"] = self._baseline
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
+        self._baseline = state.get("baseline")
         if state.get("mask_plan") is not None:
             self.mask_plan = Plan.from_dict(state["mask_plan"])
             self.regularizer.s = self._masked_strength

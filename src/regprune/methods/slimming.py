@@ -21,6 +21,7 @@ class NetworkSlimming(GraphMethod):
     """
 
     name = "slimming"
+    silences_removal_set = True
     default_scope = "global"
 
     def __init__(self, model: nn.Module, example_inputs: Any, *, s: float = 1e-4, **target: Any):

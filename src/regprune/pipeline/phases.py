@@ -13,6 +13,7 @@ an uninterrupted one does.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -86,13 +87,30 @@ def prune(ctx: RunContext, progress: Progress) -> PhaseResult:
     ctx.reseed("prune")
     test = ctx.loaders.test
     acc_before = evaluate(method.model, test, ctx.device)["acc"]
-    pruned = method.prune(ctx.calibration_batches())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruned = method.prune(ctx.calibration_batches())
+    removal = dict(method.removal_report())
+    if caught:
+        removal["warnings"] = [str(w.message) for w in caught]
+    for text in removal.get("warnings", []):
+        logger.warning("[prune] %s", text)
     acc_after = evaluate(pruned, test, ctx.device)["acc"]
     logger.info(
         "[prune] test acc %.2f %% before pruning, %.2f %% right after",
         100 * acc_before,
         100 * acc_after,
     )
+    if "removed_inputs" in removal:
+        logger.info(
+            "[prune] removed channels: %d of %d constant where read (largest relative range "
+            "%.2e); compensate=%s folded %d",
+            removal["constant_inputs"],
+            removal["removed_inputs"],
+            removal["max_relative_range"],
+            removal["mode"],
+            removal["folded_inputs"],
+        )
     if ctx.main:
         save_pruned(pruned, ctx.run_dir.path(PRUNED_FILE))
         plan = getattr(method, "last_plan", None)
@@ -109,7 +127,7 @@ def prune(ctx: RunContext, progress: Progress) -> PhaseResult:
         )
     ctx.wait_for_main()
     ctx.method = method
-    return {"acc_before_prune": acc_before, "acc_after_prune": acc_after}
+    return {"acc_before_prune": acc_before, "acc_after_prune": acc_after, "removal": removal}
 
 
 def finetune(ctx: RunContext, progress: Progress) -> PhaseResult:

@@ -81,4 +81,5 @@ def build_summary(ctx: RunContext, progress: Progress) -> RunSummary:
         target_macs=config.method.target_macs,
         weight_sparsity=weight_sparsity(final),
         acc_baseline=[baseline] if baseline is not None else None,
+        removal=prune_result.get("removal"),
     )

@@ -81,6 +81,25 @@ def _header(summary: RunSummary) -> list[str]:
     ]
 
 
+def _removal(summary: RunSummary) -> list[str]:
+    """How silent the removed channels were, and what compensation folded (issue: lossless)."""
+    removal = summary.removal or {}
+    lines = []
+    if "removed_inputs" in removal:
+        lines.append(
+            f"Removed channels, measured where they are read: {removal['constant_inputs']} of "
+            f"{removal['removed_inputs']} were constant (largest range relative to the kept "
+            f"channels' {removal['max_relative_range']:.2e}); compensation "
+            f"`{removal['mode']}` folded {removal['folded_inputs']} of them into the biases of "
+            f"{removal['consumers']} layers."
+        )
+        lines.append("")
+    lines += [f"**Warning:** {text}" for text in removal.get("warnings", [])]
+    if removal.get("warnings"):
+        lines.append("")
+    return lines
+
+
 def _results(summary: RunSummary) -> list[str]:
     headers = ["", "before pruning", "after pruning (no fine-tune)", "after fine-tune"]
     cells = [
@@ -101,7 +120,7 @@ def _results(summary: RunSummary) -> list[str]:
         ["", "before", "after", "reduction"],
         [[name, format_count(b), format_count(a), reduction(b, a)] for name, b, a in cost_rows],
     )
-    lines = ["## Results", "", accuracy, "", cost, ""]
+    lines = ["## Results", "", accuracy, "", *_removal(summary), cost, ""]
     lines += [
         "Accuracy after fine-tune is the final epoch's, not the best epoch's. MACs count one "
         "forward of one sample; FLOPs are 2 x MACs.",

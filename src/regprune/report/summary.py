@@ -13,6 +13,7 @@ import os
 import platform
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -66,6 +67,9 @@ class RunSummary:
             (what unstructured methods deliver; near 0 for structured ones).
         acc_baseline: test accuracy of the pretrained model, before any sparsity training:
             what the final accuracy is compared with. None in summaries that predate it.
+        removal: how silent the removed channels were where they are read and what the
+            compensation folded (:class:`regprune.surgery.CompensationReport` as a dict), with
+            the method's warnings about an unfinished schedule; None when not recorded.
         machine: where the numbers were measured; defaults to the current machine.
         schema_version: format version of the JSON file.
     """
@@ -90,6 +94,7 @@ class RunSummary:
     target_macs: float | None = None
     weight_sparsity: float = 0.0
     acc_baseline: list[float] | None = None
+    removal: dict[str, Any] | None = None
     machine: str = field(default_factory=describe_machine)
     schema_version: int = SCHEMA_VERSION
 

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import copy
 import itertools
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from regprune.surgery.compensate import (
+    CompensationReport,
+    check_compensate,
+    fold_removed_inputs,
+    probe_inputs,
+)
 from regprune.surgery.rules import refresh_attributes
 
 if TYPE_CHECKING:
@@ -81,17 +88,73 @@ def _own_the_rest(original: nn.Module, pruned: nn.Module) -> None:
                     store[name] = copy.deepcopy(tensor, copies)
 
 
-def apply_plan(model: nn.Module, graph: DependencyGraph, plan: Plan) -> nn.Module:
-    """Return a pruned deep copy of ``model``; ``model`` itself is not modified."""
+def apply_plan(
+    model: nn.Module,
+    graph: DependencyGraph,
+    plan: Plan,
+    *,
+    compensate: str | None = "constant",
+    calibration: Iterable[Any] | None = None,
+) -> nn.Module:
+    """Return a pruned deep copy of ``model``; ``model`` itself is not modified.
+
+    Args:
+        compensate: ``"constant"`` (default) folds removed channels whose output is constant
+            into the biases of the layers that read them, so that removing a silenced channel
+            changes nothing; ``"mean"`` folds every removed channel's mean over
+            ``calibration``; ``"none"`` (or None) drops them as they are.
+            See :mod:`regprune.surgery.compensate`.
+        calibration: batches (``inputs`` or ``(inputs, targets)``) for ``compensate="mean"``.
+    """
+    return apply_plan_with_report(
+        model, graph, plan, compensate=compensate, calibration=calibration
+    )[0]
+
+
+def apply_plan_with_report(
+    model: nn.Module,
+    graph: DependencyGraph,
+    plan: Plan,
+    *,
+    compensate: str | None = "constant",
+    calibration: Iterable[Any] | None = None,
+) -> tuple[nn.Module, CompensationReport]:
+    """:func:`apply_plan`, also returning what the compensation found and folded."""
+    calibration = list(calibration) if calibration is not None else None
+    mode = check_compensate(compensate, bool(calibration))
+    pruned, cuts = _cut(model, graph, plan)
+    if mode == "mean":
+        batches = calibration
+    elif graph.example_inputs is not None:
+        batches = probe_inputs(graph.example_inputs)
+    else:
+        raise PlanError(
+            "compensate='constant' needs the example inputs the graph was traced with; "
+            "trace with regprune.graph.trace_graph or pass compensate=None"
+        )
+    report = fold_removed_inputs(model, pruned, graph, cuts, mode, batches)
+    return pruned, report
+
+
+Cuts = dict[str, tuple[torch.Tensor, torch.Tensor]]
+"""Per layer that loses some of its inputs: (dropped inputs, kept outputs) masks."""
+
+
+def _cut(model: nn.Module, graph: DependencyGraph, plan: Plan) -> tuple[nn.Module, Cuts]:
+    """The physically smaller copy, and where layers lost inputs (for compensation)."""
     keep = kept_components(graph, plan)
     pruned = _copy_sharing_tensors(model)
     touched: dict[str, nn.Module] = {}
+    cuts: Cuts = {}
     for record in graph.records:
         module = pruned.get_submodule(record.name)
         keep_in = atoms_kept(graph, keep, record.in_atoms)
         keep_out = atoms_kept(graph, keep, record.out_atoms)
         if bool(keep_in.all()) and bool(keep_out.all()):
             continue
+        # grouped convs lose whole groups, inputs with their outputs: nothing left to fold into
+        if record.groups == 1 and keep_in.numel() and not keep_in.all() and keep_in.any():
+            cuts[record.name] = (~keep_in, keep_out)
         record.rule.slice_(module, keep_in, keep_out)
     for slicing in graph.free_slicings:
         kept_index = (slicing.component < 0) | keep[slicing.component.clamp(min=0)]
@@ -111,7 +174,7 @@ def apply_plan(model: nn.Module, graph: DependencyGraph, plan: Plan) -> nn.Modul
         refresh_attributes(owner)
     _own_the_rest(model, pruned)
     _retie(model, pruned)
-    return pruned
+    return pruned, cuts
 
 
 def _retie(original: nn.Module, pruned: nn.Module) -> None:

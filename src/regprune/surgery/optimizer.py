@@ -52,6 +52,10 @@ def rebuild_optimizer(
                 "params": [new_params[n] for n in names],
             }
         )
+    # a bias that compensation created (the layer had none) trains with the first group
+    created = [p for n, p in new_params.items() if n not in set(old_names.values())]
+    if created and groups:
+        groups[0]["params"] = groups[0]["params"] + created
     rebuilt = type(optimizer)(groups, **optimizer.defaults)
     old_params = dict(original.named_parameters())
     keys = {
@@ -66,7 +70,7 @@ def rebuild_optimizer(
             for name, param in carrier.named_parameters():
                 value = optimizer.state.get(old_params[name], {}).get(key)
                 param.copy_(value if value is not None else torch.zeros_like(param))
-        sliced = dict(apply_plan(carrier, graph, plan).named_parameters())
+        sliced = dict(apply_plan(carrier, graph, plan, compensate=None).named_parameters())
         for name, param in old_params.items():
             if key in optimizer.state.get(param, {}):
                 rebuilt.state[new_params[name]][key] = sliced[name].detach().clone()

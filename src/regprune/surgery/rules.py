@@ -70,6 +70,17 @@ class LayerRule:
         """Slice the module's parameters in place (on the surgery's copy) and fix attributes."""
         raise NotImplementedError
 
+    def input_channel_dim(self, x: torch.Tensor) -> int:
+        """The dim of the layer's input that holds its input channels."""
+        return 1
+
+    def response_to_constant_input(
+        self, module: nn.Module, values: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Per output channel, what the layer adds when input channel ``i`` holds ``values[i]``
+        everywhere (bias excluded); None when no bias can stand for it (grouped layers)."""
+        return None
+
 
 def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
     old = getattr(module, name)
@@ -118,6 +129,17 @@ class ConvRule(LayerRule):
         module.in_channels = int(keep_in.sum())
         module.out_channels = int(keep_out.sum())
 
+    def response_to_constant_input(
+        self, module: nn.Module, values: torch.Tensor
+    ) -> torch.Tensor | None:
+        # every tap of the kernel sees the constant, except taps in the zero padding at the
+        # border: exact in the interior (docs/architecture.md, "Lossless removal")
+        if module.groups != 1:
+            return None
+        weight = module.weight.detach()
+        taps = weight.flatten(2).sum(dim=2).to(values.dtype)  # (out, in)
+        return taps @ values
+
 
 class ConvTransposeRule(ConvRule):
     """ConvTranspose: weight is (in, out/groups, k...), the transpose of a conv's layout."""
@@ -143,6 +165,18 @@ class ConvTransposeRule(ConvRule):
             module.groups = int(keep_in.sum()) // in_per_group
         module.in_channels = int(keep_in.sum())
         module.out_channels = int(keep_out.sum())
+
+    def response_to_constant_input(
+        self, module: nn.Module, values: torch.Tensor
+    ) -> torch.Tensor | None:
+        # a transposed conv spreads each input value over its kernel: interior outputs receive
+        # every tap once per stride phase, so the fold is exact only for stride 1 (our choice:
+        # strided transposed convs are not compensated)
+        if module.groups != 1 or any(s != 1 for s in module.stride):
+            return None
+        weight = module.weight.detach()
+        taps = weight.flatten(2).sum(dim=2).to(values.dtype)  # (in, out)
+        return values @ taps
 
 
 class LinearRule(LayerRule):
@@ -171,6 +205,14 @@ class LinearRule(LayerRule):
             _replace(module, "bias", module.bias[keep_out])
         module.in_features = int(keep_in.sum())
         module.out_features = int(keep_out.sum())
+
+    def input_channel_dim(self, x: torch.Tensor) -> int:
+        return x.dim() - 1
+
+    def response_to_constant_input(
+        self, module: nn.Module, values: torch.Tensor
+    ) -> torch.Tensor | None:
+        return module.weight.detach().to(values.dtype) @ values
 
 
 class EmbeddingRule(LayerRule):
@@ -235,8 +277,7 @@ def input_channel_atoms(rule: LayerRule, x_label: torch.Tensor, x: torch.Tensor,
     """Atoms of the layer's input channels, or None if the input is not channel-structured."""
     if isinstance(rule, EmbeddingRule):
         return torch.zeros(0, dtype=torch.long)
-    dim = x.dim() - 1 if isinstance(rule, LinearRule) else 1
-    return channel_vector(x_label, dim, rule.input_channels(module))
+    return channel_vector(x_label, rule.input_channel_dim(x), rule.input_channels(module))
 
 
 def output_label(rule: LayerRule, out_atoms: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

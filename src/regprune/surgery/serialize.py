@@ -111,10 +111,7 @@ def load_pruned(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         )
     for key, shape in payload["shapes"].items():
         if key not in own:
-            raise ValueError(
-                f"{path}: tensor '{key}' does not exist in the given model; "
-                "build the architecture it was pruned from"
-            )
+            own[key] = _empty_slot(model, key, path)
         tensor = own[key]
         if list(tensor.shape) != shape:
             module_name, _, attr = key.rpartition(".")
@@ -131,6 +128,22 @@ def load_pruned(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             own_after[key].copy_(value)
     _retie(model, own)
     return model
+
+
+def _empty_slot(model: nn.Module, key: str, path: str | os.PathLike) -> nn.Parameter:
+    """A parameter the pruned model has where the original's slot is None: the bias that
+    compensation gave a layer built without one (``Conv2d(..., bias=False)``)."""
+    module_name, _, attr = key.rpartition(".")
+    owner = model.get_submodule(module_name) if module_name else model
+    if attr not in owner._parameters or owner._parameters[attr] is not None:
+        raise ValueError(
+            f"{path}: tensor '{key}' does not exist in the given model; "
+            "build the architecture it was pruned from"
+        )
+    weight = getattr(owner, "weight", None)
+    like = weight if isinstance(weight, torch.Tensor) else torch.empty(0)
+    owner._parameters[attr] = nn.Parameter(torch.empty(0, dtype=like.dtype, device=like.device))
+    return owner._parameters[attr]
 
 
 def _retie(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
