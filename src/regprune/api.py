@@ -51,6 +51,8 @@ def make_plan(
     ``graph``, which must then be given too).
     """
     validate_target(ratio, target_macs, scope, round_to, max_ratio)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an integer, got {type(seed).__name__} {seed!r}")
     if graph is None:
         graph = trace_graph(model, example_inputs, ignore=ignore)
     criterion = get_importance(importance, seed=seed)

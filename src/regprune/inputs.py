@@ -15,16 +15,25 @@ def as_input_tuple(example_inputs: ExampleInputs) -> tuple[torch.Tensor, ...]:
     Raises:
         TypeError: not a tensor nor a non-empty sequence of tensors (a dict, say, would otherwise
             fail deep inside the model with an unrelated message).
+        ValueError: an empty batch (it would fail inside the model, blaming a layer).
     """
     if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if (
+        inputs: tuple[torch.Tensor, ...] = (example_inputs,)
+    elif (
         isinstance(example_inputs, Sequence)
         and len(example_inputs) > 0
         and all(isinstance(x, torch.Tensor) for x in example_inputs)
     ):
-        return tuple(example_inputs)
-    raise TypeError(
-        "example_inputs must be a tensor or a non-empty tuple of tensors, "
-        f"got {type(example_inputs).__name__}"
-    )
+        inputs = tuple(example_inputs)
+    else:
+        raise TypeError(
+            "example_inputs must be a tensor or a non-empty tuple or list of tensors (the "
+            f"model's positional arguments), got {type(example_inputs).__name__}"
+        )
+    for i, x in enumerate(inputs):
+        if x.dim() > 0 and x.shape[0] == 0:
+            raise ValueError(
+                f"example_inputs[{i}] is an empty batch (shape {tuple(x.shape)}); pass at least "
+                "one sample (batch 1 is enough)"
+            )
+    return inputs

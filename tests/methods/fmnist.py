@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import copy
 from functools import cache
-from pathlib import Path
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from regprune.models import create_model
+from tests.real_data import needs_fashion_mnist
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
-needs_fmnist = pytest.mark.skipif(
-    not FMNIST.is_dir(), reason="apt-get install dataset-fashion-mnist (CI installs it)"
-)
+needs_fmnist = needs_fashion_mnist
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 

@@ -9,19 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 import yaml
-
-from regprune.data.sources import DEBIAN_FASHION_MNIST_DIR, default_cache_dir
-
-HAS_FASHION_MNIST = (
-    DEBIAN_FASHION_MNIST_DIR.is_dir() or (default_cache_dir() / "FashionMNIST" / "raw").is_dir()
-)
-needs_fashion_mnist = pytest.mark.skipif(
-    not HAS_FASHION_MNIST,
-    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
-)
 
 TINY: dict[str, Any] = {
     "seed": 0,

@@ -24,6 +24,7 @@ import regprune as rp
 from regprune.allocation import BudgetError, MacsModel, Plan
 from regprune.surgery import apply_plan
 from tests.exactness import check_exact
+from tests.fingerprint import assert_same_fingerprint, fingerprint
 from tests.property.archs import Program, ProgramNet, build, programs
 
 IMPORTANCES = ("l1", "l2", "fpgm", "random", "bn_scale")
@@ -49,30 +50,11 @@ def _outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x)
 
 
-def _snapshot(model: torch.nn.Module) -> dict:
-    return {
-        "training": model.training,
-        "tensors": {k: v.clone() for k, v in model.state_dict().items()},
-        "params": [(name, id(p), p.requires_grad) for name, p in model.named_parameters()],
-        "modules": [(name, type(m).__name__) for name, m in model.named_modules()],
-    }
-
-
-def _assert_unchanged(model: torch.nn.Module, before: dict) -> None:
-    after = _snapshot(model)
-    assert after["training"] == before["training"]
-    assert after["params"] == before["params"]
-    assert after["modules"] == before["modules"]
-    assert after["tensors"].keys() == before["tensors"].keys()
-    for key, tensor in before["tensors"].items():
-        assert torch.equal(after["tensors"][key], tensor), f"{key} changed"
-
-
 def check_prune_properties(program: Program, ratio: float, importance: str, scope: str) -> None:
     """(a) traces, (b) runs with the same output shape, (c) exact, (d) caller's model unchanged."""
     model = build(program)
     x = program.example_input()
-    before = _snapshot(model)
+    before = fingerprint(model)
     reference = _outputs(model, x)
 
     graph = rp.trace_graph(model, x)
@@ -86,7 +68,7 @@ def check_prune_properties(program: Program, ratio: float, importance: str, scop
 
     check_exact(model, x, ratio, importance=importance, scope=scope, seed=program.seed)
 
-    _assert_unchanged(model, before)
+    assert_same_fingerprint(before, fingerprint(model))
     assert torch.equal(_outputs(model, x), reference)
 
 

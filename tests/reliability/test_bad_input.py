@@ -509,3 +509,53 @@ def test_methods_are_reachable_from_the_top_level_package(monkeypatch: pytest.Mo
     monkeypatch.delattr(regprune, "methods")
     importlib.reload(regprune)
     assert "masksparsity" in regprune.methods.available()
+
+
+# ---- the inputs issue 17 found with deep or no errors ----------------------------------------
+
+
+def test_round_to_true_is_refused_at_the_door() -> None:
+    with pytest.raises(ValueError, match=r"round_to must be a positive integer .* got True"):
+        rp.prune(small_cnn(), X, ratio=0.5, round_to=True)
+
+
+@pytest.mark.parametrize("entry", ["model", ""])
+def test_ignoring_the_model_itself_is_refused(entry: str) -> None:
+    model = small_cnn()
+    with pytest.raises(ValueError, match="ignore names the model itself"):
+        rp.prune(model, X, ratio=0.5, ignore=[model if entry == "model" else ""])
+
+
+def test_a_list_of_tensors_works_and_the_message_says_so() -> None:
+    model = small_cnn()
+    assert rp.prune(model, [X], ratio=0.5)(X).shape == model(X).shape
+    with pytest.raises(TypeError, match="a non-empty tuple or list of tensors"):
+        rp.prune(model, {"x": X}, ratio=0.5)
+
+
+def test_an_empty_batch_is_named_not_blamed_on_a_layer() -> None:
+    with pytest.raises(ValueError, match=r"example_inputs\[0\] is an empty batch \(shape \(0, 3"):
+        rp.prune(small_cnn(), X[:0], ratio=0.5)
+
+
+def test_a_meta_model_says_what_to_do() -> None:
+    with torch.device("meta"):
+        model = small_cnn_meta()
+    x = torch.randn(1, 3, 8, 8, device="meta")
+    with pytest.raises(ValueError, match="on the meta device .* importance='random'"):
+        rp.prune(model, x, ratio=0.5)
+    small = rp.prune(model, x, ratio=0.5, importance="random")
+    assert small[0].out_channels == 4
+
+
+def small_cnn_meta() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )

@@ -408,10 +408,13 @@ def validate_target(
         raise ValueError(
             f"target_macs must be in (0, 1] (fraction of the MACs kept), got {target_macs}"
         )
-    if scope not in SCOPES:
+    if not isinstance(scope, str) or scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
-    if not isinstance(round_to, int) or round_to < 1:
-        raise ValueError(f"round_to must be a positive integer, got {round_to!r}")
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(
+            f"round_to must be a positive integer (kept widths are multiples of it), "
+            f"got {round_to!r}"
+        )
     if isinstance(max_ratio, bool) or not isinstance(max_ratio, Real) or not 0 < max_ratio <= 1:
         raise ValueError(
             f"max_ratio must be in (0, 1] (the most of one group that may go), got {max_ratio!r}"

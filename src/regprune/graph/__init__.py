@@ -18,12 +18,23 @@ def resolve_ignore(
     model: nn.Module, ignore: Iterable[nn.Module | str] | nn.Module | str
 ) -> list[str]:
     """Turn ``ignore`` entries (modules or qualified names) into names, rejecting strangers."""
+    if ignore is None:
+        return []
     if isinstance(ignore, (str, nn.Module)):
         ignore = [ignore]  # one entry, not a sequence of characters / children
+    if not isinstance(ignore, Iterable):
+        raise TypeError(
+            f"ignore must be a list of modules or module names, got {type(ignore).__name__}"
+        )
     names_by_id = {id(m): name for name, m in model.named_modules()}
     all_names = set(names_by_id.values())
     resolved = []
     for entry in ignore:
+        if entry is model or entry == "":
+            raise ValueError(
+                "ignore names the model itself: that would keep every channel; pass its "
+                "submodules (e.g. model.fc) or their names, or leave ignore empty"
+            )
         if isinstance(entry, nn.Module):
             if id(entry) not in names_by_id:
                 raise ValueError(
@@ -43,7 +54,9 @@ def resolve_ignore(
                 raise ValueError(f"ignore entry '{entry}' names no submodule of the model{hint}")
             resolved.append(entry)
         else:
-            raise TypeError(f"ignore entries must be modules or names, got {type(entry).__name__}")
+            raise TypeError(
+                f"ignore entries must be modules or names, got {type(entry).__name__}"
+            )
     return resolved
 
 

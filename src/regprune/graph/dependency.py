@@ -39,6 +39,8 @@ class Unprunable:
     reason: str
 
     def __str__(self) -> str:
+        if not self.total:
+            return f"{self.layer}: kept whole ({self.reason})"
         return f"{self.layer}: {self.channels}/{self.total} channels kept whole ({self.reason})"
 
 
@@ -128,6 +130,7 @@ def build_dependency_graph(model: nn.Module, tracer: Tracer) -> DependencyGraph:
         group.slices = slices[group.id]
     graph.unprunable = _unprunable(records, component, locked, reason_of, atoms.lock_reasons)
     graph.unprunable += _locked_weights(tracer, component, locked, reason_of, atoms.lock_reasons)
+    graph.unprunable += [Unprunable(name, 0, 0, reason) for name, reason in tracer.opaque.items()]
     return graph
 
 

@@ -34,8 +34,9 @@ from regprune.surgery.rules import (
 )
 
 
-class TraceError(RuntimeError):
-    """The model's forward failed while being traced."""
+class TraceError(RuntimeError, ValueError):
+    """The model's forward failed while being traced: most often example inputs the model does
+    not accept, hence also a ValueError (the public API's contract for bad arguments)."""
 
 
 @dataclass
@@ -84,6 +85,8 @@ class Tracer(TorchFunctionMode):
         self.atoms = AtomTable()
         self.labels: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self.records: dict[str, LayerRecord] = {}
+        self.opaque: dict[str, str] = {}
+        """Layers traced as black boxes (name -> reason), listed as kept whole."""
         self.free_params: dict[tuple[str, str], FreeParam] = {}
         self.ignored = tuple(ignored)
         self.module_stack: list[str] = [""]
@@ -249,7 +252,7 @@ class Tracer(TorchFunctionMode):
                         if rule is not None:
                             self._record_layer(name, module, rule, args, output)
                         else:
-                            self._record_opaque(module, args, output)
+                            self._record_opaque(module, args, output, name)
                 finally:
                     self._busy = False
         self.module_stack.pop()
@@ -259,7 +262,7 @@ class Tracer(TorchFunctionMode):
     ) -> None:
         x = args[0]
         if not isinstance(output, torch.Tensor) or not isinstance(x, torch.Tensor):
-            self._record_opaque(module, args, output)
+            self._record_opaque(module, args, output, name)
             return
         x_label = self.label(x)
         in_atoms = input_channel_atoms(rule, x_label, x, module)
@@ -294,8 +297,9 @@ class Tracer(TorchFunctionMode):
                 out_atoms[constant_input], record.name, "a group reads a fixed-size input"
             )
 
-    def _record_opaque(self, module: nn.Module, args: tuple, output: Any) -> None:
+    def _record_opaque(self, module: nn.Module, args: tuple, output: Any, name: str) -> None:
         reason = opaque_reason(module) or f"{type(module).__name__} cannot be traced into"
+        self.opaque[name] = reason
         self.lock_inputs(iter_tensors(args), reason)
         for tensor in iter_tensors(output):
             self.set_label(tensor, self.locked_label(tensor, reason))

@@ -20,8 +20,16 @@ class Importance:
 
     name = "base"
     comparable = False
+    reads_weights = True
+    """False for criteria that never look at values (random): they also score meta models."""
 
     def __call__(self, model: nn.Module, graph: DependencyGraph) -> dict[int, torch.Tensor]:
+        if self.reads_weights and any(p.is_meta for p in model.parameters()):
+            raise ValueError(
+                f"importance {self.name!r} reads the weights, but the model is on the meta "
+                "device (shapes, no values): load real weights first (model.to_empty(device="
+                "'cpu') then load_state_dict), or use importance='random'"
+            )
         return {group.id: self.group_scores(model, group) for group in graph.groups}
 
     def group_scores(self, model: nn.Module, group: ChannelGroup) -> torch.Tensor:
@@ -122,6 +130,7 @@ class RandomImportance(Importance):
 
     name = "random"
     comparable = True
+    reads_weights = False
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
@@ -146,6 +155,11 @@ def get_importance(name: str | Importance, **kwargs) -> Importance:
     """An importance criterion by name (``l1``, ``l2``, ``bn_scale``, ``fpgm``, ``random``)."""
     if isinstance(name, Importance):
         return name
+    if not isinstance(name, str):
+        raise TypeError(
+            f"importance must be a name ({sorted(IMPORTANCES)}) or an Importance, "
+            f"got {type(name).__name__}"
+        )
     if name not in IMPORTANCES:
         raise ValueError(f"unknown importance {name!r}; choose one of {sorted(IMPORTANCES)}")
     return IMPORTANCES[name](**kwargs)

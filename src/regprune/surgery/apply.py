@@ -123,6 +123,11 @@ def apply_plan_with_report(
     calibration = list(calibration) if calibration is not None else None
     mode = check_compensate(compensate, bool(calibration))
     pruned, cuts = _cut(model, graph, plan)
+    if any(p.is_meta for p in model.parameters()):
+        # a meta model has shapes, no values: there is nothing to measure or fold
+        report = CompensationReport(mode)
+        report.not_foldable.append("the model is on the meta device (no values to fold)")
+        return pruned, report
     if mode == "mean":
         batches = calibration
     elif graph.example_inputs is not None:

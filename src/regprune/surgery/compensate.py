@@ -48,7 +48,7 @@ CONSTANT_RTOL = 1e-3
 def check_compensate(compensate: str | None, has_data: bool) -> str:
     """Validate a ``compensate`` argument; None means ``"none"``."""
     mode = "none" if compensate is None else compensate
-    if mode not in COMPENSATION_MODES:
+    if not isinstance(mode, str) or mode not in COMPENSATION_MODES:
         raise ValueError(
             f"compensate must be one of {COMPENSATION_MODES} or None, got {compensate!r}"
         )

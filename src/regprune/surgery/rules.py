@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from regprune.graph.labels import channel_label, channel_vector
 
@@ -258,8 +259,16 @@ OPAQUE_LAYERS: dict[type[nn.Module], str] = {
 """Layers traced as black boxes: everything they read or write is locked, with this reason."""
 
 
+PARAMETRIZED_REASON = (
+    "its weight is parametrized (weight_norm, spectral_norm ...): the parametrization couples "
+    "every channel (a norm over the whole weight), so the layer is kept whole"
+)
+
+
 def rule_for(module: nn.Module) -> LayerRule | None:
     """The rule that traces and slices ``module``, or None to trace through its forward."""
+    if parametrize.is_parametrized(module):
+        return None
     for rule in LAYER_RULES:
         if rule.applies_to(module):
             return rule
@@ -267,6 +276,8 @@ def rule_for(module: nn.Module) -> LayerRule | None:
 
 
 def opaque_reason(module: nn.Module) -> str | None:
+    if parametrize.is_parametrized(module):
+        return PARAMETRIZED_REASON
     for layer_type, reason in OPAQUE_LAYERS.items():
         if isinstance(module, layer_type):
             return reason
