@@ -542,7 +542,7 @@ def test_a_meta_model_says_what_to_do() -> None:
     with torch.device("meta"):
         model = small_cnn_meta()
     x = torch.randn(1, 3, 8, 8, device="meta")
-    with pytest.raises(ValueError, match="on the meta device .* importance='random'"):
+    with pytest.raises(ValueError, match=r"on the meta device .* importance='random'"):
         rp.prune(model, x, ratio=0.5)
     small = rp.prune(model, x, ratio=0.5, importance="random")
     assert small[0].out_channels == 4
