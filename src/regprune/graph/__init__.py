@@ -54,9 +54,7 @@ def resolve_ignore(
                 raise ValueError(f"ignore entry '{entry}' names no submodule of the model{hint}")
             resolved.append(entry)
         else:
-            raise TypeError(
-                f"ignore entries must be modules or names, got {type(entry).__name__}"
-            )
+            raise TypeError(f"ignore entries must be modules or names, got {type(entry).__name__}")
     return resolved
 
 
