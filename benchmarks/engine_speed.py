@@ -493,7 +493,7 @@ def render(report: dict[str, Any]) -> str:
     median_ratio = statistics.median(working) if working else None
     median_all = statistics.median(both) if both else None
     densenet = ratios.get("densenet201")
-    lines += ["", "## Targets (DESIGN.md)", ""]
+    lines += ["", "## Targets (docs/specs/DESIGN.md)", ""]
     lines.append(
         "| target | measured | met |\n|---|---|---|\n"
         + (

@@ -1,4 +1,4 @@
-"""Can NNI (the other peer DESIGN.md names) physically prune here? A reproducible check.
+"""Can NNI (the other peer docs/specs/DESIGN.md names) physically prune here? A reproducible check.
 
 NNI's pruners only compute masks; the speedup (``ModelSpeedup``) is what removes channels, and
 it is what a fair comparison needs (same MACs, measured latency). This script runs NNI's own

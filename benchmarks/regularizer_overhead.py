@@ -1,4 +1,4 @@
-"""Per-step cost of each method's regularizer against plain training (DESIGN.md target: <= 5%).
+"""Per-step cost of each method's regularizer against plain training (docs/specs/DESIGN.md target: <= 5%).
 
 What is timed is what a user's run does every iteration: ``regprune.train.train_one_epoch``
 over in-memory batches, once with no method and once with the method installed (penalty in
@@ -157,7 +157,7 @@ def _write(out: Path, rows: list[dict], command: str, args: argparse.Namespace) 
         "Whole step = median over rounds of (time per iteration with the method) / (plain). "
         "Own work = the method's penalty, its backward, after_backward and step timed alone, "
         "over the plain step (module doc: precise, but blind to what a method changes in the "
-        "forward, i.e. L0's gates). DESIGN.md target: at most 1.05, i.e. 5% extra.",
+        "forward, i.e. L0's gates). docs/specs/DESIGN.md target: at most 1.05, i.e. 5% extra.",
         "",
         "| model | method | phase timed | plain ms/iter | method ms/iter | whole step "
         "(median) | min - max | own work ms | own work / plain step |",

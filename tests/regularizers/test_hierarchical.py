@@ -37,7 +37,7 @@ def test_variant_values(variant: str, expected: float):
     conv = make_conv()
     reg = HierarchicalGroupSparsity([conv], lam=1e-3, variant=variant)  # type: ignore[arg-type]
     assert reg.hgsr().item() == pytest.approx(expected)
-    # METHODS.md: 0.5 * lambda * HGSR + 0.5 * lambda * L1
+    # docs/specs/METHODS.md: 0.5 * lambda * HGSR + 0.5 * lambda * L1
     assert reg.penalty().item() == pytest.approx(0.5e-3 * expected + 0.5e-3 * L1)
     no_l1 = HierarchicalGroupSparsity([conv], lam=1e-3, variant=variant, l1=False)  # type: ignore[arg-type]
     assert no_l1.penalty().item() == pytest.approx(0.5e-3 * expected)

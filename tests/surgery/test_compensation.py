@@ -3,36 +3,22 @@ outputs unchanged (their value is folded into the layers that read them)."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torchvision
 from torch import nn
 
 import regprune as rp
-from regprune.allocation import Plan
 from regprune.api import make_plan
-from regprune.graph import DependencyGraph
 from regprune.models import create_model
-from regprune.surgery import apply_plan, apply_plan_with_report, rebuild_optimizer
-from regprune.surgery.apply import atoms_kept, kept_components
+from regprune.surgery import (
+    apply_plan,
+    apply_plan_with_report,
+    rebuild_optimizer,
+    silence_channels,
+)
 from tests.exactness import exact_only
 from tests.zoo import ZOO, randomize_norms
-
-
-def silence(model: nn.Module, graph: DependencyGraph, plan: Plan) -> nn.Module:
-    """A copy whose planned channels output a constant: producer weights zeroed, biases and norms
-    kept (what slimming leaves: gamma ~0, beta alive)."""
-    keep = kept_components(graph, plan)
-    silenced = copy.deepcopy(model)
-    with torch.no_grad():
-        for record in graph.records:
-            drop = ~atoms_kept(graph, keep, record.out_atoms)
-            if bool(drop.any()):
-                weight = silenced.get_submodule(record.name).weight
-                weight.movedim(record.rule.out_dim, 0)[drop] = 0
-    return silenced
 
 
 def with_biases(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -66,7 +52,7 @@ def check_constant_clause(model: nn.Module, x: torch.Tensor, ratio: float = 0.5)
     graph, plan = make_plan(model, x[:1], ratio=ratio, importance="random")
     plan = exact_only(graph, plan)
     assert plan.num_dropped() > 0
-    silenced = silence(model, graph, plan).eval()
+    silenced = silence_channels(model, graph, plan).eval()
     pruned, report = apply_plan_with_report(silenced, graph, plan)
     assert report.folded_inputs == report.constant_inputs == report.removed_inputs
     assert not report.not_foldable
@@ -92,7 +78,7 @@ def test_a_strided_transposed_conv_is_named_as_not_foldable() -> None:
     model = replicate_padding(with_biases(randomize_norms(model))).eval()
     graph, plan = make_plan(model, x[:1], ratio=0.5, importance="random")
     plan = exact_only(graph, plan)
-    _, report = apply_plan_with_report(silence(model, graph, plan), graph, plan)
+    _, report = apply_plan_with_report(silence_channels(model, graph, plan), graph, plan)
     assert [entry.split(" ")[0] for entry in report.not_foldable] == ["up"]
     assert "no bias can stand for it" in report.not_foldable[0]
     assert 0 < report.folded_inputs < report.constant_inputs
@@ -137,7 +123,7 @@ def test_zero_padded_kxk_consumers_keep_a_border_error_smaller_than_dropping() -
     model = with_biases(randomize_norms(create_model("resnet20", num_classes=10, in_channels=3)))
     x = torch.randn(2, 3, 32, 32)
     graph, plan = make_plan(model.eval(), x[:1], ratio=0.5, importance="random")
-    silenced = silence(model, graph, plan).eval()
+    silenced = silence_channels(model, graph, plan).eval()
     folded = max_error(apply_plan(silenced, graph, plan), silenced, x)
     dropped = max_error(apply_plan(silenced, graph, plan, compensate=None), silenced, x)
     assert 0 < folded < 0.5 * dropped
@@ -172,7 +158,7 @@ def test_a_created_bias_saves_loads_and_trains(tmp_path) -> None:
     model = with_biases(randomize_norms(create_model("resnet20", num_classes=10, in_channels=1)))
     x = torch.randn(2, 1, 28, 28)
     graph, plan = make_plan(model.eval(), x[:1], ratio=0.5, importance="random")
-    silenced = silence(model, graph, plan).eval()
+    silenced = silence_channels(model, graph, plan).eval()
     pruned = apply_plan(silenced, graph, plan)
     assert silenced.layer1[0].conv2.bias is None and pruned.layer1[0].conv2.bias is not None
     rp.save_pruned(pruned, tmp_path / "small.pt")

@@ -65,12 +65,6 @@ class AtomTable:
             self._edges_a.append(packed // _PACK)
             self._edges_b.append(packed % _PACK)
 
-    def couple_all(self, atoms: torch.Tensor) -> None:
-        """Record that all the given atoms go together (a grouped-conv group, a GN group)."""
-        atoms = torch.unique(atoms[atoms >= 0])
-        if atoms.numel() > 1:
-            self.couple(atoms[:1].expand(atoms.numel() - 1), atoms[1:])
-
     def lock(self, atoms: torch.Tensor, where: str, reason: str) -> None:
         """Make the given atoms, and every atom coupled with them, unremovable; remember why.
 

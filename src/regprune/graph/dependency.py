@@ -69,13 +69,6 @@ class DependencyGraph:
     model_type: str = ""
     example_inputs: Any = None
 
-    def channel_index(self, atoms: torch.Tensor, group_id: int) -> torch.Tensor:
-        """Group channel index of each atom (-1 for atoms outside the group or no atom)."""
-        valid = atoms >= 0
-        component = self.component[atoms.clamp(min=0)]
-        inside = valid & (self.group_of_component[component] == group_id)
-        return torch.where(inside, self.channel_of_component[component], -1)
-
     def group_components(self, group_id: int) -> torch.Tensor:
         """Component id of each channel of a group, in channel order."""
         in_group = torch.nonzero(self.group_of_component == group_id).reshape(-1)

@@ -57,7 +57,7 @@ class GraphMethod(PruningMethod):
     """True for methods whose regularizer is meant to silence what they remove: they warn at
     prune time when it did not (a one-shot criterion removes live channels by design)."""
     SILENT_SHARE = 0.9
-    """Below this share of constant removed inputs, a silencing method warns (our choice)."""
+    """Below this share of silent removed inputs, a silencing method warns (our choice)."""
 
     def __init__(
         self,
@@ -140,11 +140,11 @@ class GraphMethod(PruningMethod):
         self.last_warnings = self.schedule_warnings(plan)
         if self.silences_removal_set and report.silent_share < self.SILENT_SHARE:
             self.last_warnings.append(
-                f"{self.name}: only {report.constant_inputs} of the {report.removed_inputs} "
-                "removed channel inputs were silent where they are read (largest range "
-                f"{report.max_relative_range:.2g} of the kept channels'): the regularizer has "
-                "not finished, so removal costs accuracy; train longer or stronger, or prune "
-                "with compensate='mean'"
+                f"{self.name}: only {report.silent_inputs} of the {report.removed_inputs} "
+                "removed channel inputs were silent where they are read (their range a median "
+                f"{report.median_relative_range:.2g} of the kept channels'): the regularizer "
+                "has not finished, so removal costs accuracy; train longer or stronger, or "
+                "prune with compensate='mean'"
             )
         for text in self.last_warnings:
             warnings.warn(text, stacklevel=3)

@@ -5,7 +5,10 @@
 2. Sparsity training with ``grad_gamma += s * sign(gamma) * m``: only the masked channels are
    pushed to zero; the kept ones are left alone (the paper's point: slimming everything also
    damages the channels that stay).
-3. Prune exactly the masked channels (their gamma is ~0, so accuracy barely moves), fine-tune.
+3. Prune exactly the masked channels, fine-tune. Their gamma is ~0 but their BN shift is not:
+   each still sends the constant ``act(beta)``, which surgery folds into the layers that read
+   it (:mod:`regprune.surgery.compensate`); without that fold the quickstart lost 35 points
+   right after pruning, with it none.
 
 Residual groups: by default a channel's BN scales are averaged over the whole group
 (``mask_rule="aggregate"``); ``mask_rule="vote"`` follows the code's idea, where each coupled BN

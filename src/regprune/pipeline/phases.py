@@ -103,10 +103,11 @@ def prune(ctx: RunContext, progress: Progress) -> PhaseResult:
     )
     if "removed_inputs" in removal:
         logger.info(
-            "[prune] removed channels: %d of %d constant where read (largest relative range "
-            "%.2e); compensate=%s folded %d",
+            "[prune] removed channels: %d of %d constant and %d silent where read (largest "
+            "relative range %.2e); compensate=%s folded %d",
             removal["constant_inputs"],
             removal["removed_inputs"],
+            removal["silent_inputs"],
             removal["max_relative_range"],
             removal["mode"],
             removal["folded_inputs"],

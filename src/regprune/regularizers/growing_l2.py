@@ -52,7 +52,7 @@ class GrowingL2:
       shapes are kept): a unit is one weight, a "layer" is the parameter, the magnitude is
       ``|w|``, and the prune set is a boolean mask of the parameter's shape.
 
-    Schedule (METHODS.md; counts in optimizer steps, i.e. calls of :meth:`step`):
+    Schedule (docs/specs/METHODS.md; counts in optimizer steps, i.e. calls of :meth:`step`):
 
     * ``"picking"`` (GReg-2 only): every ``update_every`` steps, ``lambda += pick_delta`` on all
       units of the layer; once it reaches ``pick_ceiling`` the ``pick_ratio`` fraction with the
@@ -63,8 +63,8 @@ class GrowingL2:
       is updated (``ema = ema_momentum * ema + (1 - ema_momentum) * ratio``, the first value is
       the ratio itself), then ``lambda_S += delta`` and ``lambda_kept = kept_lambda``; the layer
       stops when its largest lambda exceeds ``tau`` or its EMA reaches ``ratio_stop`` (per
-      layer, as METHODS.md says and the code's GReg-2 does; the code's GReg-1 waits for the EMA
-      of every layer).
+      layer, as docs/specs/METHODS.md says and the code's GReg-2 does; the code's GReg-1 waits
+      for the EMA of every layer).
     * ``"stabilizing"``: once every layer stopped, lambdas are held ``stabilize_iters`` steps,
       then the phase is ``"done"`` (lambdas stay held until the caller prunes).
 

@@ -27,7 +27,7 @@ class HierarchicalGroupSparsity:
 
         penalty = lam * balance * sum_convs HGSR(W) + lam * (1 - balance) * sum_convs ||W||_1
 
-    (``balance = 0.5`` is the code's ``_lambda2``: METHODS.md's
+    (``balance = 0.5`` is the code's ``_lambda2``: docs/specs/METHODS.md's
     ``0.5 * lambda * HGSR + 0.5 * lambda * L1`` with ``lambda = 1e-3``; ``l1=False`` drops the
     second term). With ``n_oi = ||W[o, i]||_2`` and ``a_oi = ||W[o, i]||_1``, per conv:
 

@@ -88,9 +88,10 @@ def _removal(summary: RunSummary) -> list[str]:
     if "removed_inputs" in removal:
         lines.append(
             f"Removed channels, measured where they are read: {removal['constant_inputs']} of "
-            f"{removal['removed_inputs']} were constant (largest range relative to the kept "
-            f"channels' {removal['max_relative_range']:.2e}); compensation "
-            f"`{removal['mode']}` folded {removal['folded_inputs']} of them into the biases of "
+            f"{removal['removed_inputs']} were constant and {removal.get('silent_inputs', '?')} "
+            "silent (range at most a tenth of the kept channels'; the largest was "
+            f"{removal['max_relative_range']:.2e} times theirs); compensation `{removal['mode']}` "
+            f"folded {removal['folded_inputs']} of them into the biases of "
             f"{removal['consumers']} layers."
         )
         lines.append("")

@@ -36,7 +36,7 @@ def describe_machine() -> str:
 
 @dataclass
 class RunSummary:
-    """What one pruning run reports (see METHODS.md, "What every method reports").
+    """What one pruning run reports (see docs/specs/METHODS.md, "What every method reports").
 
     A run directory holds one pruned architecture. With several seeds, each accuracy field holds
     one value per seed (same order as ``seeds``) and the report shows mean and std; the structure

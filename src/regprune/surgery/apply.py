@@ -226,3 +226,22 @@ def zero_channels(model: nn.Module, graph: DependencyGraph, plan: Plan) -> nn.Mo
             if tensor.is_floating_point():
                 tensor[dropped.to(tensor.device)] = 0
     return zeroed
+
+
+def silence_channels(model: nn.Module, graph: DependencyGraph, plan: Plan) -> nn.Module:
+    """Return a copy of ``model`` whose planned channels output a constant instead of a signal.
+
+    The producers' weights of every dropped channel are zeroed, their biases and every norm
+    parameter kept: what a finished slimming leaves behind (gamma ~0, beta alive). The reference
+    of the exactness contract's second clause: removing these channels with compensation must
+    leave the outputs unchanged (:mod:`regprune.surgery.compensate`).
+    """
+    keep = kept_components(graph, plan)
+    silenced = copy.deepcopy(model)
+    with torch.no_grad():
+        for record in graph.records:
+            drop_out = ~atoms_kept(graph, keep, record.out_atoms)
+            if bool(drop_out.any()):
+                weight = silenced.get_submodule(record.name).weight
+                weight.movedim(record.rule.out_dim, 0)[drop_out.to(weight.device)] = 0
+    return silenced

@@ -44,6 +44,10 @@ COMPENSATION_MODES = ("constant", "mean", "none")
 CONSTANT_RTOL = 1e-3
 """A removed channel is constant when its range is at most this share of the kept channels'."""
 
+SILENT_RTOL = 0.1
+"""A removed channel is silent (its removal costs little even unfolded) when its range is at
+most this share of the kept channels' (our choice; what the methods' warnings use)."""
+
 
 def check_compensate(compensate: str | None, has_data: bool) -> str:
     """Validate a ``compensate`` argument; None means ``"none"``."""
@@ -72,33 +76,38 @@ class CompensationReport:
     mode: str
     removed_inputs: int = 0
     constant_inputs: int = 0
+    silent_inputs: int = 0
     folded_inputs: int = 0
     consumers: int = 0
     max_relative_range: float = 0.0
+    median_relative_range: float = 0.0
     not_foldable: list[str] = field(default_factory=list)
 
     @property
     def silent_share(self) -> float:
-        """Share of the removed consumer inputs that were constant."""
-        return self.constant_inputs / self.removed_inputs if self.removed_inputs else 1.0
+        """Share of the removed consumer inputs that were silent (:data:`SILENT_RTOL`)."""
+        return self.silent_inputs / self.removed_inputs if self.removed_inputs else 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
             "removed_inputs": self.removed_inputs,
             "constant_inputs": self.constant_inputs,
+            "silent_inputs": self.silent_inputs,
             "folded_inputs": self.folded_inputs,
             "consumers": self.consumers,
             "silent_share": self.silent_share,
             "max_relative_range": self.max_relative_range,
+            "median_relative_range": self.median_relative_range,
             "not_foldable": list(self.not_foldable),
         }
 
     def __str__(self) -> str:
         text = (
-            f"{self.constant_inputs} of {self.removed_inputs} removed consumer inputs constant "
-            f"(largest relative range {self.max_relative_range:.2e}); compensate={self.mode!r} "
-            f"folded {self.folded_inputs} into {self.consumers} layers"
+            f"{self.constant_inputs} of {self.removed_inputs} removed consumer inputs constant, "
+            f"{self.silent_inputs} silent (relative range median "
+            f"{self.median_relative_range:.2e}, largest {self.max_relative_range:.2e}); "
+            f"compensate={self.mode!r} folded {self.folded_inputs} into {self.consumers} layers"
         )
         if self.not_foldable:
             text += f"; not foldable: {', '.join(self.not_foldable[:3])}"
@@ -208,6 +217,7 @@ def fold_removed_inputs(
     report = CompensationReport(mode)
     if not cuts:
         return report
+    ranges = []
     stats = measure_inputs(original, graph, {n: drop for n, (drop, _) in cuts.items()}, batches)
     records = {r.name: r for r in graph.records}
     for name, entry in stats.items():
@@ -218,7 +228,8 @@ def fold_removed_inputs(
         constant = relative <= CONSTANT_RTOL
         report.removed_inputs += int(entry.drop.sum())
         report.constant_inputs += int(constant.sum())
-        report.max_relative_range = max(report.max_relative_range, float(relative.max()))
+        report.silent_inputs += int((relative <= SILENT_RTOL).sum())
+        ranges.append(relative)
         if mode == "none":
             continue
         fold = entry.drop.clone()
@@ -240,6 +251,10 @@ def fold_removed_inputs(
         _add_to_bias(pruned.get_submodule(name), response[keep_out])
         report.folded_inputs += int(fold.sum())
         report.consumers += 1
+    if ranges:
+        every = torch.cat(ranges)
+        report.max_relative_range = float(every.max())
+        report.median_relative_range = float(every.median())
     return report
 
 
