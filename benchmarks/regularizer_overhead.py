@@ -1,4 +1,5 @@
-"""Per-step cost of each method's regularizer against plain training (docs/specs/DESIGN.md target: <= 5%).
+"""Per-step cost of each method's regularizer against plain training (target <= 5%,
+docs/specs/DESIGN.md).
 
 What is timed is what a user's run does every iteration: ``regprune.train.train_one_epoch``
 over in-memory batches, once with no method and once with the method installed (penalty in

@@ -1,5 +1,5 @@
-"""Minimal repros of the MACs-budget contract ("met within 1%", docs/specs/DESIGN.md) failing on small
-models, next to the parts of it that hold. Found by the property tests (tests/property)."""
+"""Minimal repros of the MACs-budget contract ("met within 1%", docs/specs/DESIGN.md) failing on
+small models, next to the parts of it that hold. Found by the property tests (tests/property)."""
 
 from __future__ import annotations
 
