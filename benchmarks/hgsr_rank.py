@@ -59,8 +59,8 @@ def markdown(result: dict, command: str) -> str:
         "",
         "HGSR ranks channels by how much the loss grows when a channel is removed "
         "(docs/specs/METHODS.md). `exact` runs one masked forward per channel; `fast` is the "
-        "first-order estimate from one backward pass (`regprune.importance.loss_increase`). The question: "
-        "does the cheap mode choose the same channels?",
+        "first-order estimate from one backward pass (`regprune.importance.loss_increase`). "
+        "The question: does the cheap mode choose the same channels?",
         "",
         f"- Command: `{command}`",
         f"- Model: {result['model']} on {result['dataset']}, the method benchmark's cached "
