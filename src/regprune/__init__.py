@@ -4,13 +4,12 @@ Train with a sparsity penalty, choose what to remove, physically remove it, fine
 """
 
 from regprune import methods
+from regprune._version import __version__ as __version__
 from regprune.allocation import Plan
 from regprune.api import PruneResult, make_plan, prune, prune_with_result
 from regprune.graph import ChannelGroup, DependencyGraph, trace_graph
 from regprune.metrics import count, measure_latency
 from regprune.surgery import apply_plan, load_pruned, rebuild_optimizer, save_pruned
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ChannelGroup",

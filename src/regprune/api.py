@@ -12,7 +12,7 @@ from torch import nn
 from regprune.allocation import MacsModel, Plan, allocate, validate_target
 from regprune.graph import DependencyGraph, trace_graph
 from regprune.importance import Importance, get_importance
-from regprune.inputs import as_input_tuple
+from regprune.inputs import as_input_tuple, iter_tensors
 from regprune.metrics import count
 from regprune.modes import eval_mode
 from regprune.surgery import CompensationReport, apply_plan_with_report
@@ -92,8 +92,6 @@ def check_runs(model: nn.Module, example_inputs: Any, expected: Any) -> None:
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:
-    from regprune.graph.tracer import iter_tensors
-
     return list(iter_tensors(value))
 
 

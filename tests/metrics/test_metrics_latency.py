@@ -15,11 +15,13 @@ class Probe(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.fc = nn.Linear(8, 4)
-        self.calls = 0
+        # counted in a container: attributes a forward rebinds are put back after timing
+        # (regprune.modes.eval_mode leaves the caller's model as it was)
+        self.count = [0]
         self.seen: set[tuple[bool, bool]] = set()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
+        self.count[0] += 1
         self.seen.add((self.training, torch.is_inference_mode_enabled()))
         return self.fc(x)
 
@@ -28,7 +30,7 @@ def test_result_is_sane_and_repeats_are_honoured() -> None:
     model = Probe()
     result = measure_latency(model, torch.randn(5, 8), warmup=2, repeats=7)
     assert isinstance(result, Latency)
-    assert model.calls == 2 + 7
+    assert model.count[0] == 2 + 7
     assert (result.repeats, result.batch_size) == (7, 5)
     assert result.median_ms > 0 and result.mean_ms > 0 and result.p90_ms > 0
     assert result.std_ms >= 0

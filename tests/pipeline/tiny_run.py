@@ -12,6 +12,8 @@ from typing import Any
 import torch
 import yaml
 
+from tests.real_data import needs_fashion_mnist as needs_fashion_mnist
+
 TINY: dict[str, Any] = {
     "seed": 0,
     "device": "cpu",

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import regprune as rp
-from regprune.methods.base import PruningMethod
+from regprune.lifecycle import PruningMethod
 from regprune.train import (
     CheckpointError,
     NonFiniteLossError,

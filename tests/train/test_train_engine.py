@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from train_fixtures import GrowingL1, tiny_model
 
-from regprune.methods.base import PruningMethod
+from regprune.lifecycle import PruningMethod
 from regprune.train import (
     NonFiniteLossError,
     build_optimizer,

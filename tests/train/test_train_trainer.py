@@ -8,7 +8,7 @@ import torch
 from train_fixtures import GrowingL1, tiny_model, tiny_splits
 
 from regprune.data import build_loaders
-from regprune.methods.base import PruningMethod
+from regprune.lifecycle import PruningMethod
 from regprune.train import CheckpointError, TrainConfig, Trainer, seed_everything
 
 CONFIG = TrainConfig(epochs=3, lr=0.05, nesterov=True, label_smoothing=0.1, progress=False)

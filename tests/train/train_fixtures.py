@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from regprune.data import DataSplits
-from regprune.methods.base import PruningMethod
+from regprune.lifecycle import PruningMethod
 
 
 class NoisyPoints(Dataset):

@@ -17,7 +17,7 @@ from torch import nn
 
 from regprune.graph.groups import ChannelGroup, ParamSlice, SliceRole
 from regprune.graph.tracer import FreeParam, Tracer
-from regprune.surgery.rules import LayerRecord, is_per_channel_layer
+from regprune.layers.rules import LayerRecord, is_per_channel_layer
 
 
 @dataclass

@@ -18,13 +18,16 @@ its output gets a fresh locked atom, with the function's name as the reason. Not
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from regprune.graph.labels import atoms_in, channel_vector, compact, expand_to, varying_dims
-from regprune.graph.tracer import Tracer, iter_tensors
+from regprune.inputs import iter_tensors
+
+if TYPE_CHECKING:
+    from regprune.graph.tracer import Tracer
 
 ELEMENTWISE = frozenset(
     [

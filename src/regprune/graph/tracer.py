@@ -10,7 +10,7 @@ module hooks; everything else is followed function by function (see :mod:`regpru
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,17 +21,11 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 from regprune.graph.atoms import AtomTable
-from regprune.graph.labels import atoms_in, constant_label
+from regprune.graph.labels import atoms_in, channel_label, channel_vector, constant_label
 from regprune.graph.meta_shortcuts import shape_only_result
-from regprune.inputs import as_input_tuple
-from regprune.surgery.rules import (
-    LayerRecord,
-    LayerRule,
-    input_channel_atoms,
-    opaque_reason,
-    output_label,
-    rule_for,
-)
+from regprune.graph.ops import record_function
+from regprune.inputs import as_input_tuple, iter_tensors
+from regprune.layers.rules import LayerRecord, LayerRule, opaque_reason, rule_for
 
 
 class TraceError(RuntimeError, ValueError):
@@ -53,16 +47,17 @@ class FreeParam:
     is_parameter: bool
 
 
-def iter_tensors(value: Any) -> Iterator[torch.Tensor]:
-    """Every tensor inside nested tuples, lists and dicts (model outputs, op arguments)."""
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from iter_tensors(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from iter_tensors(item)
+def input_channel_atoms(
+    rule: LayerRule, x_label: torch.Tensor, x: torch.Tensor, module: nn.Module
+) -> torch.Tensor | None:
+    """Atoms of the layer's input channels, or None if the input is not channel-structured."""
+    if not rule.reads_channels:
+        return torch.zeros(0, dtype=torch.long)
+    return channel_vector(x_label, rule.input_channel_dim(x), rule.input_channels(module))
+
+
+def output_label(rule: LayerRule, out_atoms: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return channel_label(out_atoms, rule.output_channel_dim(y), y.dim())
 
 
 def _atoms_on_dim(record: LayerRecord, dim: int) -> torch.Tensor | None:
@@ -224,8 +219,6 @@ class Tracer(TorchFunctionMode):
             return out
         self._busy = True
         try:
-            from regprune.graph.ops import record_function
-
             record_function(self, func, args, kwargs, out)
         finally:
             self._busy = False

@@ -1,4 +1,4 @@
-"""Pruning methods: one life cycle (see :mod:`regprune.methods.base`), created by name.
+"""Pruning methods: one life cycle (see :mod:`regprune.lifecycle`), created by name.
 
 Example:
     >>> method = regprune.methods.get("masksparsity", model, x, target_macs=0.5, s=1e-4)
@@ -12,8 +12,8 @@ from typing import Any
 
 from torch import nn
 
+from regprune.lifecycle import CalibrationData, PruningMethod
 from regprune.methods.adapruner import AdaPruner
-from regprune.methods.base import CalibrationData, PruningMethod
 from regprune.methods.graph_method import GraphMethod
 from regprune.methods.greg import GReg
 from regprune.methods.group_lasso import GroupLassoMethod

@@ -26,7 +26,7 @@ from torch import nn
 from regprune.allocation import Plan
 from regprune.importance import get_importance
 from regprune.importance.criteria import mean_over_slices
-from regprune.methods.base import CalibrationData
+from regprune.lifecycle import CalibrationData
 from regprune.methods.graph_method import GraphMethod, broadcast_from_main
 from regprune.regularizers import BNScaleL1
 from regprune.train.batchnorm import recalibrate_batch_norm

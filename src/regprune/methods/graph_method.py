@@ -18,7 +18,7 @@ from torch import nn
 
 from regprune.allocation import MacsModel, Plan, allocate, validate_target
 from regprune.graph import DependencyGraph, trace_graph
-from regprune.methods.base import CalibrationData, PruningMethod
+from regprune.lifecycle import CalibrationData, PruningMethod
 from regprune.metrics import count
 from regprune.surgery import CompensationReport, apply_plan_with_report
 from regprune.surgery.compensate import check_compensate

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from regprune.methods.base import CalibrationData
+from regprune.lifecycle import CalibrationData
 from regprune.methods.graph_method import GraphMethod
 from regprune.regularizers import GroupLasso
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from regprune.importance.loss_increase import exact_loss_increase, fast_loss_increase
-from regprune.methods.base import CalibrationData
+from regprune.lifecycle import CalibrationData
 from regprune.methods.graph_method import GraphMethod
 from regprune.regularizers import HierarchicalGroupSparsity
 

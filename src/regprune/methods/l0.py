@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from regprune.allocation import Plan
-from regprune.methods.base import CalibrationData, PruningMethod
+from regprune.lifecycle import CalibrationData, PruningMethod
 from regprune.methods.graph_method import GraphMethod
 from regprune.methods.unstructured import (
     KeepSparsity,

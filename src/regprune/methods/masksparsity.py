@@ -25,7 +25,7 @@ from torch import nn
 
 from regprune.allocation import Plan
 from regprune.importance import BNScaleImportance, get_importance
-from regprune.methods.base import CalibrationData
+from regprune.lifecycle import CalibrationData
 from regprune.methods.graph_method import GraphMethod, broadcast_from_main
 from regprune.regularizers import BNScaleL1
 

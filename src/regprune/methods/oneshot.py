@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from regprune.importance import Importance, get_importance
-from regprune.methods.base import CalibrationData
+from regprune.lifecycle import CalibrationData
 from regprune.methods.graph_method import GraphMethod
 
 

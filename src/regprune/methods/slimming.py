@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from regprune.importance import BNScaleImportance
-from regprune.methods.base import CalibrationData
+from regprune.lifecycle import CalibrationData
 from regprune.methods.graph_method import GraphMethod
 from regprune.regularizers import BNScaleL1
 

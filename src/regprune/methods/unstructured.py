@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from regprune.methods.base import CalibrationData, PruningMethod
+from regprune.layers import weight_layers
+from regprune.lifecycle import CalibrationData, PruningMethod
 from regprune.methods.graph_method import broadcast_from_main
 from regprune.methods.greg import SCHEDULE_KEYS
 from regprune.regularizers import GrowingL2
@@ -22,8 +23,12 @@ SCOPES = ("local", "global")
 
 
 def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Conv and linear weights (every parameter with 2+ dims): the usual unstructured targets."""
-    return {name: p for name, p in model.named_parameters() if p.dim() > 1 and p.requires_grad}
+    """Conv and linear weights (:func:`regprune.layers.is_weight_layer`) that train."""
+    return {
+        f"{name}.weight" if name else "weight": layer.weight
+        for name, layer in weight_layers(model).items()
+        if layer.weight.requires_grad
+    }
 
 
 def magnitude_masks(

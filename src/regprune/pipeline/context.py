@@ -16,7 +16,7 @@ from torch import nn
 
 from regprune.data import DataSplits, Loaders, build_datasets, build_loaders, set_epoch
 from regprune.data.seeds import derive_seed
-from regprune.methods.base import PruningMethod
+from regprune.lifecycle import PruningMethod
 from regprune.models import create_model
 from regprune.pipeline.config import RunConfig
 from regprune.pipeline.methods import build_method

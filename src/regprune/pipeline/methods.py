@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 import regprune.methods as methods_registry
-from regprune.methods.base import PruningMethod
+from regprune.lifecycle import PruningMethod
 from regprune.pipeline.typed import ConfigError
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from regprune.io import atomic_torch_save
-from regprune.methods.base import PruningMethod
+from regprune.lifecycle import PruningMethod
 from regprune.pipeline.config import TrainSection
 from regprune.pipeline.context import RunContext, logger
 from regprune.pipeline.rundir import METRICS_FILE

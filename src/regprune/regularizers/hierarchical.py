@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.nn.modules.conv import _ConvNd
+
+from regprune.layers import is_conv_like, is_plain_conv
 
 HGSRVariant = Literal["squared", "sqrt", "l1_2", "exclusive"]
 _VARIANTS = ("squared", "sqrt", "l1_2", "exclusive")
@@ -154,13 +155,13 @@ def _sqrt(x: torch.Tensor) -> torch.Tensor:
     return torch.where(positive, torch.where(positive, x, 1.0).sqrt(), 0.0)
 
 
-# Scanning a model collects every _ConvNd, transposed ones included, so that a model holding a
+# Scanning a model collects every conv, transposed ones included, so that a model holding a
 # transposed conv fails loudly below instead of having it skipped silently.
 def _collect_convs(
     source: nn.Module | Iterable[nn.Module] | Mapping[str, nn.Module],
 ) -> dict[str, nn.Module]:
     if isinstance(source, nn.Module):
-        found = {name: m for name, m in source.named_modules() if isinstance(m, _ConvNd)}
+        found = {name: m for name, m in source.named_modules() if is_conv_like(m)}
         if not found:
             raise ValueError(f"{type(source).__name__} contains no Conv1d/Conv2d/Conv3d")
     elif isinstance(source, Mapping):
@@ -180,4 +181,4 @@ def _collect_convs(
 
 
 def _is_conv(module: nn.Module) -> bool:
-    return isinstance(module, _ConvNd) and not module.transposed
+    return is_plain_conv(module)

@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from regprune.graph.groups import ChannelGroup
+from regprune.layers import weight_layers
 from regprune.regularizers._slices import SliceIndex, index_groups
 
 BETA = 2.0 / 3.0
@@ -322,11 +323,7 @@ class L0Regularizer:
     ) -> None:
         named = dict(self.model.named_modules())
         if targets is None:
-            names = [
-                n
-                for n, m in named.items()
-                if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
-            ]
+            names = list(weight_layers(self.model))
         else:
             by_identity = {id(m): n for n, m in named.items()}
             names = []

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-import regprune
+from regprune._version import __version__
 from regprune.metrics import format_count
 from regprune.report import plots
 from regprune.report.rundir import (
@@ -76,7 +76,7 @@ def _header(summary: RunSummary) -> list[str]:
         "(exact zeros in conv / linear weights)",
         f"- Seeds: {', '.join(map(str, summary.seeds))}",
         f"- Wall time: {phases or 'not recorded'} (total {total})",
-        f"- Report written by regprune {regprune.__version__}",
+        f"- Report written by regprune {__version__}",
         "",
     ]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from regprune.surgery.rules import rule_for
+from regprune.layers.rules import rule_for
 
 
 def layer_widths(model: nn.Module) -> dict[str, int]:

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from regprune.layers.rules import refresh_attributes
 from regprune.surgery.compensate import (
     CompensationReport,
     check_compensate,
     fold_removed_inputs,
     probe_inputs,
 )
-from regprune.surgery.rules import refresh_attributes
 
 if TYPE_CHECKING:
     from regprune.allocation.plan import Plan

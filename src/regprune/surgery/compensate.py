@@ -37,7 +37,7 @@ from regprune.modes import eval_mode
 
 if TYPE_CHECKING:
     from regprune.graph.dependency import DependencyGraph
-    from regprune.surgery.rules import LayerRecord
+    from regprune.layers.rules import LayerRecord
 
 COMPENSATION_MODES = ("constant", "mean", "none")
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from regprune.methods.base import CalibrationData
+from regprune.layers import is_batch_norm
+from regprune.lifecycle import CalibrationData
 
 
 def recalibrate_batch_norm(model: nn.Module, batches: CalibrationData) -> None:
     """Reset BN running statistics and re-estimate them (cumulative average) on ``batches``."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in model.modules() if is_batch_norm(m)]
     if not norms or not batches:
         return
     momenta = [m.momentum for m in norms]

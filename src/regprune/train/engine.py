@@ -1,6 +1,6 @@
 """One training epoch and one evaluation pass, with the method life cycle in a fixed order.
 
-The order per iteration is the contract of ``regprune.methods.base.PruningMethod``::
+The order per iteration is the contract of ``regprune.lifecycle.PruningMethod``::
 
     forward -> loss = task_loss + method.penalty() -> backward -> method.after_backward()
     -> optimizer.step() -> method.step() -> scheduler.step()
@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from regprune.methods.base import PruningMethod
+from regprune.lifecycle import PruningMethod
 from regprune.train.distributed import all_reduce_sum, is_main_process
 
 _POSTFIX_EVERY = 10  # iterations between progress-bar refreshes of sparsity_stats()

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from regprune.data.loaders import set_epoch
-from regprune.methods.base import PruningMethod
+from regprune.lifecycle import PruningMethod
 from regprune.train import engine
 from regprune.train.checkpoint import (
     CheckpointError,

@@ -19,8 +19,6 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from regprune.graph.labels import channel_label, channel_vector
-
 
 @dataclass
 class LayerRecord:
@@ -45,7 +43,8 @@ class LayerRule:
     module_type: type[nn.Module] = nn.Module
     in_dim = 1
     out_dim = 0
-    channel_dim_of_input = 1
+    reads_channels = True
+    """False for layers that create channels from indices (embeddings): no input channels."""
 
     def applies_to(self, module: nn.Module) -> bool:
         return isinstance(module, self.module_type) and (
@@ -222,6 +221,7 @@ class EmbeddingRule(LayerRule):
     module_type = nn.Embedding
     in_dim = 0
     out_dim = 1
+    reads_channels = False
 
     def input_channels(self, module: nn.Module) -> int:
         return 0
@@ -284,17 +284,6 @@ def opaque_reason(module: nn.Module) -> str | None:
     return None
 
 
-def input_channel_atoms(rule: LayerRule, x_label: torch.Tensor, x: torch.Tensor, module: nn.Module):
-    """Atoms of the layer's input channels, or None if the input is not channel-structured."""
-    if isinstance(rule, EmbeddingRule):
-        return torch.zeros(0, dtype=torch.long)
-    return channel_vector(x_label, rule.input_channel_dim(x), rule.input_channels(module))
-
-
-def output_label(rule: LayerRule, out_atoms: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return channel_label(out_atoms, rule.output_channel_dim(y), y.dim())
-
-
 def _refresh_norm(module: nn.Module) -> None:
     size_source = module.weight if module.weight is not None else module.running_mean
     if size_source is not None:
@@ -336,3 +325,32 @@ def refresh_attributes(module: nn.Module) -> None:
         if isinstance(module, layer_type):
             refresh(module)
             return
+
+
+WEIGHT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+"""The layers whose weights unstructured methods and weight gates act on."""
+
+
+def is_weight_layer(module: nn.Module) -> bool:
+    """A conv (not transposed) or a linear layer: what "a weight" means to weight sparsity."""
+    return isinstance(module, WEIGHT_LAYER_TYPES)
+
+
+def is_plain_conv(module: nn.Module) -> bool:
+    """A conv whose weight is ``[out, in / groups, k...]`` (transposed: ``[in, ...]``)."""
+    return isinstance(module, nn.modules.conv._ConvNd) and not module.transposed
+
+
+def is_conv_like(module: nn.Module) -> bool:
+    """Any conv, transposed ones included (for scans that must refuse what they cannot cover)."""
+    return isinstance(module, nn.modules.conv._ConvNd)
+
+
+def is_batch_norm(module: nn.Module) -> bool:
+    """BatchNorm of any dimension (running statistics to re-estimate after surgery)."""
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
+def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every conv and linear layer of ``model`` by name."""
+    return {name: m for name, m in model.named_modules() if is_weight_layer(m)}
