@@ -19,6 +19,19 @@ def exact_only(graph: DependencyGraph, plan: Plan) -> Plan:
     )
 
 
+def exact_plan(
+    model: nn.Module,
+    x: torch.Tensor,
+    ratio: float,
+    importance: str = "random",
+    seed: int = 0,
+    scope: str = "local",
+) -> tuple[DependencyGraph, Plan]:
+    """The plan :func:`check_exact` applies: the engine's plan, restricted to exact groups."""
+    graph, plan = make_plan(model, x, ratio=ratio, importance=importance, seed=seed, scope=scope)
+    return graph, exact_only(graph, plan)
+
+
 def check_exact(
     model: nn.Module,
     x: torch.Tensor,
@@ -28,10 +41,18 @@ def check_exact(
     scope: str = "local",
     atol: float = 1e-4,
 ) -> tuple[nn.Module, Plan]:
-    """Prune ``model`` at ``ratio`` and assert the exactness contract; return the pruned model."""
+    """Prune ``model`` at ``ratio`` and assert the exactness contract; return the pruned model.
+
+    The plan must drop at least one channel: with nothing dropped the check would compare the
+    model with itself. Callers where that can legitimately happen (a tiny ratio, only
+    LayerNorm-coupled groups) test :func:`exact_plan` first and check that case otherwise.
+    """
     model = model.eval()
-    graph, plan = make_plan(model, x, ratio=ratio, importance=importance, seed=seed, scope=scope)
-    plan = exact_only(graph, plan)
+    graph, plan = exact_plan(model, x, ratio, importance=importance, seed=seed, scope=scope)
+    assert plan.num_dropped() > 0, (
+        f"ratio={ratio} drops no channel of an exact group: nothing to compare "
+        f"(group sizes {[g.size for g in graph.groups]})"
+    )
     reference = zero_channels(model, graph, plan)
     # the first clause is surgery alone: channels that happen to be constant in a random
     # model (a saturated ReLU6) would otherwise be folded, which the zeroed reference is not

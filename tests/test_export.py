@@ -1,4 +1,5 @@
-"""A pruned ResNet-20 exports to ONNX and torch.compile with the outputs it has in PyTorch."""
+"""Pruned models export to ONNX and torch.compile with the outputs they have in PyTorch:
+a ResNet-20 in detail, then one model of each family (ResNet, MobileNet, DenseNet, ViT)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+import torchvision
 from torch import nn
+from torchvision.models import VisionTransformer
 
 import regprune
 from regprune.export import ExportCheckError, check_compile, check_onnx, export_onnx
@@ -87,3 +90,92 @@ def test_check_compile_graph_capture_is_exact(pruned: nn.Module) -> None:
 def test_check_compile_inductor_matches_eager(pruned: nn.Module) -> None:
     """30-60 s on one CPU core with a cold cache: Inductor compiles C++ kernels on first use."""
     assert check_compile(pruned, torch.randn(3, 1, 28, 28)) <= 1e-4
+
+
+def tiny_vit() -> VisionTransformer:
+    return VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+        num_classes=10,
+    )  # fmt: skip
+
+
+FAMILIES = {
+    "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), 64),
+    "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(num_classes=10), 64),
+    "densenet121": (lambda: torchvision.models.densenet121(num_classes=10), 64),
+    "vit_tiny": (tiny_vit, 32),
+}
+
+
+def with_input_dependent_outputs(model: nn.Module, size: int) -> nn.Module:
+    """BN statistics of real batches, and a ViT head that is not all zeros.
+
+    With torchvision's initial BN statistics (mean 0, var 1) a MobileNetV2's output hardly
+    depends on its input (1e-8 between two random images), and the ViT's zero-initialised head
+    outputs zeros: comparing such outputs would check nothing.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    with torch.no_grad():
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # cumulative average: the statistics of the batches below
+        model.train()
+        for _ in range(2):
+            model(torch.randn(16, 3, size, size))
+        for norm in norms:
+            norm.momentum = 0.1
+        if isinstance(model, VisionTransformer):
+            nn.init.normal_(model.heads.head.weight, std=0.1)
+    return model.eval()
+
+
+def _snapshot(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[bool]]:
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    return state, [m.training for m in model.modules()]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_pruned_families_run_in_onnxruntime_with_pytorchs_outputs(
+    family: str, tmp_path: Path
+) -> None:
+    build, size = FAMILIES[family]
+    torch.manual_seed(0)
+    model = with_input_dependent_outputs(build(), size)
+    example = torch.randn(1, 3, size, size)
+    small = regprune.prune(model, example, ratio=0.3)
+    assert regprune.count(small, example).params < regprune.count(model, example).params
+    small.train()  # export must use eval mode and give the caller's mode back
+    state, modes = _snapshot(small)
+
+    path = export_onnx(small, example, tmp_path / f"{family}.onnx")
+
+    onnx.checker.check_model(onnx.load(str(path)))
+    assert _snapshot(small)[1] == modes
+    assert all(torch.equal(value, state[key]) for key, value in small.state_dict().items())
+    batch = torch.randn(3, 3, size, size)  # another batch size than the export's
+    with torch.no_grad():
+        outputs = small.eval()(batch)
+    assert (outputs[0] - outputs[1]).abs().max() > 1e-2  # the outputs depend on the input
+    assert check_onnx(small, batch, path) <= 1e-4
+
+
+@pytest.mark.parametrize("fastpath", [True, False])
+def test_attention_exports_through_its_composite_path_and_the_switch_comes_back(
+    fastpath: bool, tmp_path: Path
+) -> None:
+    """Eval mode under no_grad is when nn.MultiheadAttention takes its fused fast path, an op
+    the ONNX exporter cannot translate; export_onnx turns the fast path off while it runs."""
+    torch.manual_seed(0)
+    model = with_input_dependent_outputs(tiny_vit(), 32)
+    example = torch.randn(1, 3, 32, 32)
+    small = regprune.prune(model, example, ratio=0.3)
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(fastpath)
+    try:
+        path = export_onnx(small, example, tmp_path / "vit.onnx")
+        assert torch.backends.mha.get_fastpath_enabled() is fastpath
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert {"MatMul", "Softmax"} <= ops
+    assert check_onnx(small, torch.randn(2, 3, 32, 32), path) <= 1e-4

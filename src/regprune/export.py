@@ -9,13 +9,24 @@ exporter needs the ``onnxscript`` package, which regprune does not depend on. Th
 exporter is deprecated upstream but complete for the conv/linear/norm models regprune prunes.
 When it is removed, switch to ``dynamo=True`` and add ``onnxscript`` to the ``test`` extra.
 
+Why the attention fast path is switched off during export: in eval mode under ``no_grad``,
+``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` run one fused kernel,
+``aten::_native_multi_head_attention``, which the TorchScript exporter has no ONNX translation
+for, so every transformer (torchvision's ViT, pruned or not) failed to export. The export runs
+with ``torch.backends.mha.set_fastpath_enabled(False)``, which makes those modules take their
+composite path (linear, matmul, softmax) with the same result; the previous setting is restored
+afterwards, and the model itself is not touched. The switch is process-wide: another thread
+running attention during an export takes the slow path too.
+
 ``onnx`` and ``onnxruntime`` are optional (the ``test`` extra): they are imported when used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +55,17 @@ def _outputs(value: Any) -> list[torch.Tensor]:
 def _eager_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
     with eval_mode(model), torch.no_grad():
         return [t.detach().cpu() for t in _outputs(model(*inputs))]
+
+
+@contextlib.contextmanager
+def _attention_fastpath_disabled() -> Iterator[None]:
+    """Attention modules take their composite path inside (see the module docstring)."""
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
 
 
 def _max_abs_diff(
@@ -77,7 +99,9 @@ def export_onnx(
     """Export ``model`` to an ONNX file with a dynamic batch dimension.
 
     The export runs in eval mode (BN with running statistics, no dropout, as deployed); every
-    module's train/eval flag is restored afterwards. Inputs are named ``input_0``, ``input_1``...,
+    module's train/eval flag is restored afterwards. Attention modules are exported through
+    their composite path (the fused inference kernel has no ONNX form; see the module
+    docstring). Inputs are named ``input_0``, ``input_1``...,
     outputs ``output_0``...; dimension 0 of each is the symbolic ``batch``, so the file accepts
     any batch size, not only the example's.
 
@@ -102,7 +126,12 @@ def export_onnx(
     input_names = [f"input_{i}" for i in range(len(inputs))]
     output_names = [f"output_{i}" for i in range(num_outputs)]
     dynamic_axes = {name: {0: "batch"} for name in input_names + output_names}
-    with eval_mode(model), torch.no_grad(), warnings.catch_warnings():
+    with (
+        eval_mode(model),
+        torch.no_grad(),
+        _attention_fastpath_disabled(),
+        warnings.catch_warnings(),
+    ):
         # The exporter warns that it is the legacy one on every call; the module docstring says
         # why it is chosen, so the warning would only be noise for callers.
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")

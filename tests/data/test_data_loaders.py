@@ -4,7 +4,15 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from regprune.data import DataSplits, ShardSampler, build_datasets, build_loaders, set_epoch
+from regprune.data import (
+    DataSplits,
+    EpochShuffleSampler,
+    ShardedShuffleSampler,
+    ShardSampler,
+    build_datasets,
+    build_loaders,
+    set_epoch,
+)
 
 
 def _splits(n: int = 40) -> DataSplits:
@@ -61,6 +69,34 @@ def test_shard_sampler_partitions_without_padding():
 
     assert sorted(i for shard in shards for i in shard) == list(range(10))
     assert [len(shard) for shard in shards] == [4, 3, 3]
+
+
+@pytest.mark.parametrize(("length", "world_size"), [(24, 2), (24, 3), (23, 4)])
+def test_ranks_together_take_the_single_process_batches(length, world_size):
+    """Step t of the ranks (batch b each) is step t of one process with batch world_size * b."""
+    per_rank_batch = 3
+    single = EpochShuffleSampler(length, seed=5)
+    ranks = [ShardedShuffleSampler(length, 5, rank, world_size) for rank in range(world_size)]
+    for sampler in (single, *ranks):
+        sampler.set_epoch(2)
+    order = list(single)
+    shards = [list(sampler) for sampler in ranks]
+
+    steps = -(-length // (world_size * per_rank_batch))
+    assert [len(shard) for shard in shards] == [-(-length // world_size)] * world_size
+    for step in range(steps):
+        window = slice(step * per_rank_batch, (step + 1) * per_rank_batch)
+        together = sorted(i for shard in shards for i in shard[window])
+        size = world_size * per_rank_batch
+        expected = (order + order)[step * size : (step + 1) * size]  # padding repeats the start
+        assert together == sorted(expected[: len(together)])
+    padding = world_size * len(shards[0]) - length
+    assert sorted(i for shard in shards for i in shard) == sorted(order + order[:padding])
+
+
+def test_sharded_sampler_refuses_a_rank_outside_the_world():
+    with pytest.raises(ValueError, match=r"rank must be in \[0, 2\), got 2"):
+        ShardedShuffleSampler(10, seed=0, rank=2, world_size=2)
 
 
 def test_distributed_needs_a_process_group():

@@ -315,9 +315,43 @@ def test_a_non_finite_loss_stops_before_the_optimizer_steps(kind: str) -> None:
         assert torch.isfinite(live).all(), key
 
 
-def test_the_non_finite_loss_error_says_what_to_do() -> None:
-    error = NonFiniteLossError(epoch=2, iteration=5, task_loss=1.0, penalty=float("nan"))
-    assert (error.epoch, error.iteration) == (2, 5)
+class DivergingPenalty(PruningMethod):
+    """A regularizer whose penalty becomes NaN at its third iteration."""
+
+    name = "diverging"
+
+    def penalty(self) -> torch.Tensor:
+        return torch.tensor(float("nan") if self.iteration == 2 else 0.0)
+
+
+def test_a_diverging_penalty_is_blamed_and_the_error_says_what_to_do() -> None:
+    model = tiny_model()
+    optimizer = build_optimizer(model, lr=0.1, momentum=0.9)
+    loader = batches()
+
+    with pytest.raises(NonFiniteLossError) as stopped:
+        train_one_epoch(
+            model,
+            loader,
+            optimizer,
+            nn.CrossEntropyLoss(),
+            DivergingPenalty(model),
+            device="cpu",
+            epoch=2,
+            progress=False,
+        )
+
+    error = stopped.value
+    assert (error.epoch, error.iteration) == (2, 3)
+    assert error.penalty != error.penalty  # NaN
+    # the task loss it reports is the real one of batch 3, on the weights that did not step
+    inputs, targets = loader[2]
+    with torch.no_grad():
+        task_loss = nn.functional.cross_entropy(model(inputs), targets).item()
+    assert error.task_loss == pytest.approx(task_loss, rel=1e-6)
     message = str(error)
-    assert "the method's penalty" in message and "did not step" in message
+    assert message.startswith(
+        f"non-finite loss at epoch 2, iteration 3: task loss {error.task_loss}, penalty nan "
+        "(the method's penalty diverged). The optimizer did not step."
+    )
     assert "Lower the learning rate or the regularization strength" in message

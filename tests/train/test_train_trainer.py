@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -136,12 +138,27 @@ def test_method_must_belong_to_the_trained_model():
         Trainer(tiny_model(), loaders.train, config=CONFIG, method=GrowingL1(tiny_model()))
 
 
-def test_amp_on_cpu_warns_once_and_still_trains(tmp_path):
-    with pytest.warns(UserWarning, match="amp=True needs CUDA"):
-        trainer = _trainer(tmp_path, config=TrainConfig(epochs=1, amp=True, progress=False))
+def test_amp_on_cpu_warns_once_and_trains_as_float32(tmp_path):
+    config = TrainConfig(epochs=2, progress=False)
+    plain = _trainer(tmp_path / "plain", config=config)
+    plain_history = plain.fit()
 
-    assert trainer.fit()[0]["train_loss"] > 0
-    assert trainer.device == torch.device("cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # a repeated warning must show, not be deduplicated
+        trainer = _trainer(tmp_path / "amp", config=replace(config, amp=True))
+        history = trainer.fit()
+
+    amp_warnings = [w for w in caught if "needs CUDA" in str(w.message)]
+    assert [str(w.message) for w in amp_warnings] == [
+        "amp=True needs CUDA; training in float32 on cpu"
+    ]
+    assert amp_warnings[0].category is UserWarning
+    assert trainer.device == torch.device("cpu") and trainer.scaler is None
+    # the fallback is plain float32 training: the same run, step for step
+    assert [r["train_loss"] for r in history] == [r["train_loss"] for r in plain_history]
+    for key, value in plain.model.state_dict().items():
+        assert torch.equal(trainer.model.state_dict()[key], value), key
+        assert trainer.model.state_dict()[key].dtype == value.dtype
 
 
 @pytest.mark.parametrize(

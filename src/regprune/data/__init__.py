@@ -10,6 +10,7 @@ from regprune.data.datasets import DataSplits, build_datasets
 from regprune.data.loaders import (
     EpochShuffleSampler,
     Loaders,
+    ShardedShuffleSampler,
     ShardSampler,
     build_loaders,
     set_epoch,
@@ -27,6 +28,7 @@ __all__ = [
     "EpochShuffleSampler",
     "Loaders",
     "ShardSampler",
+    "ShardedShuffleSampler",
     "available_datasets",
     "build_datasets",
     "build_loaders",

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from regprune.data.datasets import DataSplits
 from regprune.data.seeds import derive_seed
@@ -24,8 +24,8 @@ _WORKER_STREAM = 3
 class EpochShuffleSampler(Sampler[int]):
     """A random permutation of ``range(length)`` that depends only on ``(seed, epoch)``.
 
-    The single-process counterpart of ``DistributedSampler``: call ``set_epoch`` before each
-    epoch (the trainer does, through :func:`set_epoch`).
+    Call ``set_epoch`` before each epoch (the trainer does, through :func:`set_epoch`).
+    :class:`ShardedShuffleSampler` is its counterpart for one rank of a distributed run.
     """
 
     def __init__(self, length: int, seed: int) -> None:
@@ -36,12 +36,44 @@ class EpochShuffleSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[int]:
+    def permutation(self) -> list[int]:
         generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
-        return iter(torch.randperm(self.length, generator=generator).tolist())
+        return torch.randperm(self.length, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.permutation())
 
     def __len__(self) -> int:
         return self.length
+
+
+class ShardedShuffleSampler(EpochShuffleSampler):
+    """Every ``world_size``-th index, from ``rank`` on, of :class:`EpochShuffleSampler`'s order.
+
+    The order is padded to a multiple of ``world_size`` by repeating its first indices, so every
+    rank takes the same number of steps (as ``DistributedSampler`` pads).
+
+    Why not ``DistributedSampler``: its permutation is not the single-process one. Striding the
+    same permutation makes step ``t``'s global batch (the union of the ranks' batches of ``b``)
+    exactly batch ``t`` of a single process with batch ``world_size * b``, so a distributed run
+    trains the model a single process would, up to the float rounding of the gradient
+    all-reduce (and BatchNorm, whose batch statistics are per rank).
+    """
+
+    def __init__(self, length: int, seed: int, rank: int, world_size: int) -> None:
+        super().__init__(length, seed)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        self.rank = rank
+        self.world_size = world_size
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.permutation()
+        padded = order + order[: len(self) * self.world_size - self.length]
+        return iter(padded[self.rank :: self.world_size])
+
+    def __len__(self) -> int:
+        return math.ceil(self.length / self.world_size)
 
 
 class ShardSampler(Sampler[int]):
@@ -102,9 +134,9 @@ def build_loaders(
         workers: loader worker processes; 0 loads in the main process. Workers are restarted
             every epoch (not persistent) so their seeds follow :func:`set_epoch`.
         seed: fixes the shuffling order of every epoch.
-        distributed: shard train with ``DistributedSampler`` (padded, so every rank takes the
-            same number of steps) and val/test with :class:`ShardSampler`; needs an initialized
-            process group.
+        distributed: shard train with :class:`ShardedShuffleSampler` (the single-process
+            order, padded so every rank takes the same number of steps) and val/test with
+            :class:`ShardSampler`; needs an initialized process group.
 
     Returns:
         :class:`Loaders`. The last train batch is dropped only when it would hold one sample,
@@ -120,14 +152,13 @@ def build_loaders(
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             raise RuntimeError("distributed=True needs an initialized process group")
         rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        train_sampler: Sampler[int] = DistributedSampler(
-            splits.train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed
+        train_sampler: EpochShuffleSampler = ShardedShuffleSampler(
+            len(splits.train), seed, rank, world_size
         )
-        per_rank = math.ceil(len(splits.train) / world_size)
     else:
         rank, world_size = 0, 1
         train_sampler = EpochShuffleSampler(len(splits.train), seed)
-        per_rank = len(splits.train)
+    per_rank = len(train_sampler)
 
     def eval_loader(dataset: Dataset) -> DataLoader:
         sampler = ShardSampler(len(dataset), rank, world_size)
