@@ -47,6 +47,10 @@ class PruningMethod:
         device = param.device if param is not None else torch.device("cpu")
         return torch.zeros((), device=device)
 
+    def observe_loss(self, loss: float) -> None:
+        """The task loss of this iteration (a float, before backward): budget-driven schedules
+        hold their strength back when it rises. Called by the trainer; optional in own loops."""
+
     def after_backward(self) -> None:
         """Edit gradients in place after ``loss.backward()`` and before ``optimizer.step()``."""
 

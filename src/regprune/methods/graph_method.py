@@ -20,6 +20,7 @@ from regprune.allocation import MacsModel, Plan, allocate, validate_target
 from regprune.graph import DependencyGraph, trace_graph
 from regprune.lifecycle import CalibrationData, PruningMethod
 from regprune.metrics import count
+from regprune.regularizers.budget import BudgetSchedule
 from regprune.surgery import CompensationReport, apply_plan_with_report
 from regprune.surgery.compensate import check_compensate
 
@@ -58,6 +59,8 @@ class GraphMethod(PruningMethod):
     prune time when it did not (a one-shot criterion removes live channels by design)."""
     SILENT_SHARE = 0.9
     """Below this share of silent removed inputs, a silencing method warns (our choice)."""
+    budget_attr: str | None = None
+    """The regularizer attribute a budget drives (``"s"``, ``"lam"``); None: no budget mode."""
 
     def __init__(
         self,
@@ -93,10 +96,87 @@ class GraphMethod(PruningMethod):
         self.last_plan: Plan | None = None
         self.last_compensation: CompensationReport | None = None
         self.last_warnings: list[str] = []
+        self.budget: BudgetSchedule | None = None
+        self.strength_mode = "explicit"
 
     @property
     def groups(self):
         return self.graph.groups
+
+    # ---- budget mode (regprune.regularizers.budget) ------------------------------------------
+    def choose_strength(
+        self,
+        explicit: float | None,
+        *,
+        paper: float,
+        initial: float,
+        total_steps: int | None,
+        silence_at: float,
+    ) -> float:
+        """The strength to start with, and the mode: an explicit strength is used as given
+        (reproducing a paper or a tuned run); otherwise with ``total_steps`` the budget drives
+        it from ``initial``; with neither, the paper's default."""
+        if explicit is not None:
+            self.strength_mode = "explicit"
+            return float(explicit)
+        if total_steps is None:
+            self.strength_mode = "paper"
+            return paper
+        self.strength_mode = "budget"
+        self.budget = BudgetSchedule(total_steps, initial, silence_at=silence_at, owner=self.name)
+        return initial
+
+    def budget_active(self) -> bool:
+        """Whether the budget drives the strength now (MaskSparsity: only once it has a mask)."""
+        return self.budget is not None
+
+    def silence_scores(self) -> dict[int, torch.Tensor]:
+        """Per channel, the quantity the regularizer drives to zero (override per method)."""
+        raise NotImplementedError
+
+    def removal_masks(self, scores: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """The channels the method would remove now (default: its target over ``scores``)."""
+        return self.plan_from_scores(scores, comparable=True).drop_masks()
+
+    def removal_ratio(self) -> float:
+        """90th percentile of the removal set's scores over the kept channels' median at the
+        budget's first check (a fixed scale, see :mod:`regprune.regularizers.budget`)."""
+        scores = {g: v.double().cpu() for g, v in self.silence_scores().items()}
+        masks = self.removal_masks(scores)
+        removed = torch.cat([scores[g][masks[g]] for g in scores if g in masks])
+        kept = torch.cat([scores[g][~masks[g]] for g in scores if g in masks])
+        if not removed.numel() or not kept.numel():
+            return 0.0
+        assert self.budget is not None
+        if self.budget.reference_scale is None:
+            self.budget.reference_scale = float(kept.median())
+        scale = self.budget.reference_scale
+        return float(torch.quantile(removed, 0.9)) / scale if scale > 0 else 0.0
+
+    def observe_loss(self, loss: float) -> None:
+        if self.budget is not None:
+            self.budget.observe_loss(loss)
+
+    def step(self) -> None:
+        super().step()
+        if self.budget is not None and self.budget_active() and self.budget.due(self.iteration):
+            ratio = self.removal_ratio()
+            # every DDP rank must use the same strength: rank 0's losses decide
+            strength = broadcast_from_main(self.budget.update(self.iteration, ratio))
+            self.budget.strength = strength
+            setattr(self.regularizer, self.budget_attr, strength)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.budget is not None:
+            state["budget"] = self.budget.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if self.budget is not None and state.get("budget") is not None:
+            self.budget.load_state_dict(state["budget"])
+            setattr(self.regularizer, self.budget_attr, self.budget.strength)
 
     @property
     def macs_model(self) -> MacsModel:
@@ -156,10 +236,14 @@ class GraphMethod(PruningMethod):
 
     def removal_report(self) -> dict[str, Any]:
         """How silent the removed channels were, measured where they are read (after prune),
-        and the method's warnings about its schedule."""
+        the method's warnings about its schedule, and the budget's state in budget mode."""
         if self.last_compensation is None:
             return {}
-        return self.last_compensation.to_dict() | {"warnings": list(self.last_warnings)}
+        report = self.last_compensation.to_dict() | {"warnings": list(self.last_warnings)}
+        report["strength_mode"] = self.strength_mode
+        if self.budget is not None:
+            report["budget"] = self.budget.report()
+        return report
 
     def scores(self, data: CalibrationData | None = None) -> tuple[dict[int, torch.Tensor], bool]:
         """Per-channel scores and whether they compare across groups (override per method)."""

@@ -37,11 +37,38 @@ SCHEDULE_KEYS = (
 )
 
 
+def budget_schedule(total_steps: int, silence_at: float, variant: int) -> dict[str, Any]:
+    """GReg's schedule sized to a budget (our choice): about 50 lambda updates; GReg-2 picks
+    in the first tenth, lambda grows to tau = 1 by half of ``silence_at`` (the magnitude-ratio
+    stop may end it earlier: the schedule reacts to what it sees), then holds to ``silence_at``
+    of the budget; the rest is left for the network to adapt with the set silenced."""
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+    update_every = max(1, total_steps // 50)
+    pick = round(0.1 * total_steps) if variant == 2 else 0
+    done = silence_at * total_steps
+    grow_updates = max(2, int((0.5 * done - pick) / update_every))
+    schedule = {
+        "update_every": update_every,
+        # lambda exceeds tau (the stop) at the grow_updates-th update
+        "delta": 1.0 / (grow_updates - 1),
+        "tau": 1.0,
+        "stabilize_iters": max(1, int(done - pick - grow_updates * update_every)),
+    }
+    if variant == 2:
+        schedule["pick_delta"] = 1e-2 / max(1.0, pick / update_every)
+        schedule["pick_ceiling"] = 1e-2
+    return schedule
+
+
 class GReg(GraphMethod):
     """Structured growing regularization over channel groups.
 
     Args:
         variant: 1 (GReg-1: fixed prune set) or 2 (GReg-2: picking then pushing).
+        total_steps: the sparsify iterations; given without any schedule key, the schedule is
+            sized to it (:func:`budget_schedule`). Any schedule key given: the schedule as
+            given, with the paper's defaults for the rest.
         **kwargs: the schedule (``update_every`` K_u=10, ``delta`` 1e-4, ``tau`` 1.0,
             ``ratio_stop`` 1000, ``stabilize_iters`` K_s=10000, ``kept_lambda``, ``pick_delta``
             1e-5, ``pick_ceiling`` 1e-2) and the target (ratio / target_macs, scope, round_to,
@@ -52,9 +79,25 @@ class GReg(GraphMethod):
     silences_removal_set = True
     default_scope = "local"
 
-    def __init__(self, model: nn.Module, example_inputs: Any, *, variant: int = 1, **kwargs: Any):
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Any,
+        *,
+        variant: int = 1,
+        total_steps: int | None = None,
+        silence_at: float = 0.8,
+        **kwargs: Any,
+    ):
         schedule = {k: kwargs.pop(k) for k in SCHEDULE_KEYS if k in kwargs}
         super().__init__(model, example_inputs, **kwargs)
+        if total_steps is not None and not schedule:
+            schedule = budget_schedule(total_steps, silence_at, variant)
+            self.strength_mode = "budget"
+        elif schedule:
+            self.strength_mode = "explicit"
+        else:
+            self.strength_mode = "paper"
         if variant not in (1, 2):
             raise ValueError(f"variant must be 1 (GReg-1) or 2 (GReg-2), got {variant!r}")
         self.variant = variant

@@ -37,6 +37,9 @@ class MaskSparsity(GraphMethod):
 
     Args:
         s: strength of the masked penalty (code default 5e-4 on ImageNet; 1e-4 suits CIFAR).
+            Leave it out and give ``total_steps`` for budget mode: the masked penalty is then
+            driven so that the masked channels are silent by ``silence_at`` of the budget
+            (:mod:`regprune.regularizers.budget`), and the slimming stage takes a fifth of it.
         mask_from: ``"slimming"`` (a slimming stage of ``mask_iters`` iterations with strength
             ``mask_s`` first) or an importance name (``"bn_scale"``, ``"l1"`` ...) for a mask now.
         mask_iters: iterations of the slimming stage.
@@ -60,23 +63,31 @@ class MaskSparsity(GraphMethod):
         model: nn.Module,
         example_inputs: Any,
         *,
-        s: float = 1e-4,
+        s: float | None = None,
         mask_from: str = "slimming",
-        mask_iters: int = 200,
+        mask_iters: int | None = None,
         mask_s: float = 1e-4,
         mask_rule: str = "aggregate",
         norm: str = "l1",
         smooth_l1_beta: float | None = None,
         restart_from_baseline: bool = False,
+        total_steps: int | None = None,
+        silence_at: float = 0.8,
         **target: Any,
     ) -> None:
         super().__init__(model, example_inputs, **target)
+        if mask_iters is None:
+            # budget mode: the slimming stage takes a fifth of the budget (our choice)
+            mask_iters = 200 if total_steps is None else max(1, round(0.2 * total_steps))
         if mask_rule not in MASK_RULES:
             raise ValueError(f"mask_rule must be one of {MASK_RULES}, got {mask_rule!r}")
         if mask_from != "slimming":
             get_importance(mask_from)  # fail now on a bad name, not after the slimming stage
         if not isinstance(mask_iters, int) or mask_iters < 0:
             raise ValueError(f"mask_iters must be an integer >= 0, got {mask_iters!r}")
+        s = self.choose_strength(
+            s, paper=1e-4, initial=1e-4, total_steps=total_steps, silence_at=silence_at
+        )
         self.s = s
         self.mask_from = mask_from
         self.mask_iters = mask_iters if mask_from == "slimming" else 0
@@ -106,7 +117,7 @@ class MaskSparsity(GraphMethod):
         if self.mask_rule == "vote":
             plan = self._vote(plan, scores)
         self.mask_plan = broadcast_from_main(plan)
-        self.regularizer.s = self._masked_strength
+        self.regularizer.s = self._masked_strength if self.budget is None else self.budget.strength
         self.regularizer.set_mask(self.mask_plan.drop_masks())
         if self._baseline is not None:
             self.model.load_state_dict(self._baseline)
@@ -145,10 +156,26 @@ class MaskSparsity(GraphMethod):
             vote_scores[group.id] = keep_share + 1e-3 * aggregate / top
         return self.plan_from_scores(vote_scores, comparable=True)
 
+    budget_attr = "s"
+
+    def budget_active(self) -> bool:
+        return self.budget is not None and self.mask_plan is not None
+
+    def silence_scores(self) -> dict[int, torch.Tensor]:
+        return BNScaleImportance()(self.model, self.graph)
+
+    def removal_masks(self, scores: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        assert self.mask_plan is not None
+        return self.mask_plan.drop_masks()
+
     def after_backward(self) -> None:
         self.regularizer.apply_to_grads(self.model)
+        if self.budget_active():
+            self.regularizer.remember_signs(self.model)
 
     def step(self) -> None:
+        if self.budget_active():
+            self.regularizer.zero_the_crossed(self.model)
         super().step()
         if self.mask_plan is None and self.iteration >= self.mask_iters:
             self._make_mask()
@@ -186,5 +213,7 @@ class MaskSparsity(GraphMethod):
         self._baseline = state.get("baseline")
         if state.get("mask_plan") is not None:
             self.mask_plan = Plan.from_dict(state["mask_plan"])
-            self.regularizer.s = self._masked_strength
+            self.regularizer.s = (
+                self._masked_strength if self.budget is None else self.budget.strength
+            )
             self.regularizer.set_mask(self.mask_plan.drop_masks())

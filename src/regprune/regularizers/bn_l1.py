@@ -102,6 +102,7 @@ class BNScaleL1:
         self.unscaled_group_ids = [g.id for g in self.groups if g.id not in scaled]
         self._mask: dict[int, torch.Tensor] | None = None
         self._mask_on_device: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
+        self._signs: list[tuple[int, SliceIndex, torch.Tensor]] = []
         self.set_mask(mask)
 
     @property
@@ -159,6 +160,39 @@ class BNScaleL1:
             if weight is not None:
                 term = term * along(weight[channels], dim, term.dim())
             grad.index_add_(dim, positions, term)
+
+    def remember_signs(self, model: nn.Module) -> None:
+        """Note the sign of every penalized scale (before the optimizer step)."""
+        self._signs = []
+        with torch.no_grad():
+            for gid, index in self._scales:
+                gamma = index.tensor(model, leaf=True)
+                if gamma is None:
+                    continue
+                dim = index.dim(gamma)
+                positions, _ = index.on(gamma.device)
+                self._signs.append((gid, index, torch.sign(gamma.index_select(dim, positions))))
+
+    def zero_the_crossed(self, model: nn.Module) -> None:
+        """Set to zero every penalized scale whose sign the last step flipped: the proximal
+        form of the L1 step. Why: the subgradient ``s * sign(gamma)`` makes a scale that
+        reached zero jitter around it with an amplitude of about ``lr * s / (1 - momentum)``,
+        so with a constant learning rate the channel never goes quiet; clipping at the
+        crossing holds it at zero (budget mode only: the papers use the plain subgradient)."""
+        with torch.no_grad():
+            for gid, index, before in self._signs:
+                gamma = index.tensor(model, leaf=True)
+                if gamma is None:
+                    continue
+                dim = index.dim(gamma)
+                positions, channels = index.on(gamma.device)
+                now = gamma.index_select(dim, positions)
+                crossed = (torch.sign(now) != before) & (before != 0)
+                weight = self._channel_weight(gid, gamma.device, torch.bool)
+                if weight is not None:
+                    crossed &= along(weight[channels], dim, crossed.dim())
+                gamma.index_copy_(dim, positions, torch.where(crossed, 0.0, now))
+        self._signs = []
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
         """The loss-term form (see the class docstring); differentiable in ``gamma``."""

@@ -154,6 +154,8 @@ def train_one_epoch(
             if not math.isfinite(task_value + penalty_value):
                 raise NonFiniteLossError(epoch, iteration, task_value, penalty_value)
             lr = optimizer.param_groups[0]["lr"]
+            if method is not None:
+                method.observe_loss(task_value)
             _backward_and_step(loss, model, optimizer, method, scheduler, scaler, grad_clip)
             batch = len(targets)
             task_sum += task_value * batch

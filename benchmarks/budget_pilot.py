@@ -1,0 +1,99 @@
+"""Pilot of budget mode (issue 14, open): a method given only ``total_steps``, no strength.
+
+    python -m benchmarks.budget_pilot slimming masksparsity greg1 --steps 100
+
+ResNet-20 trained 3 epochs on 2,000 Fashion-MNIST images (seed 0), then each method in budget
+mode for ``--steps`` SGD steps (lr 0.05, momentum 0.9, batch 100), target 50 % of the MACs,
+max_ratio 0.7, and pruned; ``oneshot`` is the same training without a penalty. Prints the test
+accuracy (2,000 test images) of the baseline, before pruning and right after, and the removal
+report: how many removed channel inputs were silent where they are read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+import regprune as rp
+from regprune.data import build_datasets
+from regprune.models import create_model
+
+
+def tensors(subset: int = 2000) -> tuple[torch.Tensor, ...]:
+    splits = build_datasets("fashionmnist", subset=subset, seed=0, augment=False)
+
+    def stack(dataset):
+        xs, ys = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
+        return torch.stack(xs), torch.tensor(ys)
+
+    return (*stack(splits.train), *stack(splits.test))
+
+
+def batches(x, y, seed: int, size: int = 100):
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    return [(x[order[i : i + size]], y[order[i : i + size]]) for i in range(0, len(x), size)]
+
+
+def train(model, x, y, steps: int, method=None) -> None:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    model.train()
+    done = 0
+    while done < steps:
+        for inputs, targets in batches(x, y, seed=done):
+            loss = F.cross_entropy(model(inputs), targets)
+            if method is not None:
+                method.observe_loss(float(loss.detach()))
+                loss = loss + method.penalty()
+            loss.backward()
+            if method is not None:
+                method.after_backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            if method is not None:
+                method.step()
+            done += 1
+            if done >= steps:
+                return
+
+
+def accuracy(model, x, y) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).double().mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("methods", nargs="+")
+    parser.add_argument("--steps", type=int, default=100)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    x, y, x_test, y_test = tensors()
+    torch.manual_seed(0)
+    baseline = create_model("resnet20", num_classes=10, in_channels=1)
+    train(baseline, x, y, steps=60)
+    base = accuracy(baseline, x_test, y_test)
+    for name in args.methods:
+        model = copy.deepcopy(baseline)
+        budget = {} if name == "oneshot" else {"total_steps": args.steps}
+        method = rp.methods.get(name, model, x[:1], target_macs=0.5, max_ratio=0.7, **budget)
+        train(model, x, y, args.steps, method)
+        before = accuracy(model, x_test, y_test)
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            small = method.prune(data=batches(x, y, seed=0)[:4])
+        after = accuracy(small, x_test, y_test)
+        report = method.removal_report()
+        print(
+            f"| {name} | {args.steps} | {base:.3f} | {before:.3f} | {after:.3f} | "
+            f"{report['silent_inputs']}/{report['removed_inputs']} | "
+            f"{(report.get('budget') or {}).get('strength', '-')} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

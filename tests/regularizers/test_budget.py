@@ -1,0 +1,90 @@
+"""Budget-driven strength (regprune.regularizers.budget) and the methods' budget mode."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from regprune import methods
+from regprune.models import create_model
+from regprune.regularizers.budget import SILENT_RATIO, BudgetSchedule
+from tests.methods.test_methods_unit import X, train_steps
+
+
+def test_the_planned_path_falls_geometrically_to_silence_at_the_set_share() -> None:
+    schedule = BudgetSchedule(100, 1e-4, silence_at=0.8)
+    assert schedule.planned(0) is None
+    schedule.update(0, 1.0)
+    assert schedule.planned(0) == pytest.approx(1.0)
+    assert schedule.planned(40) == pytest.approx(SILENT_RATIO**0.5)
+    assert schedule.planned(80) == pytest.approx(SILENT_RATIO)
+    assert schedule.planned(100) == pytest.approx(SILENT_RATIO)
+
+
+def test_strength_rises_behind_the_path_falls_ahead_and_backs_off_on_loss() -> None:
+    schedule = BudgetSchedule(100, 1.0, raise_factor=2.0, lower_factor=0.5)
+    schedule.observe_loss(1.0)
+    schedule.update(0, 1.0)  # on the path at the start: lowered
+    assert schedule.strength == pytest.approx(0.5)
+    schedule.update(40, 0.9)  # far behind the path
+    assert schedule.strength == pytest.approx(1.0)
+    for _ in range(20):
+        schedule.observe_loss(5.0)  # the task loss rose far above its start
+    schedule.update(42, 0.9)
+    assert schedule.strength == pytest.approx(0.125) and schedule.held == 1
+
+
+def test_state_round_trips_and_bad_budgets_are_named() -> None:
+    schedule = BudgetSchedule(100, 1e-3)
+    schedule.observe_loss(2.0)
+    schedule.update(10, 0.5)
+    restored = BudgetSchedule(100, 1e-3)
+    restored.load_state_dict(schedule.state_dict())
+    assert restored.state_dict() == schedule.state_dict()
+    with pytest.raises(ValueError, match="total_steps must be a positive integer"):
+        BudgetSchedule(0, 1e-3)
+    with pytest.warns(UserWarning, match="too short to silence anything"):
+        BudgetSchedule(5, 1e-3)
+
+
+def test_greg_budget_mode_silences_its_set_by_the_planned_share() -> None:
+    model = create_model("resnet20", num_classes=10, in_channels=1)
+    method = methods.get("greg1", model, X, ratio=0.5, total_steps=60)
+    assert method.strength_mode == "budget"
+    train_steps(model, method, 48, lr=0.5)  # 0.8 of the budget, lr as SGD(0.05, momentum 0.9)
+    assert not method.wants_more_training()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # finished and silent: no warning
+        method.prune()
+    report = method.removal_report()
+    assert report["silent_inputs"] >= 0.9 * report["removed_inputs"]
+
+
+def test_masksparsity_budget_mode_drives_its_set_down_and_resumes_exactly(tmp_path) -> None:
+    model = create_model("resnet20", num_classes=10, in_channels=1)
+    method = methods.get("masksparsity", model, X, ratio=0.5, total_steps=60)
+    assert method.mask_iters == 12 and method.strength_mode == "budget"
+    train_steps(model, method, 30, lr=0.5)
+    assert method.budget.start_ratio is not None
+    state = method.state_dict()
+    torch.save(state, tmp_path / "m.pt")
+    twin = methods.get(
+        "masksparsity", create_model("resnet20", 10, 1), X, ratio=0.5, total_steps=60
+    )
+    twin.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+    assert twin.budget.state_dict() == method.budget.state_dict()
+    assert twin.regularizer.s == method.regularizer.s == method.budget.strength
+    train_steps(model, method, 18, lr=0.5)
+    assert method.budget.last_ratio < 0.5 * method.budget.start_ratio
+
+
+@pytest.mark.parametrize("name", ["slimming", "group_lasso", "hgsr", "masksparsity"])
+def test_explicit_strengths_and_paper_defaults_are_kept(name: str) -> None:
+    key = "s" if name in ("slimming", "masksparsity") else "lam"
+    model = create_model("resnet20", num_classes=10, in_channels=1)
+    explicit = methods.get(name, model, X, ratio=0.5, total_steps=100, **{key: 3e-3})
+    assert explicit.strength_mode == "explicit" and explicit.budget is None
+    paper = methods.get(name, model, X, ratio=0.5)
+    assert paper.strength_mode == "paper" and paper.budget is None
