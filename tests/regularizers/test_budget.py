@@ -80,11 +80,12 @@ def test_masksparsity_budget_mode_drives_its_set_down_and_resumes_exactly(tmp_pa
     assert method.budget.last_ratio < 0.5 * method.budget.start_ratio
 
 
-@pytest.mark.parametrize("name", ["slimming", "group_lasso", "hgsr", "masksparsity"])
-def test_explicit_strengths_and_paper_defaults_are_kept(name: str) -> None:
-    key = "s" if name in ("slimming", "masksparsity") else "lam"
+def test_explicit_strengths_and_paper_defaults_are_kept() -> None:
     model = create_model("resnet20", num_classes=10, in_channels=1)
-    explicit = methods.get(name, model, X, ratio=0.5, total_steps=100, **{key: 3e-3})
+    explicit = methods.get("masksparsity", model, X, ratio=0.5, total_steps=100, s=3e-3)
     assert explicit.strength_mode == "explicit" and explicit.budget is None
-    paper = methods.get(name, model, X, ratio=0.5)
-    assert paper.strength_mode == "paper" and paper.budget is None
+    assert explicit.mask_iters == 20  # the budget still sizes the slimming stage
+    paper = methods.get("masksparsity", model, X, ratio=0.5)
+    assert paper.strength_mode == "paper" and paper.budget is None and paper.mask_iters == 200
+    greg = methods.get("greg1", model, X, ratio=0.5, total_steps=100, delta=0.5)
+    assert greg.strength_mode == "explicit" and greg.regularizer.delta == 0.5

@@ -17,35 +17,16 @@ class GroupLassoMethod(GraphMethod):
 
     A channel's norm spans all its coupled parameters (producer filters, BN, consumer inputs),
     so coupled layers shrink together. Norms are compared globally as they are: the penalty
-    drives unneeded channels to zero whatever their layer. ``lam`` left out with
-    ``total_steps`` given: budget mode (:mod:`regprune.regularizers.budget`).
+    drives unneeded channels to zero whatever their layer.
     """
 
     name = "group_lasso"
     silences_removal_set = True
     default_scope = "global"
 
-    budget_attr = "lam"
-
-    def __init__(
-        self,
-        model: nn.Module,
-        example_inputs: Any,
-        *,
-        lam: float | None = None,
-        total_steps: int | None = None,
-        silence_at: float = 0.8,
-        **target: Any,
-    ):
+    def __init__(self, model: nn.Module, example_inputs: Any, *, lam: float = 1e-4, **target: Any):
         super().__init__(model, example_inputs, **target)
-        lam = self.choose_strength(
-            lam, paper=1e-4, initial=1e-4, total_steps=total_steps, silence_at=silence_at
-        )
         self.regularizer = GroupLasso(self.groups, lam=lam)
-
-    def silence_scores(self) -> dict[int, torch.Tensor]:
-        with torch.no_grad():
-            return self.regularizer.channel_norms(self.model)
 
     def penalty(self) -> torch.Tensor:
         return self.regularizer.penalty(self.model)

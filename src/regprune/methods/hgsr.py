@@ -8,7 +8,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from regprune.importance.criteria import mean_over_slices
 from regprune.importance.loss_increase import exact_loss_increase, fast_loss_increase
 from regprune.lifecycle import CalibrationData
 from regprune.methods.graph_method import GraphMethod
@@ -21,8 +20,7 @@ class HGSR(GraphMethod):
     """Loss ``CE + 0.5*lam*HGSR + 0.5*lam*L1`` on every conv, then loss-increase selection.
 
     Args:
-        lam: lambda (1e-3 in the paper). Left out with ``total_steps`` given: budget mode
-            (:mod:`regprune.regularizers.budget`), from 1e-5.
+        lam: lambda (1e-3 in the paper).
         variant: ``"squared"`` (default), ``"sqrt"``, ``"l1_2"``, ``"exclusive"``.
         l1: add the L1 term.
         selection: ``"fast"`` (first-order estimate, one backward) or ``"exact"`` (one masked
@@ -40,35 +38,17 @@ class HGSR(GraphMethod):
         model: nn.Module,
         example_inputs: Any,
         *,
-        lam: float | None = None,
+        lam: float = 1e-3,
         variant: str = "squared",
         l1: bool = True,
         selection: str = "fast",
-        total_steps: int | None = None,
-        silence_at: float = 0.8,
         **target: Any,
     ) -> None:
         super().__init__(model, example_inputs, **target)
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
         self.selection = selection
-        lam = self.choose_strength(
-            lam, paper=1e-3, initial=1e-5, total_steps=total_steps, silence_at=silence_at
-        )
         self.regularizer = HierarchicalGroupSparsity(model, lam=lam, variant=variant, l1=l1)
-
-    budget_attr = "lam"
-
-    def silence_scores(self) -> dict[int, torch.Tensor]:
-        """What HGSR drives to zero is a channel's input slices in the convs that read it."""
-        scores = {}
-        with torch.no_grad():
-            for group in self.groups:
-                reads = [s for s in group.slices if s.role == "in"] or group.slices
-                scores[group.id] = mean_over_slices(
-                    self.model, group, reads, lambda rows: rows.norm(dim=1)
-                )
-        return scores
 
     def penalty(self) -> torch.Tensor:
         return self.regularizer.penalty()
