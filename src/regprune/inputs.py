@@ -27,9 +27,20 @@ def as_input_tuple(example_inputs: ExampleInputs) -> tuple[torch.Tensor, ...]:
     ):
         inputs = tuple(example_inputs)
     else:
+        got = type(example_inputs).__name__
+        if isinstance(example_inputs, Sequence) and not isinstance(example_inputs, str):
+            if not example_inputs:
+                got = f"an empty {got}"
+            strangers = [
+                f"[{i}] is a {type(x).__name__}"
+                for i, x in enumerate(example_inputs)
+                if not isinstance(x, torch.Tensor)
+            ]
+            if strangers:
+                got += f" whose item{'s' if len(strangers) > 1 else ''} {', '.join(strangers[:3])}"
         raise TypeError(
             "example_inputs must be a tensor or a non-empty tuple or list of tensors (the "
-            f"model's positional arguments), got {type(example_inputs).__name__}"
+            f"model's positional arguments), got {got}"
         )
     for i, x in enumerate(inputs):
         if x.dim() > 0 and x.shape[0] == 0:

@@ -210,7 +210,7 @@ def test_macs_target_is_never_exceeded_and_refused_only_below_the_floor(
     check_budget_is_safe(program, target, importance, scope)
 
 
-@settings(fast, phases=[Phase.explicit, Phase.generate])  # the failure is known: skip shrinking
+@settings(fast, phases=[Phase.explicit, Phase.generate])  # no shrinking: a failure prints its repro
 @given(program=programs(), target=targets, importance=importances, scope=scopes)
 def test_macs_target_is_met_within_one_percent_or_refused(
     program: Program, target: float, importance: str, scope: str

@@ -1,5 +1,5 @@
-"""Minimal repros of the MACs-budget contract ("met within 1%", docs/specs/DESIGN.md) failing on
-small models, next to the parts of it that hold. Found by the property tests (tests/property)."""
+"""The MACs-budget contract ("met within 1%", docs/specs/DESIGN.md) on small models where it used
+to fail, found by the property tests (tests/property): each case is now a plain test."""
 
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ def resolve_ignore(
         elif isinstance(entry, str):
             if entry not in all_names:
                 close = sorted(n for n in all_names if n and entry.split(".")[-1] in n)[:5]
-                top = [n for n in all_names if n and "." not in n][:8]
+                top = sorted(n for n in all_names if n and "." not in n)[:8]
                 hint = (
                     f"; similar names: {close}"
                     if close

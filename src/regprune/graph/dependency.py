@@ -258,13 +258,9 @@ def _locked_weights(
         if bool(locked[comps].all()):
             known = reason_of[comps][reason_of[comps] >= 0]
             text = reasons[int(known[0])].reason if known.numel() else "coupled with a lock"
+            channels = int(torch.unique(comps).numel())  # a (1, C, 1, 1) buffer has C channels
             found.append(
-                Unprunable(
-                    param.module or "<model>",
-                    param.atoms.shape[0],
-                    param.atoms.shape[0],
-                    f"{param.attr}: {text}",
-                )
+                Unprunable(param.module or "<model>", channels, channels, f"{param.attr}: {text}")
             )
     return found
 

@@ -319,7 +319,13 @@ class Tracer(TorchFunctionMode):
                 else:
                     output = self.model(*inputs)
         except Exception as error:
-            where = self.module_stack[-1] or "<model>"
+            where = self.module_stack[-1]
+            if not where:  # the model's own forward: nothing to ignore, the inputs are wrong
+                raise TraceError(
+                    f"the model's forward failed on example_inputs while tracing: {error}. "
+                    "Check that example_inputs are the model's positional arguments, with the "
+                    "shapes and dtypes it expects"
+                ) from error
             raise TraceError(
                 f"the forward pass failed inside module '{where}' while tracing: {error}. "
                 f"Check that example_inputs match what the model expects; if this module "

@@ -24,13 +24,17 @@ class Importance:
     """False for criteria that never look at values (random): they also score meta models."""
 
     def __call__(self, model: nn.Module, graph: DependencyGraph) -> dict[int, torch.Tensor]:
+        self.check_values(model)
+        return {group.id: self.group_scores(model, group) for group in graph.groups}
+
+    def check_values(self, model: nn.Module) -> None:
+        """Refuse a meta model (shapes, no values) when the criterion reads the weights."""
         if self.reads_weights and any(p.is_meta for p in model.parameters()):
             raise ValueError(
                 f"importance {self.name!r} reads the weights, but the model is on the meta "
                 "device (shapes, no values): load real weights first (model.to_empty(device="
                 "'cpu') then load_state_dict), or use importance='random'"
             )
-        return {group.id: self.group_scores(model, group) for group in graph.groups}
 
     def group_scores(self, model: nn.Module, group: ChannelGroup) -> torch.Tensor:
         raise NotImplementedError
@@ -89,6 +93,7 @@ class BNScaleImportance(Importance):
     comparable = True
 
     def __call__(self, model: nn.Module, graph: DependencyGraph) -> dict[int, torch.Tensor]:
+        self.check_values(model)
         scores, fallback = {}, []
         for group in graph.groups:
             scales = group.norm_scales()
