@@ -25,6 +25,7 @@ from typing import Any
 from torch import nn
 
 import regprune
+from regprune.pipeline.methods import takes_budget
 from regprune.train import recalibrate_batch_norm, seed_everything
 
 from .config import PLAIN, BenchConfig, RunSpec
@@ -51,6 +52,9 @@ def _method_kwargs(
     kwargs = dict(spec.kwargs)
     if spec.method.startswith("l0_"):
         kwargs.setdefault("num_samples", len(data.train.dataset))  # N of the 1/N scaling
+    if takes_budget(spec.method):
+        # the budget, as the pipeline passes it: used when the run names no strength
+        kwargs.setdefault("total_steps", config.sparsify.epochs * len(data.train))
     if spec.family == "unstructured":
         if spec.ratio is not None:
             kwargs["ratio"] = spec.ratio

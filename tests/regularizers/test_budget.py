@@ -89,3 +89,18 @@ def test_explicit_strengths_and_paper_defaults_are_kept() -> None:
     assert paper.strength_mode == "paper" and paper.budget is None and paper.mask_iters == 200
     greg = methods.get("greg1", model, X, ratio=0.5, total_steps=100, delta=0.5)
     assert greg.strength_mode == "explicit" and greg.regularizer.delta == 0.5
+
+
+def test_the_pipeline_passes_the_budget_where_a_method_takes_one() -> None:
+    from regprune.pipeline.methods import build_method, takes_budget
+    from regprune.pipeline.sections import MethodSection
+
+    assert takes_budget("greg1") and takes_budget("masksparsity")
+    assert not takes_budget("slimming")  # no budget mode yet: it keeps its strength
+    model = create_model("resnet20", num_classes=10, in_channels=1)
+    budget = build_method(MethodSection("greg2", ratio=0.5), model, X, total_steps=200)
+    assert budget.strength_mode == "budget"
+    tuned = build_method(MethodSection("greg2", {"delta": 0.1}, ratio=0.5), model, X, 200)
+    assert tuned.strength_mode == "explicit"
+    slimming = build_method(MethodSection("slimming", {"s": 1e-3}, ratio=0.5), model, X, 200)
+    assert slimming.regularizer.s == 1e-3

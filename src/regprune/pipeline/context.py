@@ -117,7 +117,7 @@ class RunContext:
         """
         model = self.build_model()
         if {"sparsify", "prune"} & set(phases):
-            build_method(self.config.method, model, self.example_inputs())
+            build_method(self.config.method, model, self.example_inputs(), self.sparsify_steps())
 
     def build_model(self) -> nn.Module:
         """A freshly initialised model of the configured architecture, on the device."""
@@ -149,7 +149,11 @@ class RunContext:
         self.reseed("sparsify")
         model = self.build_model()
         self.load_phase_weights(model, "pretrain")
-        return build_method(self.config.method, model, self.example_inputs())
+        return build_method(self.config.method, model, self.example_inputs(), self.sparsify_steps())
+
+    def sparsify_steps(self) -> int:
+        """The sparsify phase's iterations on this rank: the budget methods size themselves to."""
+        return self.config.sparsify.epochs * len(self.loaders.train)
 
     def restore_method(self, checkpoint_phase: str) -> PruningMethod:
         """Rebuild the method as the sparsify phase built it, then load a checkpoint's state.

@@ -30,6 +30,9 @@ from regprune.surgery import save_pruned
 from regprune.train import CheckpointError, evaluate, load_model_state, save_checkpoint
 
 PhaseResult = dict[str, Any]
+
+FELL_BELOW_BASELINE = 0.05
+"""Accuracy lost during sparsify (fraction) above which the run warns before pruning."""
 Phase = Callable[[RunContext, Progress], PhaseResult]
 
 
@@ -87,6 +90,16 @@ def prune(ctx: RunContext, progress: Progress) -> PhaseResult:
     ctx.reseed("prune")
     test = ctx.loaders.test
     acc_before = evaluate(method.model, test, ctx.device)["acc"]
+    baseline = progress.phases.get("pretrain", {}).get("acc_baseline")
+    fell = ""
+    if baseline is not None and acc_before < baseline - FELL_BELOW_BASELINE:
+        fell = (
+            f"{method.name}: the regularized model fell to {100 * acc_before:.2f} % during "
+            f"sparsify, {100 * (baseline - acc_before):.1f} points below its baseline "
+            f"({100 * baseline:.2f} %): the penalty was too strong for this schedule and "
+            "fine-tuning may not recover it; lower the strength, or give the budget instead"
+        )
+        logger.warning("[prune] %s", fell)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pruned = method.prune(ctx.calibration_batches())
@@ -95,6 +108,8 @@ def prune(ctx: RunContext, progress: Progress) -> PhaseResult:
         removal["warnings"] = [str(w.message) for w in caught]
     for text in removal.get("warnings", []):
         logger.warning("[prune] %s", text)
+    if fell:
+        removal["warnings"] = [fell, *removal.get("warnings", [])]
     acc_after = evaluate(pruned, test, ctx.device)["acc"]
     logger.info(
         "[prune] test acc %.2f %% before pruning, %.2f %% right after",
