@@ -27,9 +27,10 @@ from regprune.allocation import Plan
 from regprune.importance import get_importance
 from regprune.importance.criteria import mean_over_slices
 from regprune.lifecycle import CalibrationData
-from regprune.methods.graph_method import GraphMethod, broadcast_from_main
+from regprune.methods.graph_method import GraphMethod
 from regprune.regularizers import BNScaleL1
 from regprune.train.batchnorm import recalibrate_batch_norm
+from regprune.train.distributed import broadcast_object
 
 DEFAULT_CANDIDATES = ("l1", "l2", "bn_scale", "fpgm", "random")
 
@@ -193,7 +194,7 @@ class AdaPruner(GraphMethod):
                 "AdaPruner compares inheritance criteria on training batches: call "
                 "prune(data=batches) with at least 2 (inputs, targets) batches"
             )
-        widths = broadcast_from_main(self.kept_widths())
+        widths = broadcast_object(self.kept_widths())
         half = len(data) // 2
         recalibration, held_out = list(data[:half]), list(data[half:])
         candidates: dict[str, tuple[Plan, nn.Module, Any]] = {}
@@ -205,7 +206,7 @@ class AdaPruner(GraphMethod):
             self.candidate_losses[criterion.name] = proxy_loss(candidate, held_out)
             candidates[criterion.name] = (plan, candidate, self.last_compensation)
         local_best = min(self.candidate_losses, key=self.candidate_losses.__getitem__)
-        self.chosen = broadcast_from_main(local_best)  # every DDP rank inherits the same way
+        self.chosen = broadcast_object(local_best)  # every DDP rank inherits the same way
         plan, model, self.last_compensation = candidates[self.chosen]
         self.last_plan = plan
         return model

@@ -13,7 +13,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from regprune.allocation import MacsModel, Plan, allocate, validate_target
@@ -23,15 +22,7 @@ from regprune.metrics import count
 from regprune.regularizers.budget import BudgetSchedule
 from regprune.surgery import CompensationReport, apply_plan_with_report
 from regprune.surgery.compensate import check_compensate
-
-
-def broadcast_from_main(value: Any) -> Any:
-    """Under DDP every rank must prune the same channels: rank 0 decides, the others follow."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        holder = [value]
-        dist.broadcast_object_list(holder, src=0)
-        return holder[0]
-    return value
+from regprune.train.distributed import broadcast_object
 
 
 class GraphMethod(PruningMethod):
@@ -162,7 +153,7 @@ class GraphMethod(PruningMethod):
         if self.budget is not None and self.budget_active() and self.budget.due(self.iteration):
             ratio = self.removal_ratio()
             # every DDP rank must use the same strength: rank 0's losses decide
-            strength = broadcast_from_main(self.budget.update(self.iteration, ratio))
+            strength = broadcast_object(self.budget.update(self.iteration, ratio))
             self.budget.strength = strength
             setattr(self.regularizer, self.budget_attr, strength)
 
@@ -197,7 +188,7 @@ class GraphMethod(PruningMethod):
             macs_model=self.macs_model if self.target_macs is not None else None,
             max_ratio=self.max_ratio,
         )
-        return broadcast_from_main(plan)
+        return broadcast_object(plan)
 
     def plan_from_masks(self, masks: dict[int, torch.Tensor]) -> Plan:
         """A plan that drops exactly the channels marked True (a fixed prune set)."""

@@ -21,8 +21,9 @@ from torch import nn
 from regprune.allocation import Plan
 from regprune.importance import MagnitudeImportance
 from regprune.lifecycle import CalibrationData
-from regprune.methods.graph_method import GraphMethod, broadcast_from_main
+from regprune.methods.graph_method import GraphMethod
 from regprune.regularizers import GrowingL2
+from regprune.train.distributed import broadcast_object
 
 SCHEDULE_KEYS = (
     "update_every",
@@ -133,7 +134,7 @@ class GReg(GraphMethod):
                 "pick_delta x update_every iterations) before pruning"
             )
         masks = {int(k): v for k, v in self.regularizer.prune_set().items()}
-        return self.apply(broadcast_from_main(self.plan_from_masks(masks)), data)
+        return self.apply(broadcast_object(self.plan_from_masks(masks)), data)
 
     def schedule_warnings(self, plan: Plan) -> list[str]:
         if self.regularizer.done:

@@ -26,8 +26,9 @@ from torch import nn
 from regprune.allocation import Plan
 from regprune.importance import BNScaleImportance, get_importance
 from regprune.lifecycle import CalibrationData
-from regprune.methods.graph_method import GraphMethod, broadcast_from_main
+from regprune.methods.graph_method import GraphMethod
 from regprune.regularizers import BNScaleL1
+from regprune.train.distributed import broadcast_object
 
 MASK_RULES = ("aggregate", "vote")
 
@@ -116,7 +117,7 @@ class MaskSparsity(GraphMethod):
         plan = self.plan_from_scores(scores, criterion.comparable)
         if self.mask_rule == "vote":
             plan = self._vote(plan, scores)
-        self.mask_plan = broadcast_from_main(plan)
+        self.mask_plan = broadcast_object(plan)
         self.regularizer.s = self._masked_strength if self.budget is None else self.budget.strength
         self.regularizer.set_mask(self.mask_plan.drop_masks())
         if self._baseline is not None:

@@ -13,13 +13,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from regprune.allocation import SCOPES
 from regprune.layers import weight_layers
 from regprune.lifecycle import CalibrationData, PruningMethod
-from regprune.methods.graph_method import broadcast_from_main
 from regprune.methods.greg import SCHEDULE_KEYS
 from regprune.regularizers import GrowingL2
-
-SCOPES = ("local", "global")
+from regprune.train.distributed import broadcast_object
 
 
 def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -140,7 +139,7 @@ class MagnitudeUnstructured(PruningMethod):
 
     def prune(self, data: CalibrationData | None = None) -> nn.Module:
         masks = magnitude_masks(prunable_weights(self.model), self.ratio, self.scope)
-        self.masks = broadcast_from_main(masks)
+        self.masks = broadcast_object(masks)
         return apply_masks(self.model, self.masks)
 
     def finetune_method(self, pruned: nn.Module) -> PruningMethod:
@@ -187,7 +186,7 @@ class GRegUnstructured(PruningMethod):
 
     def prune(self, data: CalibrationData | None = None) -> nn.Module:
         masks = {str(k): v for k, v in self.regularizer.prune_set().items()}
-        self.masks = broadcast_from_main(masks)
+        self.masks = broadcast_object(masks)
         return apply_masks(self.model, self.masks)
 
     def finetune_method(self, pruned: nn.Module) -> PruningMethod:
