@@ -26,14 +26,16 @@ def test_the_planned_path_falls_geometrically_to_silence_at_the_set_share() -> N
 def test_strength_rises_behind_the_path_falls_ahead_and_backs_off_on_loss() -> None:
     schedule = BudgetSchedule(100, 1.0, raise_factor=2.0, lower_factor=0.5)
     schedule.observe_loss(1.0)
-    schedule.update(0, 1.0)  # on the path at the start: lowered
-    assert schedule.strength == pytest.approx(0.5)
+    schedule.update(0, 1.0)  # on the path at the start: lowered, but never below the start
+    assert schedule.strength == pytest.approx(1.0) and schedule.loss_start == 1.0
     schedule.update(40, 0.9)  # far behind the path
-    assert schedule.strength == pytest.approx(1.0)
+    assert schedule.strength == pytest.approx(2.0)
+    schedule.update(42, 0.9)
+    assert schedule.strength == pytest.approx(4.0)
     for _ in range(20):
         schedule.observe_loss(5.0)  # the task loss rose far above its start
-    schedule.update(42, 0.9)
-    assert schedule.strength == pytest.approx(0.125) and schedule.held == 1
+    schedule.update(44, 0.9)
+    assert schedule.strength == pytest.approx(2.0) and schedule.held == 1
 
 
 def test_state_round_trips_and_bad_budgets_are_named() -> None:

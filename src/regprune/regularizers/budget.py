@@ -10,8 +10,9 @@ to :data:`SILENT_RATIO` at ``silence_at`` of the budget, geometrically, and ever
 
 * raises the strength (x ``raise_factor``) when ``r`` is above the planned path,
 * lowers it (x ``lower_factor``) when ``r`` is already below,
-* and lowers it whenever the task loss (an EMA) is more than ``loss_tolerance`` above its
-  value at the start: the network first has to absorb what was taken.
+* and lowers it whenever the task loss (an EMA over ~5 iterations) is more than
+  ``loss_tolerance`` above its value when control started: the network first has to absorb
+  what was taken. The strength never drops below its initial value.
 
 ``r`` is measured against the kept channels' median *at the first check* (a fixed scale).
 Only penalties confined to the removal set use it (MaskSparsity's masked stage): for a penalty
@@ -88,6 +89,8 @@ class BudgetSchedule:
         self.lower_factor = lower_factor
         self.loss_tolerance = loss_tolerance
         self.strength = float(initial)
+        self.floor = float(initial)
+        """The strength never drops below where it started: backing off holds, never undoes."""
         self.start_ratio: float | None = None
         self.start_step = 0
         self.last_ratio: float | None = None
@@ -115,8 +118,6 @@ class BudgetSchedule:
         if not math.isfinite(loss):
             return
         self.loss_ema = loss if self.loss_ema is None else 0.8 * self.loss_ema + 0.2 * loss
-        if self.loss_start is None:
-            self.loss_start = loss
 
     def due(self, step: int) -> bool:
         return step % self.check_every == 0
@@ -126,16 +127,17 @@ class BudgetSchedule:
         if self.start_ratio is None:
             self.start_ratio = ratio
             self.start_step = step
+            self.loss_start = self.loss_ema  # the loss when control starts is the reference
         self.last_ratio = ratio
         target = self.planned(step)
         assert target is not None
         if self._loss_too_high():
-            self.held += 1  # the network must first absorb what was taken: back off hard
-            self.strength *= self.lower_factor**3
+            self.held += 1  # the network must first absorb what was taken: back off
+            self.strength = max(self.strength * self.lower_factor, self.floor)
         elif ratio > target:
             self.strength *= self.raise_factor
         else:
-            self.strength *= self.lower_factor
+            self.strength = max(self.strength * self.lower_factor, self.floor)
         return self.strength
 
     def _loss_too_high(self) -> bool:
