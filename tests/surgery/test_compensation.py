@@ -170,3 +170,23 @@ def test_a_created_bias_saves_loads_and_trains(tmp_path) -> None:
     rebuilt = rebuild_optimizer(optimizer, silenced, pruned, graph, plan)
     trained = {id(p) for group in rebuilt.param_groups for p in group["params"]}
     assert id(pruned.layer1[0].conv2.bias) in trained
+
+
+def test_calibration_batches_of_a_two_input_model_and_bad_batches() -> None:
+    class TwoInputs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.relu(self.a(x))) * scale
+
+    torch.manual_seed(0)
+    model = TwoInputs().eval()
+    x, scale = torch.randn(32, 4), torch.ones(32, 1)
+    graph, plan = make_plan(model, (x[:1], scale[:1]), ratio=0.5, importance="random")
+    mean = apply_plan(model, graph, plan, compensate="mean", calibration=[((x, scale), None)])
+    with torch.no_grad():
+        assert torch.allclose(mean(x, scale).mean(0), model(x, scale).mean(0), atol=1e-5)
+    with pytest.raises(TypeError, match="calibration batches must be input tensors or"):
+        apply_plan(model, graph, plan, compensate="mean", calibration=[3])

@@ -104,7 +104,9 @@ def apply_plan(
             changes nothing; ``"mean"`` folds every removed channel's mean over
             ``calibration``; ``"none"`` (or None) drops them as they are.
             See :mod:`regprune.surgery.compensate`.
-        calibration: batches (``inputs`` or ``(inputs, targets)``) for ``compensate="mean"``.
+        calibration: batches for ``compensate="mean"``: input tensors, or ``(inputs, targets)``
+            pairs as a training loader yields them (``inputs`` a tensor, or a tuple of the
+            model's positional tensors).
     """
     return apply_plan_with_report(
         model, graph, plan, compensate=compensate, calibration=calibration

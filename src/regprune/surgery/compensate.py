@@ -145,8 +145,9 @@ class _InputStats:
         return torch.where(spread > 0, torch.inf, 0.0).double()
 
 
-def probe_inputs(example_inputs: Any, seed: int = 0) -> list[tuple[torch.Tensor, ...]]:
-    """The example inputs and a perturbed copy: enough to tell a constant from a signal."""
+def probe_inputs(example_inputs: Any, seed: int = 0) -> list[tuple[tuple[torch.Tensor, ...], None]]:
+    """The example inputs and a perturbed copy, as ``(inputs, None)`` batches: enough to tell a
+    constant from a signal."""
     inputs = as_input_tuple(example_inputs)
     generator = torch.Generator().manual_seed(seed)
     perturbed = []
@@ -157,14 +158,21 @@ def probe_inputs(example_inputs: Any, seed: int = 0) -> list[tuple[torch.Tensor,
         std = float(x.std()) if x.numel() > 1 else 0.0
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
         perturbed.append(x + noise * (std if std > 0 else 1.0))
-    return [inputs, tuple(perturbed)]
+    return [(inputs, None), (tuple(perturbed), None)]
 
 
 def _batch_inputs(batch: Any) -> tuple[torch.Tensor, ...]:
-    """A calibration batch is ``inputs`` or ``(inputs, targets)`` (CalibrationData)."""
-    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], torch.Tensor):
-        return (batch[0],)
-    return as_input_tuple(batch)
+    """A calibration batch is an input tensor, or ``(inputs, targets)`` as the training data
+    yields it (CalibrationData), where ``inputs`` is a tensor or a tuple of the model's
+    positional tensors (``((x1, x2), y)`` for a model of two inputs)."""
+    if isinstance(batch, torch.Tensor):
+        return (batch,)
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return as_input_tuple(batch[0])
+    raise TypeError(
+        "calibration batches must be input tensors or (inputs, targets) pairs, got "
+        f"{type(batch).__name__}"
+    )
 
 
 def measure_inputs(
