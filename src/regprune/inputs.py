@@ -32,7 +32,7 @@ def as_input_tuple(example_inputs: ExampleInputs) -> tuple[torch.Tensor, ...]:
             if not example_inputs:
                 got = f"an empty {got}"
             strangers = [
-                f"[{i}] is a {type(x).__name__}"
+                f"[{i}] is {_a(type(x).__name__)}"
                 for i, x in enumerate(example_inputs)
                 if not isinstance(x, torch.Tensor)
             ]
@@ -49,6 +49,10 @@ def as_input_tuple(example_inputs: ExampleInputs) -> tuple[torch.Tensor, ...]:
                 "one sample (batch 1 is enough)"
             )
     return inputs
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def iter_tensors(value: Any) -> Iterator[torch.Tensor]:
