@@ -16,6 +16,7 @@ from regprune.inputs import as_input_tuple, iter_tensors
 from regprune.metrics import count
 from regprune.modes import eval_mode
 from regprune.surgery import CompensationReport, apply_plan_with_report
+from regprune.surgery.apply import kept_components
 
 
 @dataclass
@@ -44,11 +45,13 @@ def make_plan(
     seed: int = 0,
     scores: dict[int, torch.Tensor] | None = None,
     graph: DependencyGraph | None = None,
+    macs_model: MacsModel | None = None,
 ) -> tuple[DependencyGraph, Plan]:
     """Trace, score and allocate: the plan a one-shot prune would apply (nothing is modified).
 
     ``scores`` overrides the importance criterion (one score per channel of every group of
-    ``graph``, which must then be given too).
+    ``graph``, which must then be given too). ``graph`` and ``macs_model`` reuse a trace and a
+    count already made (:func:`prune_with_result` does, to count the model once).
     """
     validate_target(ratio, target_macs, scope, round_to, max_ratio)
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -58,8 +61,7 @@ def make_plan(
     criterion = get_importance(importance, seed=seed)
     if scores is None:
         scores = criterion(model, graph)
-    macs_model = None
-    if target_macs is not None:
+    if target_macs is not None and macs_model is None:
         macs_model = MacsModel(graph, count(model, example_inputs).macs)
     plan = allocate(
         graph,
@@ -105,21 +107,21 @@ def prune_with_result(
 ) -> PruneResult:
     """Like :func:`prune` but also returns the plan, the graph, the MACs before and after and
     what the compensation of removed channels found."""
-    graph, plan = make_plan(model, example_inputs, **kwargs)
+    if "graph" in kwargs or "macs_model" in kwargs:
+        raise TypeError("prune_with_result traces and counts the model itself")
+    graph = trace_graph(model, example_inputs, ignore=kwargs.pop("ignore", ()))
+    # one count of the model; the pruned model's MACs follow analytically from the plan
+    # (the property tests check this equals a count of the pruned model)
+    macs_model = MacsModel(graph, count(model, example_inputs).macs)
+    graph, plan = make_plan(model, example_inputs, graph=graph, macs_model=macs_model, **kwargs)
     pruned, compensation = apply_plan_with_report(
         model, graph, plan, compensate=compensate, calibration=calibration
     )
     with eval_mode(model), torch.no_grad():
         expected = model(*as_input_tuple(example_inputs))
     check_runs(pruned, example_inputs, expected)
-    return PruneResult(
-        pruned,
-        plan,
-        graph,
-        count(model, example_inputs).macs,
-        count(pruned, example_inputs).macs,
-        compensation,
-    )
+    macs_after = round(macs_model.macs(kept_components(graph, plan)))
+    return PruneResult(pruned, plan, graph, round(macs_model.total), macs_after, compensation)
 
 
 def prune(
