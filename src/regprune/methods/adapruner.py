@@ -28,6 +28,7 @@ from regprune.importance import get_importance
 from regprune.importance.criteria import mean_over_slices
 from regprune.lifecycle import CalibrationData
 from regprune.methods.graph_method import GraphMethod
+from regprune.methods.registry import register_method
 from regprune.regularizers import BNScaleL1
 from regprune.train.batchnorm import recalibrate_batch_norm
 from regprune.train.distributed import broadcast_object
@@ -50,6 +51,7 @@ def proxy_loss(model: nn.Module, batches: CalibrationData) -> float:
     return total / max(count, 1)
 
 
+@register_method("adapruner")
 class AdaPruner(GraphMethod):
     """Budget-driven widths from block importance; adaptive weight-inheritance criterion.
 

@@ -22,6 +22,7 @@ from regprune.allocation import Plan
 from regprune.importance import MagnitudeImportance
 from regprune.lifecycle import CalibrationData
 from regprune.methods.graph_method import GraphMethod
+from regprune.methods.registry import register_method
 from regprune.regularizers import GrowingL2
 from regprune.train.distributed import broadcast_object
 
@@ -62,6 +63,8 @@ def budget_schedule(total_steps: int, silence_at: float, variant: int) -> dict[s
     return schedule
 
 
+@register_method("greg1", variant=1)
+@register_method("greg2", variant=2)
 class GReg(GraphMethod):
     """Structured growing regularization over channel groups.
 

@@ -9,9 +9,11 @@ from torch import nn
 
 from regprune.lifecycle import CalibrationData
 from regprune.methods.graph_method import GraphMethod
+from regprune.methods.registry import register_method
 from regprune.regularizers import GroupLasso
 
 
+@register_method("group_lasso")
 class GroupLassoMethod(GraphMethod):
     """Penalty ``lam * sum_c ||W_c||_2`` over every parameter of each channel; prune small norms.
 

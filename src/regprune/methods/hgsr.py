@@ -11,11 +11,13 @@ from torch import nn
 from regprune.importance.loss_increase import exact_loss_increase, fast_loss_increase
 from regprune.lifecycle import CalibrationData
 from regprune.methods.graph_method import GraphMethod
+from regprune.methods.registry import register_method
 from regprune.regularizers import HierarchicalGroupSparsity
 
 SELECTIONS = ("fast", "exact")
 
 
+@register_method("hgsr")
 class HGSR(GraphMethod):
     """Loss ``CE + 0.5*lam*HGSR + 0.5*lam*L1`` on every conv, then loss-increase selection.
 

@@ -24,6 +24,7 @@ from torch import nn
 from regprune.allocation import Plan
 from regprune.lifecycle import CalibrationData, PruningMethod
 from regprune.methods.graph_method import GraphMethod
+from regprune.methods.registry import register_method
 from regprune.methods.unstructured import (
     KeepSparsity,
     apply_masks,
@@ -45,6 +46,7 @@ def gate_group(regularizer: L0Regularizer, lr_scale: float) -> list[dict[str, An
     return [{"params": gates, "lr_scale": lr_scale, "weight_decay": 0.0}] if gates else []
 
 
+@register_method("l0_channel")
 class L0Channel(GraphMethod):
     """Structured L0: gates on channels, removal of closed ones.
 
@@ -191,6 +193,7 @@ SNAPSHOT_GATES = 4096
 """Most gates per layer that :meth:`L0Weight.sparsity_snapshot` keeps."""
 
 
+@register_method("l0_weight")
 class L0Weight(PruningMethod):
     """Fine-grained L0: one gate per weight of every conv and linear; closed gates -> zeros.
 

@@ -27,12 +27,14 @@ from regprune.allocation import Plan
 from regprune.importance import BNScaleImportance, get_importance
 from regprune.lifecycle import CalibrationData
 from regprune.methods.graph_method import GraphMethod
+from regprune.methods.registry import register_method
 from regprune.regularizers import BNScaleL1
 from regprune.train.distributed import broadcast_object
 
 MASK_RULES = ("aggregate", "vote")
 
 
+@register_method("masksparsity")
 class MaskSparsity(GraphMethod):
     """Masked L1 on BN scales.
 

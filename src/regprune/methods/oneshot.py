@@ -10,8 +10,10 @@ from torch import nn
 from regprune.importance import Importance, get_importance
 from regprune.lifecycle import CalibrationData
 from regprune.methods.graph_method import GraphMethod
+from regprune.methods.registry import register_method
 
 
+@register_method("oneshot")
 class OneShot(GraphMethod):
     """No regularization: score once with ``importance``, prune, fine-tune (Li et al. 2017).
 

@@ -10,9 +10,11 @@ from torch import nn
 from regprune.importance import BNScaleImportance
 from regprune.lifecycle import CalibrationData
 from regprune.methods.graph_method import GraphMethod
+from regprune.methods.registry import register_method
 from regprune.regularizers import BNScaleL1
 
 
+@register_method("slimming")
 class NetworkSlimming(GraphMethod):
     """``grad_gamma += s * sign(gamma)`` on every prunable BN scale, then prune by |gamma|.
 

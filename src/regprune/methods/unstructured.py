@@ -17,6 +17,7 @@ from regprune.allocation import SCOPES
 from regprune.layers import weight_layers
 from regprune.lifecycle import CalibrationData, PruningMethod
 from regprune.methods.greg import SCHEDULE_KEYS
+from regprune.methods.registry import register_method
 from regprune.regularizers import GrowingL2
 from regprune.train.distributed import broadcast_object
 
@@ -124,6 +125,7 @@ class KeepSparsity(PruningMethod):
         self.masks = dict(state["masks"])
 
 
+@register_method("magnitude_unstructured")
 class MagnitudeUnstructured(PruningMethod):
     """Global (or per-layer) magnitude pruning of single weights: the unstructured baseline."""
 
@@ -146,6 +148,7 @@ class MagnitudeUnstructured(PruningMethod):
         return KeepSparsity(pruned, self.masks)
 
 
+@register_method("greg_unstructured")
 class GRegUnstructured(PruningMethod):
     """GReg-1 / GReg-2 on single weights: the growing penalty pushes chosen weights to zero.
 
