@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from regprune.allocation import MacsModel, Plan, allocate, validate_target
+from regprune.allocation import MacsModel, Plan, Target, allocate
 from regprune.graph import DependencyGraph, trace_graph
 from regprune.importance import Importance, get_importance
 from regprune.inputs import as_input_tuple, iter_tensors
@@ -53,7 +53,7 @@ def make_plan(
     ``graph``, which must then be given too). ``graph`` and ``macs_model`` reuse a trace and a
     count already made (:func:`prune_with_result` does, to count the model once).
     """
-    validate_target(ratio, target_macs, scope, round_to, max_ratio)
+    target = Target(ratio, target_macs, scope, round_to, max_ratio)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an integer, got {type(seed).__name__} {seed!r}")
     if graph is None:
@@ -63,17 +63,7 @@ def make_plan(
         scores = criterion(model, graph)
     if target_macs is not None and macs_model is None:
         macs_model = MacsModel(graph, count(model, example_inputs).macs)
-    plan = allocate(
-        graph,
-        scores,
-        ratio=ratio,
-        target_macs=target_macs,
-        scope=scope,
-        round_to=round_to,
-        comparable=criterion.comparable,
-        macs_model=macs_model,
-        max_ratio=max_ratio,
-    )
+    plan = allocate(graph, scores, target, comparable=criterion.comparable, macs_model=macs_model)
     return graph, plan
 
 

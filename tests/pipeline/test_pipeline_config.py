@@ -92,7 +92,7 @@ def test_missing_required_key(tiny):
     ("change", "message"),
     [
         ({"method": {"ratio": 0.3}}, "one of ratio and target_macs, not both"),
-        ({"method": {"target_macs": 1.5}}, r"method.target_macs: must be in \(0, 1\]"),
+        ({"method": {"target_macs": 1.5}}, r"method: target_macs must be in \(0, 1\]"),
         ({"method": {"name": "nope"}}, "unknown method 'nope'; available: adapruner"),
         ({"model": {"name": "resnet21"}}, "unknown model 'resnet21'"),
         ({"data": {"name": "imagenet21k"}}, "unknown data set 'imagenet21k'"),

@@ -2,6 +2,7 @@
 
 from regprune.allocation.macs_model import MacsModel
 from regprune.allocation.plan import Plan
-from regprune.allocation.select import SCOPES, BudgetError, allocate, validate_target
+from regprune.allocation.select import BudgetError, allocate
+from regprune.allocation.target import SCOPES, Target
 
-__all__ = ["SCOPES", "BudgetError", "MacsModel", "Plan", "allocate", "validate_target"]
+__all__ = ["SCOPES", "BudgetError", "MacsModel", "Plan", "Target", "allocate"]

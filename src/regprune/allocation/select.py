@@ -17,15 +17,13 @@ import itertools
 import math
 import warnings
 from dataclasses import dataclass
-from numbers import Real
 
 import torch
 
 from regprune.allocation.macs_model import MacsModel
 from regprune.allocation.plan import Plan
+from regprune.allocation.target import Target
 from regprune.graph.dependency import DependencyGraph
-
-SCOPES = ("local", "global")
 
 
 class BudgetError(ValueError):
@@ -134,35 +132,30 @@ def _keep_mask(
 def allocate(
     graph: DependencyGraph,
     scores: dict[int, torch.Tensor],
+    target: Target,
     *,
-    ratio: float | None = None,
-    target_macs: float | None = None,
-    scope: str = "local",
-    round_to: int = 1,
     comparable: bool = False,
     macs_model: MacsModel | None = None,
-    max_ratio: float = 1.0,
 ) -> Plan:
     """Choose the channels to drop.
 
     Args:
         graph: the traced model's graph.
         scores: per group, one importance per channel (higher = more important).
-        ratio: fraction of channels to remove (per group for local scope, overall for global).
-        target_macs: fraction of the model's MACs to keep (0 < target_macs <= 1).
-        scope: ``"local"`` or ``"global"``.
-        round_to: kept widths are multiples of this (kernels run faster on aligned widths).
+        target: the validated target (:class:`regprune.allocation.Target`). Its ``max_ratio``
+            matters here: a global ranking of raw scores can otherwise empty a whole group,
+            typically a residual stream whose last-BN scales are small in every block; that
+            many channels rarely come back in fine-tuning (Torch-Pruning's
+            ``max_pruning_ratio`` plays the same role). ``round_to``: kernels run faster on
+            aligned widths.
         comparable: scores are comparable across groups as they are (no per-group scaling).
-        macs_model: required with ``target_macs``.
-        max_ratio: no group loses more than this fraction of its channels. A global ranking
-            of raw scores can otherwise empty a whole group, typically a residual stream whose
-            last-BN scales are small in every block; that many channels rarely come back in
-            fine-tuning (Torch-Pruning's ``max_pruning_ratio`` plays the same role).
+        macs_model: required with a MACs target.
 
     Raises:
-        ValueError: bad arguments. BudgetError: a target that cannot be met.
+        BudgetError: a target that cannot be met.
     """
-    validate_target(ratio, target_macs, scope, round_to, max_ratio)
+    ratio, target_macs, scope = target.ratio, target.target_macs, target.scope
+    round_to, max_ratio = target.round_to, target.max_ratio
     ranked = _ranks(scores, graph)
     sizes = torch.tensor([g.size for g in graph.groups], dtype=torch.float64)
     order = _build_order(graph, scores, ranked, scope, comparable, round_to, max_ratio)
@@ -384,38 +377,3 @@ def _closest_below(
         if best_macs < macs <= target:
             best, best_macs = candidate, macs
     return best
-
-
-def validate_target(
-    ratio: float | None,
-    target_macs: float | None,
-    scope: str,
-    round_to: int,
-    max_ratio: float = 1.0,
-) -> None:
-    """Reject bad targets at the door, saying what is allowed."""
-    for name, value in (("ratio", ratio), ("target_macs", target_macs)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, Real)):
-            raise ValueError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    if (ratio is None) == (target_macs is None):
-        raise ValueError(
-            "give exactly one of ratio= (fraction of channels to remove) or "
-            "target_macs= (fraction of MACs to keep)"
-        )
-    if ratio is not None and not (0.0 <= float(ratio) < 1.0):
-        raise ValueError(f"ratio must be in [0, 1) (fraction of channels removed), got {ratio}")
-    if target_macs is not None and not (0.0 < float(target_macs) <= 1.0):
-        raise ValueError(
-            f"target_macs must be in (0, 1] (fraction of the MACs kept), got {target_macs}"
-        )
-    if not isinstance(scope, str) or scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
-    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-        raise ValueError(
-            f"round_to must be a positive integer (kept widths are multiples of it), "
-            f"got {round_to!r}"
-        )
-    if isinstance(max_ratio, bool) or not isinstance(max_ratio, Real) or not 0 < max_ratio <= 1:
-        raise ValueError(
-            f"max_ratio must be in (0, 1] (the most of one group that may go), got {max_ratio!r}"
-        )

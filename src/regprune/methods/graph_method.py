@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from regprune.allocation import MacsModel, Plan, allocate, validate_target
+from regprune.allocation import MacsModel, Plan, Target, allocate
 from regprune.graph import DependencyGraph, trace_graph
 from regprune.lifecycle import CalibrationData, PruningMethod
 from regprune.metrics import count
@@ -70,8 +70,10 @@ class GraphMethod(PruningMethod):
         check_compensate(compensate, has_data=True)
         self.compensate = compensate
         self.scope = scope or self.default_scope
+        self.target: Target | None = None
+        """The validated target; None only for a method that decides the widths itself."""
         if not (self.target_optional and ratio is None and target_macs is None):
-            validate_target(ratio, target_macs, self.scope, round_to, max_ratio)
+            self.target = Target(ratio, target_macs, self.scope, round_to, max_ratio)
         self.max_ratio = max_ratio
         self.example_inputs = example_inputs
         self.ratio = ratio
@@ -177,16 +179,14 @@ class GraphMethod(PruningMethod):
 
     def plan_from_scores(self, scores: dict[int, torch.Tensor], comparable: bool) -> Plan:
         """Allocate the method's target over its own channel scores (higher = keep)."""
+        if self.target is None:
+            raise ValueError(f"{self.name}: no ratio or target_macs was given to allocate")
         plan = allocate(
             self.graph,
             scores,
-            ratio=self.ratio,
-            target_macs=self.target_macs,
-            scope=self.scope,
-            round_to=self.round_to,
+            self.target,
             comparable=comparable,
-            macs_model=self.macs_model if self.target_macs is not None else None,
-            max_ratio=self.max_ratio,
+            macs_model=self.macs_model if self.target.is_macs else None,
         )
         return broadcast_object(plan)
 

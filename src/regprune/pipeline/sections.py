@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
+from regprune.allocation import Target
 from regprune.pipeline.typed import ConfigError
 from regprune.train import TrainConfig
 from regprune.train.optim import OPTIMIZERS, SCHEDULES
@@ -182,27 +183,17 @@ class MethodSection:
             f"(got ratio={self.ratio}, target_macs={self.target_macs}); "
             "set the other to null when overriding",
         )
-        check(
-            self.ratio is None or 0.0 <= self.ratio < 1.0,
-            f"{where}.ratio",
-            f"must be in [0, 1), got {self.ratio}",
-        )
-        check(
-            self.target_macs is None or 0.0 < self.target_macs <= 1.0,
-            f"{where}.target_macs",
-            f"must be in (0, 1], got {self.target_macs}",
-        )
-        check(
-            self.scope in (None, "local", "global"),
-            f"{where}.scope",
-            f"must be local, global or null, got {self.scope!r}",
-        )
-        check(self.round_to >= 1, f"{where}.round_to", f"must be >= 1, got {self.round_to}")
-        check(
-            0.0 < self.max_ratio <= 1.0,
-            f"{where}.max_ratio",
-            f"must be in (0, 1] (the most of one channel group that may go), got {self.max_ratio}",
-        )
+        if self.ratio is not None or self.target_macs is not None:
+            try:  # the one set of target rules (regprune.allocation.Target)
+                Target(
+                    self.ratio,
+                    self.target_macs,
+                    self.scope or "local",
+                    self.round_to,
+                    self.max_ratio,
+                )
+            except ValueError as error:
+                raise ConfigError(f"{where}: {error}") from error
         for key in ("ratio", "target_macs", "scope", "round_to", "max_ratio", "ignore"):
             check(key not in self.kwargs, f"{where}.kwargs.{key}", f"set it as {where}.{key}")
 

@@ -1,0 +1,71 @@
+"""The pruning target: one object, validated once, used by the API, the methods and configs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from numbers import Real
+from typing import Any
+
+SCOPES = ("local", "global")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to prune to.
+
+    Attributes:
+        ratio: fraction of channels to remove, in [0, 1) (per group for local scope, overall
+            for global); or
+        target_macs: fraction of the model's MACs to keep, in (0, 1] (met within 1 % below).
+        scope: ``"local"`` (same share in every group) or ``"global"`` (one ranking).
+        round_to: kept widths are multiples of this.
+        max_ratio: no channel group loses more than this fraction of its channels.
+
+    Raises:
+        ValueError: at construction, naming the argument and what is allowed.
+    """
+
+    ratio: float | None = None
+    target_macs: float | None = None
+    scope: str = "local"
+    round_to: int = 1
+    max_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name, value in (("ratio", self.ratio), ("target_macs", self.target_macs)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, Real)):
+                raise ValueError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+        if (self.ratio is None) == (self.target_macs is None):
+            raise ValueError(
+                "give exactly one of ratio= (fraction of channels to remove) or "
+                "target_macs= (fraction of MACs to keep)"
+            )
+        if self.ratio is not None and not (0.0 <= float(self.ratio) < 1.0):
+            raise ValueError(
+                f"ratio must be in [0, 1) (fraction of channels removed), got {self.ratio}"
+            )
+        if self.target_macs is not None and not (0.0 < float(self.target_macs) <= 1.0):
+            raise ValueError(
+                f"target_macs must be in (0, 1] (fraction of the MACs kept), got {self.target_macs}"
+            )
+        if not isinstance(self.scope, str) or self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        round_to = self.round_to
+        if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+            raise ValueError(
+                f"round_to must be a positive integer (kept widths are multiples of it), "
+                f"got {round_to!r}"
+            )
+        max_ratio = self.max_ratio
+        if isinstance(max_ratio, bool) or not isinstance(max_ratio, Real) or not 0 < max_ratio <= 1:
+            raise ValueError(
+                f"max_ratio must be in (0, 1] (the most of one group that may go), "
+                f"got {max_ratio!r}"
+            )
+
+    @property
+    def is_macs(self) -> bool:
+        return self.target_macs is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
