@@ -112,10 +112,10 @@ def _prune(spec, model, method, data, config) -> tuple[nn.Module, Any, dict]:
     start = time.perf_counter()
     pruned = method.prune(data=data.calibration)
     info: dict[str, Any] = {"time_prune_s": time.perf_counter() - start}
-    if getattr(method, "chosen", None) is not None:
-        info["adapruner_chosen"] = method.chosen
     info["removal"] = method.removal_report()
-    plan = getattr(method, "last_plan", None)
+    if "inheritance" in info["removal"]:
+        info["adapruner_chosen"] = info["removal"]["inheritance"]
+    plan = method.last_plan
     if plan is not None:
         info["kept_widths"] = {str(g): w for g, w in plan.kept_widths().items()}
     pruned.train()

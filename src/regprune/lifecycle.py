@@ -40,6 +40,8 @@ class PruningMethod:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.iteration = 0
+        self.last_plan: Any = None
+        """The Plan the last :meth:`prune` applied (structural methods), for the run report."""
 
     def penalty(self) -> torch.Tensor:
         """The loss term to add to the task loss (scalar; zero for gradient-edit methods)."""

@@ -1,4 +1,5 @@
-"""Run a caller's model as a probe and leave it exactly as it was: modes and cached state."""
+"""Mode handling in one place: run a caller's model as a probe and leave it exactly as it was
+(:func:`eval_mode`), or train it and give every module its own flag back (:func:`train_mode`)."""
 
 from __future__ import annotations
 
@@ -65,3 +66,25 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         state.restore()
+
+
+def training_flags(model: nn.Module) -> dict[nn.Module, bool]:
+    """Every module's own train flag (a frozen BatchNorm in a training model keeps ``False``)."""
+    return {module: module.training for module in model.modules()}
+
+
+def restore_training_flags(flags: dict[nn.Module, bool]) -> None:
+    for module, training in flags.items():
+        module.training = training
+
+
+@contextmanager
+def train_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Train mode for the block, then each module's own flag back. Unlike :func:`eval_mode`
+    nothing else is undone: training is meant to change the model (BN statistics, caches)."""
+    flags = training_flags(model)
+    model.train()
+    try:
+        yield model
+    finally:
+        restore_training_flags(flags)

@@ -23,6 +23,7 @@ from torch import nn
 
 from regprune.graph.dependency import DependencyGraph
 from regprune.graph.groups import ChannelGroup, ParamSlice
+from regprune.modes import eval_mode, restore_training_flags, training_flags
 
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -57,30 +58,23 @@ def exact_loss_increase(
     model: nn.Module, graph: DependencyGraph, data: Batches, loss_fn: LossFn = F.cross_entropy
 ) -> dict[int, torch.Tensor]:
     """Loss with each channel removed minus the loss of the full model, per group channel."""
-    was_training = model.training
-    model.eval()
     inputs, targets = _joined(data, _device(model))
     scores: dict[int, torch.Tensor] = {}
-    try:
-        with torch.no_grad():
-            base = float(loss_fn(model(inputs), targets))
-            for group in graph.groups:
-                slices = [(s, s.tensor(model)) for s in removal_slices(group)]
-                values = torch.zeros(group.size, dtype=torch.float64)
-                for channel in range(group.size):
-                    saved = []
-                    for s, tensor in slices:
-                        index = torch.nonzero(s.channel_of == channel).reshape(-1).to(tensor.device)
-                        saved.append(
-                            (tensor, s.dim, index, tensor.index_select(s.dim, index).clone())
-                        )
-                        tensor.index_fill_(s.dim, index, 0.0)
-                    values[channel] = float(loss_fn(model(inputs), targets)) - base
-                    for tensor, dim, index, old in saved:
-                        tensor.index_copy_(dim, index, old)
-                scores[group.id] = values
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        base = float(loss_fn(model(inputs), targets))
+        for group in graph.groups:
+            slices = [(s, s.tensor(model)) for s in removal_slices(group)]
+            values = torch.zeros(group.size, dtype=torch.float64)
+            for channel in range(group.size):
+                saved = []
+                for s, tensor in slices:
+                    index = torch.nonzero(s.channel_of == channel).reshape(-1).to(tensor.device)
+                    saved.append((tensor, s.dim, index, tensor.index_select(s.dim, index).clone()))
+                    tensor.index_fill_(s.dim, index, 0.0)
+                values[channel] = float(loss_fn(model(inputs), targets)) - base
+                for tensor, dim, index, old in saved:
+                    tensor.index_copy_(dim, index, old)
+            scores[group.id] = values
     return scores
 
 
@@ -88,9 +82,9 @@ def fast_loss_increase(
     model: nn.Module, graph: DependencyGraph, data: Batches, loss_fn: LossFn = F.cross_entropy
 ) -> dict[int, torch.Tensor]:
     """First-order estimate of the loss increase of removing each channel (one backward)."""
-    was_training = model.training
-    model.eval()
     saved_grads = {n: p.grad for n, p in model.named_parameters()}
+    flags = training_flags(model)
+    model.eval()
     try:
         model.zero_grad(set_to_none=True)
         inputs, targets = _joined(data, _device(model))
@@ -109,5 +103,5 @@ def fast_loss_increase(
     finally:
         for name, param in model.named_parameters():
             param.grad = saved_grads[name]
-        model.train(was_training)
+        restore_training_flags(flags)
     return scores

@@ -29,6 +29,7 @@ from regprune.importance.criteria import mean_over_slices
 from regprune.lifecycle import CalibrationData
 from regprune.methods.graph_method import GraphMethod
 from regprune.methods.registry import register_method
+from regprune.modes import eval_mode
 from regprune.regularizers import BNScaleL1
 from regprune.train.batchnorm import recalibrate_batch_norm
 from regprune.train.distributed import broadcast_object
@@ -38,16 +39,13 @@ DEFAULT_CANDIDATES = ("l1", "l2", "bn_scale", "fpgm", "random")
 
 def proxy_loss(model: nn.Module, batches: CalibrationData) -> float:
     """Mean cross-entropy on held-out batches, eval mode."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for x, y in batches:
             logits = model(x.to(device))
             total += float(F.cross_entropy(logits, y.to(device), reduction="sum"))
             count += y.numel()
-    model.train(was_training)
     return total / max(count, 1)
 
 
@@ -212,6 +210,13 @@ class AdaPruner(GraphMethod):
         plan, model, self.last_compensation = candidates[self.chosen]
         self.last_plan = plan
         return model
+
+    def removal_report(self) -> dict[str, Any]:
+        report = super().removal_report()
+        if self.chosen is not None:
+            report["inheritance"] = self.chosen
+            report["candidate_losses"] = dict(self.candidate_losses)
+        return report
 
     def sparsity_stats(self) -> dict[str, float]:
         return self.regularizer.stats(self.model) if self.regularizer is not None else {}

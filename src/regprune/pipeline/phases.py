@@ -129,7 +129,7 @@ def prune(ctx: RunContext, progress: Progress) -> PhaseResult:
         )
     if ctx.main:
         save_pruned(pruned, ctx.run_dir.path(PRUNED_FILE))
-        plan = getattr(method, "last_plan", None)
+        plan = method.last_plan
         if plan is not None:
             ctx.run_dir.write_text(PLAN_FILE, plan.to_json() + "\n")
         # The method's state after surgery: what a resumed fine-tune asks finetune_method().

@@ -15,6 +15,7 @@ from torch import nn
 
 from regprune.layers import is_batch_norm
 from regprune.lifecycle import CalibrationData
+from regprune.modes import train_mode
 
 
 def recalibrate_batch_norm(model: nn.Module, batches: CalibrationData) -> None:
@@ -26,12 +27,9 @@ def recalibrate_batch_norm(model: nn.Module, batches: CalibrationData) -> None:
     for m in norms:
         m.reset_running_stats()
         m.momentum = None
-    was_training = model.training
-    model.train()
     device = next(model.parameters()).device
-    with torch.no_grad():
+    with train_mode(model), torch.no_grad():
         for x, _ in batches:
             model(x.to(device))
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
-    model.train(was_training)

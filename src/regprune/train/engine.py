@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from regprune.lifecycle import PruningMethod
+from regprune.modes import eval_mode, restore_training_flags, training_flags
 from regprune.train.distributed import all_reduce_sum, is_main_process
 
 _POSTFIX_EVERY = 10  # iterations between progress-bar refreshes of sparsity_stats()
@@ -128,7 +129,7 @@ def train_one_epoch(
         warnings.warn(f"AMP needs CUDA; training in float32 on {device}", stacklevel=2)
     if use_amp and scaler is None:
         scaler = torch.amp.GradScaler("cuda")
-    was_training = model.training
+    flags = training_flags(model)
     model.train()
     start = time.perf_counter()
     task_sum = penalty_sum = correct = count = 0.0
@@ -171,7 +172,7 @@ def train_one_epoch(
                 bar.set_postfix(postfix, refresh=False)
     finally:
         bar.close()
-        model.train(was_training)
+        restore_training_flags(flags)
     if iteration == 0:
         raise ValueError("the train loader yielded no batches (data set smaller than a batch?)")
     totals = all_reduce_sum(
@@ -206,17 +207,15 @@ def evaluate(
     """
     device = torch.device(device)
     model = _unwrap(model)
-    was_training = model.training
-    model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)
-    for inputs, targets in loader:
-        inputs = inputs.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        logits = model(inputs)
-        totals[0] += nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
-        totals[1] += (logits.argmax(dim=1) == targets).sum()
-        totals[2] += len(targets)
-    model.train(was_training)
+    with eval_mode(model):
+        for inputs, targets in loader:
+            inputs = inputs.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            logits = model(inputs)
+            totals[0] += nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+            totals[1] += (logits.argmax(dim=1) == targets).sum()
+            totals[2] += len(targets)
     loss_sum, correct, count = all_reduce_sum(totals).tolist()
     if count == 0:
         raise ValueError("the evaluation loader yielded no samples")
