@@ -8,6 +8,7 @@ from regprune.importance.criteria import (
     MagnitudeImportance,
     RandomImportance,
     get_importance,
+    register_importance,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "MagnitudeImportance",
     "RandomImportance",
     "get_importance",
+    "register_importance",
 ]

@@ -6,7 +6,9 @@ averaged, so a channel is judged by all the layers that would lose it, not by on
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,6 +42,28 @@ class Importance:
         raise NotImplementedError
 
 
+IMPORTANCES: dict[str, Callable[..., Importance]] = {}
+"""Name -> factory taking ``seed`` (only criteria whose constructor has one use it)."""
+
+
+def register_importance(name: str, **fixed: Any) -> Callable[[type], type]:
+    """Class decorator: make a criterion available by name (``importance="name"``), with
+    ``fixed`` constructor keywords for this name (``l1`` and ``l2`` are one class)."""
+
+    def decorate(cls: type) -> type:
+        if name in IMPORTANCES:
+            raise ValueError(f"an importance named {name!r} is already registered")
+        takes_seed = "seed" in inspect.signature(cls).parameters
+
+        def make(seed: int = 0, **_: Any) -> Importance:
+            return cls(**fixed, **({"seed": seed} if takes_seed else {}))
+
+        IMPORTANCES[name] = make
+        return cls
+
+    return decorate
+
+
 def _per_index(weight: torch.Tensor, dim: int, reduce: Callable[[torch.Tensor], torch.Tensor]):
     """Reduce every slice of ``weight`` along ``dim`` to one number."""
     flat = weight.detach().movedim(dim, 0).reshape(weight.shape[dim], -1)
@@ -66,6 +90,8 @@ def producer_weights(group: ChannelGroup) -> list[ParamSlice]:
     return [s for s in group.slices if s.role == "out" and s.param == "weight"]
 
 
+@register_importance("l1", p=1)
+@register_importance("l2", p=2)
 class MagnitudeImportance(Importance):
     """L1 (Li et al., ICLR 2017) or L2 norm of each output filter, averaged over producers."""
 
@@ -82,6 +108,7 @@ class MagnitudeImportance(Importance):
         return mean_over_slices(model, group, producer_weights(group), norm)
 
 
+@register_importance("bn_scale")
 class BNScaleImportance(Importance):
     """|gamma| of the normalization layers of the channel (network slimming).
 
@@ -113,6 +140,7 @@ class BNScaleImportance(Importance):
         return scores
 
 
+@register_importance("fpgm")
 class FPGMImportance(Importance):
     """Filter pruning via geometric median (He et al., CVPR 2019).
 
@@ -130,6 +158,7 @@ class FPGMImportance(Importance):
         return mean_over_slices(model, group, producer_weights(group), distance_sum)
 
 
+@register_importance("random")
 class RandomImportance(Importance):
     """Uniform random scores: the sanity floor every benchmark must show."""
 
@@ -145,15 +174,6 @@ class RandomImportance(Importance):
         return {
             g.id: torch.rand(g.size, generator=generator, dtype=torch.float64) for g in graph.groups
         }
-
-
-IMPORTANCES: dict[str, Callable[..., Importance]] = {
-    "l1": lambda **_: MagnitudeImportance(1),
-    "l2": lambda **_: MagnitudeImportance(2),
-    "bn_scale": lambda **_: BNScaleImportance(),
-    "fpgm": lambda **_: FPGMImportance(),
-    "random": lambda seed=0, **_: RandomImportance(seed),
-}
 
 
 def get_importance(name: str | Importance, **kwargs) -> Importance:
