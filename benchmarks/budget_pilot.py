@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import regprune as rp
 from regprune.data import build_datasets
 from regprune.models import create_model
+from regprune.train import train_one_epoch
 
 
 def tensors(subset: int = 2000) -> tuple[torch.Tensor, ...]:
@@ -39,25 +40,14 @@ def batches(x, y, seed: int, size: int = 100):
 
 
 def train(model, x, y, steps: int, method=None) -> None:
+    """``steps`` SGD steps over reshuffled passes of the data, through the library's loop."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
-    model.train()
-    done = 0
-    while done < steps:
-        for inputs, targets in batches(x, y, seed=done):
-            loss = F.cross_entropy(model(inputs), targets)
-            if method is not None:
-                method.observe_loss(float(loss.detach()))
-                loss = loss + method.penalty()
-            loss.backward()
-            if method is not None:
-                method.after_backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            if method is not None:
-                method.step()
-            done += 1
-            if done >= steps:
-                return
+    order: list = []
+    while len(order) < steps:
+        order += batches(x, y, seed=len(order))
+    train_one_epoch(
+        model, order[:steps], optimizer, F.cross_entropy, method, device="cpu", progress=False
+    )
 
 
 def accuracy(model, x, y) -> float:

@@ -16,7 +16,13 @@ from regprune.data.sources import DEBIAN_FASHION_MNIST_DIR
 IN_CI = os.environ.get("CI", "").lower() == "true"
 HAS_FASHION_MNIST = DEBIAN_FASHION_MNIST_DIR.is_dir()
 
+
+def skips_real_data(has_data: bool, in_ci: bool) -> bool:
+    """Whether real-data tests skip: only without the data and outside CI."""
+    return not has_data and not in_ci
+
+
 needs_fashion_mnist = pytest.mark.skipif(
-    not HAS_FASHION_MNIST and not IN_CI,
+    skips_real_data(HAS_FASHION_MNIST, IN_CI),
     reason="apt-get install -y dataset-fashion-mnist (CI installs it and never skips these)",
 )

@@ -23,23 +23,26 @@ TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent))
 
 
 @needs_fashion_mnist
+def torchrun_two_ranks(config, cwd) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=2 -m regprune run CONFIG`` on the CPU, one thread a rank."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run(
+        [TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "regprune", "run", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        cwd=cwd,
+    )
+
+
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not installed next to this Python")
 def test_two_process_gloo_run_completes_and_rank0_writes_the_report(tmp_path):
     data = tiny_config(tmp_path / "run")
     data["sparsify"]["epochs"] = 1
     data["finetune"]["epochs"] = 1
     config = write_config(tmp_path / "c.yaml", data)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-
-    result = subprocess.run(
-        [TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "regprune", "run", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=env,
-        cwd=tmp_path,
-    )
-
+    result = torchrun_two_ranks(config, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "run"
     report = run_dir / "report.md"
@@ -116,15 +119,7 @@ def test_two_gloo_ranks_train_prune_and_finetune_the_model_one_process_does(tmp_
     ``calibration_batches: 0``: calibration data is drawn per rank.
     """
     ddp = _equivalent_config(tmp_path, "ddp", GLOBAL_BATCH // 2)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(
-        [TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "regprune", "run", str(ddp)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=env,
-        cwd=tmp_path,
-    )
+    result = torchrun_two_ranks(ddp, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert main(["-q", "run", str(_equivalent_config(tmp_path, "one", GLOBAL_BATCH))]) == 0
     assert main(["-q", "run", str(_equivalent_config(tmp_path, "half", GLOBAL_BATCH // 2))]) == 0

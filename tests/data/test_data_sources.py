@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.real_data import IN_CI, needs_fashion_mnist
+from tests.real_data import HAS_FASHION_MNIST, IN_CI, needs_fashion_mnist, skips_real_data
 
 import regprune.data.sources as sources
 from regprune.data import (
@@ -143,8 +143,9 @@ def test_real_fashion_mnist_from_the_debian_package(tmp_path_factory):
     assert abs(pixels.std().item() - 1.0) < 0.05
 
 
-def test_ci_has_the_real_data() -> None:
-    # what makes the real-data tests above run in CI rather than skip (tests/real_data.py)
-    if not IN_CI:
-        pytest.skip("outside CI the real-data tests may skip; in CI they must run")
-    assert DEBIAN_DIR.is_dir(), "CI must install dataset-fashion-mnist (.ci/run does)"
+def test_real_data_tests_never_skip_in_ci() -> None:
+    assert skips_real_data(has_data=False, in_ci=False)  # a developer without the package
+    assert not skips_real_data(has_data=False, in_ci=True)  # CI: they run, and fail loudly
+    assert not skips_real_data(has_data=True, in_ci=False)
+    # and where this runs under CI, the data is there (.ci/run installs it or stops)
+    assert HAS_FASHION_MNIST or not IN_CI, "CI must install dataset-fashion-mnist"

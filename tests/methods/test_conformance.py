@@ -14,8 +14,6 @@ without writing a test for it. On a residual, a concat and a depthwise model:
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -158,7 +156,6 @@ def test_state_round_trips_and_a_resumed_run_continues_exactly(name: str, tmp_pa
     method = make(name, model, x)
     train(model, method, data, 3)
     torch.save({"method": method.state_dict(), "model": model.state_dict()}, tmp_path / "c.pt")
-    twin_model = copy.deepcopy(model)
     torch.manual_seed(1)  # a fresh method on a fresh architecture, then the checkpoint
     fresh, _ = MODELS["residual"]()
     twin = make(name, fresh, x)
@@ -171,7 +168,6 @@ def test_state_round_trips_and_a_resumed_run_continues_exactly(name: str, tmp_pa
     torch.manual_seed(2)
     resumed = train(fresh, twin, data, 3)
     assert resumed == pytest.approx(losses, rel=1e-5, abs=1e-6)
-    del twin_model
 
 
 def _plain(value):

@@ -17,7 +17,7 @@ from regprune.surgery import (
     rebuild_optimizer,
     silence_channels,
 )
-from tests.exactness import exact_only
+from tests.exactness import exact_plan
 from tests.zoo import ZOO, randomize_norms
 
 
@@ -49,8 +49,7 @@ def max_error(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
 def check_constant_clause(model: nn.Module, x: torch.Tensor, ratio: float = 0.5) -> float:
     """Silence a plan's channels, remove them with and without the fold; return the error ratio."""
     model = model.eval()
-    graph, plan = make_plan(model, x[:1], ratio=ratio, importance="random")
-    plan = exact_only(graph, plan)
+    graph, plan = exact_plan(model, x[:1], ratio)
     assert plan.num_dropped() > 0
     silenced = silence_channels(model, graph, plan).eval()
     pruned, report = apply_plan_with_report(silenced, graph, plan)
@@ -76,8 +75,7 @@ def test_a_strided_transposed_conv_is_named_as_not_foldable() -> None:
     # stand for it, so the channels it reads are dropped as they are and the report says so
     model, x = ZOO["se_block"]()
     model = replicate_padding(with_biases(randomize_norms(model))).eval()
-    graph, plan = make_plan(model, x[:1], ratio=0.5, importance="random")
-    plan = exact_only(graph, plan)
+    graph, plan = exact_plan(model, x[:1], 0.5)
     _, report = apply_plan_with_report(silence_channels(model, graph, plan), graph, plan)
     assert [entry.split(" ")[0] for entry in report.not_foldable] == ["up"]
     assert "no bias can stand for it" in report.not_foldable[0]
@@ -190,3 +188,21 @@ def test_calibration_batches_of_a_two_input_model_and_bad_batches() -> None:
         assert torch.allclose(mean(x, scale).mean(0), model(x, scale).mean(0), atol=1e-5)
     with pytest.raises(TypeError, match="calibration batches must be input tensors or"):
         apply_plan(model, graph, plan, compensate="mean", calibration=[3])
+
+
+def test_a_stride_one_transposed_conv_takes_the_fold() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.ConvTranspose2d(8, 4, 1),  # weight (in, out, 1, 1): the transposed layout
+    )
+    model = with_biases(randomize_norms(model)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    graph, plan = exact_plan(model, x[:1], 0.5)
+    silenced = silence_channels(model, graph, plan).eval()
+    pruned, report = apply_plan_with_report(silenced, graph, plan)
+    assert report.folded_inputs == report.removed_inputs > 0 and not report.not_foldable
+    assert max_error(pruned, silenced, x) <= 1e-5
+    assert max_error(apply_plan(silenced, graph, plan, compensate=None), silenced, x) > 1e-2

@@ -32,8 +32,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    """One torchrun-like process: env vars in, two DDP steps, results written to a file."""
+def _as_rank(rank: int, port: int) -> None:
+    """What torchrun gives a process: its rank and the rendezvous in env vars, one thread."""
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
@@ -43,6 +43,11 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         CUDA_VISIBLE_DEVICES="",
     )
     torch.set_num_threads(1)
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    """One torchrun-like process: env vars in, two DDP steps, results written to a file."""
+    _as_rank(rank, port)
     info = init_distributed()
     torch.manual_seed(rank)  # different initial weights: DDP must broadcast rank 0's
     model = tiny_model()
@@ -124,15 +129,7 @@ class DiesMidEpoch(GrowingL1):
 
 def _crash_worker(rank: int, port: int, out_dir: str, victim: int | None) -> None:
     """Train EPOCHS epochs on two ranks; with a ``victim``, it dies half-way through epoch 2."""
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(WORLD_SIZE),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        CUDA_VISIBLE_DEVICES="",
-    )
-    torch.set_num_threads(1)
+    _as_rank(rank, port)
     init_distributed()
     torch.manual_seed(0)
     model = tiny_model()

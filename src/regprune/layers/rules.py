@@ -136,9 +136,8 @@ class ConvRule(LayerRule):
         # border: exact in the interior (docs/architecture.md, "Lossless removal")
         if module.groups != 1:
             return None
-        weight = module.weight.detach()
-        taps = weight.flatten(2).sum(dim=2).to(values.dtype)  # (out, in)
-        return taps @ values
+        taps = module.weight.detach().flatten(2).sum(dim=2).to(values.dtype)
+        return taps.movedim(self.in_dim, 1) @ values  # (out, in) @ (in,)
 
 
 class ConvTransposeRule(ConvRule):
@@ -172,11 +171,9 @@ class ConvTransposeRule(ConvRule):
         # a transposed conv spreads each input value over its kernel: interior outputs receive
         # every tap once per stride phase, so the fold is exact only for stride 1 (our choice:
         # strided transposed convs are not compensated)
-        if module.groups != 1 or any(s != 1 for s in module.stride):
+        if any(s != 1 for s in module.stride):
             return None
-        weight = module.weight.detach()
-        taps = weight.flatten(2).sum(dim=2).to(values.dtype)  # (in, out)
-        return values @ taps
+        return super().response_to_constant_input(module, values)
 
 
 class LinearRule(LayerRule):

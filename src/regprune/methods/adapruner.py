@@ -109,14 +109,17 @@ class AdaPruner(GraphMethod):
         importance = self.block_importance()
         relative = importance / importance.mean().clamp(min=1e-12)
         sizes = torch.tensor([g.size for g in self.groups], dtype=torch.float64)
-        floor = torch.clamp(torch.ceil(sizes * max(self.min_keep, 1.0 - self.max_ratio)), min=1)
-        floor = torch.maximum(floor, torch.minimum(sizes, torch.tensor(float(self.round_to))))
+        round_to = self.target.round_to
+        floor = torch.clamp(
+            torch.ceil(sizes * max(self.min_keep, 1.0 - self.target.max_ratio)), min=1
+        )
+        floor = torch.maximum(floor, torch.minimum(sizes, torch.tensor(float(round_to))))
 
         def widths(alpha: float) -> torch.Tensor:
             kept = torch.ceil(torch.clamp(alpha * relative, max=1.0) * sizes)
             kept = torch.maximum(kept, floor)
-            if self.round_to > 1:
-                kept = torch.minimum(torch.ceil(kept / self.round_to) * self.round_to, sizes)
+            if round_to > 1:
+                kept = torch.minimum(torch.ceil(kept / round_to) * round_to, sizes)
             return kept
 
         cost = self._cost_fn()
@@ -142,7 +145,7 @@ class AdaPruner(GraphMethod):
         Bisection stops at a step of the width function; single channels close the gap.
         """
         order = torch.argsort(self.block_importance(), descending=True)
-        step = float(self.round_to)
+        step = float(self.target.round_to)
         improved = True
         while improved:
             improved = False
@@ -156,14 +159,14 @@ class AdaPruner(GraphMethod):
         return kept
 
     def _target_value(self) -> float:
-        if self.target_macs is not None:
-            return self.target_macs * self.macs_model.total
+        if self.target.target_macs is not None:
+            return self.target.target_macs * self.macs_model.total
         total = sum(g.size for g in self.groups)
-        return (1.0 - self.ratio) * total
+        return (1.0 - self.target.ratio) * total
 
     def _cost_fn(self):
         """MACs of given widths (MACs target) or the number of kept channels (ratio target)."""
-        if self.target_macs is None:
+        if self.target.target_macs is None:
             return lambda kept: float(kept.sum())
         reference = {g.id: torch.arange(g.size) for g in self.groups}
 

@@ -74,11 +74,7 @@ class GraphMethod(PruningMethod):
         """The validated target; None only for a method that decides the widths itself."""
         if not (self.target_optional and ratio is None and target_macs is None):
             self.target = Target(ratio, target_macs, self.scope, round_to, max_ratio)
-        self.max_ratio = max_ratio
         self.example_inputs = example_inputs
-        self.ratio = ratio
-        self.target_macs = target_macs
-        self.round_to = round_to
         self.graph: DependencyGraph = trace_graph(model, example_inputs, ignore=ignore)
         if not self.graph.groups:
             raise ValueError(

@@ -117,7 +117,7 @@ class L0Channel(GraphMethod):
     def prune(self, data: CalibrationData | None = None) -> nn.Module:
         gates = self._bake()
         self._gates_at_prune = gates
-        if self.ratio is None and self.target_macs is None:
+        if self.target is None:
             masks = {}
             for gid, gate in gates.items():
                 closed = (gate == 0).cpu()
