@@ -11,8 +11,10 @@ import torchvision
 from torch import nn
 from torchvision.models import get_model, get_model_weights
 
-from regprune.metrics import LayerCount, ModelCount, count, format_count
+from regprune.layers import macs_formula_for, rule_for
+from regprune.metrics import LayerCount, MacsCounter, ModelCount, count, format_count
 from regprune.models import create_model
+from regprune.modes import eval_mode
 
 
 class ConvBnLinear(nn.Module):
@@ -79,6 +81,41 @@ def test_linear_counts_every_token() -> None:
 def test_convolution_family_formulas(layer: nn.Module, spatial: tuple, expected: int) -> None:
     x = torch.randn(1, layer.in_channels, *spatial)
     assert count(layer, x).macs == expected
+
+
+CONV_AND_LINEAR = [
+    (nn.Conv2d(4, 4, 3, padding=1, groups=4), (1, 4, 6, 6)),
+    (nn.Conv1d(4, 8, 3, groups=2), (2, 4, 10)),
+    (nn.Conv2d(3, 5, 3, stride=2), (1, 3, 9, 9)),
+    (nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2), (1, 4, 5, 5)),
+    (nn.Linear(6, 3), (2, 5, 6)),
+]
+
+
+@pytest.mark.parametrize(("layer", "shape"), CONV_AND_LINEAR)
+def test_the_counting_formula_and_the_slicing_rules_macs_unit_agree(
+    layer: nn.Module, shape: tuple
+) -> None:
+    # the allocator prices a plan with macs_unit * in * out / groups (from tracing) and reports
+    # MACs from the count: one layer, two views, one number
+    x = torch.randn(shape)
+    y = layer(x)
+    rule, formula = rule_for(layer), macs_formula_for(layer)
+    assert rule is not None and formula is not None
+    in_channels, out_channels = rule.input_channels(layer), rule.output_channels(layer)
+    per_pair = rule.macs_unit(layer, x, y)
+    assert per_pair * in_channels * out_channels / rule.groups(layer) == formula(layer, (x,), {}, y)
+
+
+def test_a_counter_counts_the_forward_its_caller_runs() -> None:
+    model = create_model("resnet20").train()
+    x = torch.randn(2, 3, 32, 32)
+    with eval_mode(model), torch.no_grad(), MacsCounter(model) as counter:
+        output = model(x)
+    assert counter.result(per_layer=True) == count(model, x, per_layer=True)
+    with torch.no_grad():
+        assert torch.equal(output, model.eval()(x))  # the counted forward is the model's own
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
 def _mha_macs(batch: int, target: int, source: int, embed: int, kdim: int, vdim: int) -> int:

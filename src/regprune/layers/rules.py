@@ -12,8 +12,10 @@ A rule applies to a module when it is an instance of the rule's type *and* does 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -254,6 +256,66 @@ OPAQUE_LAYERS: dict[type[nn.Module], str] = {
     nn.RNN: "recurrent layers are kept whole",
 }
 """Layers traced as black boxes: everything they read or write is locked, with this reason."""
+
+
+MacsFormula = Callable[[nn.Module, tuple, dict, Any], int]
+"""``formula(module, args, kwargs, output) -> MACs`` of one call of a layer, from shapes only."""
+
+
+def _conv_macs(module: nn.modules.conv._ConvNd, args: tuple, kwargs: dict, out: Any) -> int:
+    kernel = math.prod(module.kernel_size)
+    if module.transposed:
+        # Every input element is scattered through the kernel into out_channels/groups outputs;
+        # counting from the output side would overcount by stride**dims.
+        return args[0].numel() * (module.out_channels // module.groups) * kernel
+    return out.numel() * (module.in_channels // module.groups) * kernel
+
+
+def _linear_macs(module: nn.Linear, args: tuple, kwargs: dict, out: Any) -> int:
+    tokens = args[0].numel() // module.in_features  # every leading dim is a token
+    return tokens * module.in_features * module.out_features
+
+
+def _mha_macs(module: nn.MultiheadAttention, args: tuple, kwargs: dict, out: Any) -> int:
+    names = ("query", "key", "value")
+    query, key, value = (args[i] if i < len(args) else kwargs[n] for i, n in enumerate(names))
+    embed = module.embed_dim
+    q_tokens = query.numel() // embed  # batch * target length
+    k_tokens = key.numel() // module.kdim  # batch * source length
+    v_tokens = value.numel() // module.vdim
+    batch_dim = 0 if module.batch_first else 1
+    batch = query.shape[batch_dim] if query.dim() == 3 else 1  # 2-D query: unbatched
+    target_len, source_len = q_tokens // batch, k_tokens // batch
+    in_proj = (q_tokens * embed + k_tokens * module.kdim + v_tokens * module.vdim) * embed
+    # Summed over heads, Q @ K^T and attn @ V each cost batch * L * S * embed_dim.
+    attention = 2 * batch * target_len * source_len * embed
+    out_proj = q_tokens * embed * embed
+    return in_proj + attention + out_proj
+
+
+MACS_FORMULAS: dict[type[nn.Module], MacsFormula] = {
+    nn.modules.conv._ConvNd: _conv_macs,
+    nn.Linear: _linear_macs,
+    nn.MultiheadAttention: _mha_macs,
+}
+"""The layers whose MACs :func:`regprune.count` takes from a formula rather than from the ops.
+
+Why a formula: PyTorch's fused fast paths (``nn.MultiheadAttention`` in eval, CPU flash
+attention) hide the matmuls from op-level counting, and a formula reads only the layer's
+attributes and the call's shapes, so it also holds on the ``meta`` device. Keyed by type alone,
+unlike :data:`LAYER_RULES`: slicing must know what a forward does with the weights (a subclass
+with its own forward is traced through), while the count of a conv is the conv's, whoever calls
+it. For the layers both tables cover, a rule's ``macs_unit`` is this formula per (input, output)
+channel pair of one group (tests/metrics check the two agree).
+"""
+
+
+def macs_formula_for(module: nn.Module) -> MacsFormula | None:
+    """The formula that gives ``module``'s MACs per call, or None to count its ops instead."""
+    for layer_type, formula in MACS_FORMULAS.items():
+        if isinstance(module, layer_type):
+            return formula
+    return None
 
 
 PARAMETRIZED_REASON = (

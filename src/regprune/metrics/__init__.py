@@ -9,7 +9,15 @@ Example::
     print(measure_latency(model, torch.randn(64, 3, 32, 32), threads=1).median_ms)
 """
 
-from regprune.metrics.count import LayerCount, ModelCount, count, format_count
+from regprune.metrics.count import LayerCount, MacsCounter, ModelCount, count, format_count
 from regprune.metrics.latency import Latency, measure_latency
 
-__all__ = ["Latency", "LayerCount", "ModelCount", "count", "format_count", "measure_latency"]
+__all__ = [
+    "Latency",
+    "LayerCount",
+    "MacsCounter",
+    "ModelCount",
+    "count",
+    "format_count",
+    "measure_latency",
+]

@@ -9,10 +9,11 @@ the two names are never used for the same number.
 
 How, in one ``torch.no_grad()`` forward in eval mode:
 
-- Forward hooks on the modules that have a MAC rule (:data:`MAC_RULES`: conv, linear, multi-head
-  attention) give their MACs from shapes. The rule wins inside such a module, because PyTorch's
-  fused fast paths (``nn.MultiheadAttention`` in eval, CPU flash attention) hide the matmuls from
-  op-level counting. A module with a rule is not descended into (MHA owns ``out_proj`` but calls it
+- Forward hooks on the modules that have a MACs formula (:data:`regprune.layers.MACS_FORMULAS`:
+  conv, linear, multi-head attention; layer-type knowledge lives in the layer package) give
+  their MACs from shapes. The formula wins inside such a module, because PyTorch's fused fast
+  paths (``nn.MultiheadAttention`` in eval, CPU flash attention) hide the matmuls from op-level
+  counting. A module with a formula is not descended into (MHA owns ``out_proj`` but calls it
   functionally).
 - Everywhere else, matrix multiplies and convolutions are counted at the op level with
   :class:`torch.utils.flop_counter.FlopCounterMode`, so MACs that a model computes functionally
@@ -29,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import torch
@@ -36,49 +38,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from regprune.inputs import ExampleInputs, as_input_tuple
+from regprune.layers import MacsFormula, macs_formula_for
 from regprune.modes import eval_mode
-
-MacRule = Callable[..., int]
-"""``rule(module, args, kwargs, output) -> MACs`` of one call of the module."""
-
-
-def _conv_macs(module: nn.modules.conv._ConvNd, args: tuple, kwargs: dict, out: Any) -> int:
-    kernel = math.prod(module.kernel_size)
-    if module.transposed:
-        # Every input element is scattered through the kernel into out_channels/groups outputs;
-        # counting from the output side would overcount by stride**dims.
-        return args[0].numel() * (module.out_channels // module.groups) * kernel
-    return out.numel() * (module.in_channels // module.groups) * kernel
-
-
-def _linear_macs(module: nn.Linear, args: tuple, kwargs: dict, out: Any) -> int:
-    tokens = args[0].numel() // module.in_features  # every leading dim is a token
-    return tokens * module.in_features * module.out_features
-
-
-def _mha_macs(module: nn.MultiheadAttention, args: tuple, kwargs: dict, out: Any) -> int:
-    names = ("query", "key", "value")
-    query, key, value = (args[i] if i < len(args) else kwargs[n] for i, n in enumerate(names))
-    embed = module.embed_dim
-    q_tokens = query.numel() // embed  # batch * target length
-    k_tokens = key.numel() // module.kdim  # batch * source length
-    v_tokens = value.numel() // module.vdim
-    batch_dim = 0 if module.batch_first else 1
-    batch = query.shape[batch_dim] if query.dim() == 3 else 1  # 2-D query: unbatched
-    target_len, source_len = q_tokens // batch, k_tokens // batch
-    in_proj = (q_tokens * embed + k_tokens * module.kdim + v_tokens * module.vdim) * embed
-    # Summed over heads, Q @ K^T and attn @ V each cost batch * L * S * embed_dim.
-    attention = 2 * batch * target_len * source_len * embed
-    out_proj = q_tokens * embed * embed
-    return in_proj + attention + out_proj
-
-
-# Layer-type knowledge lives here and nowhere else: one small rule per type.
-MAC_RULES: dict[type[nn.Module], MacRule] = {
-    nn.modules.conv._ConvNd: _conv_macs,
-    nn.Linear: _linear_macs,
-    nn.MultiheadAttention: _mha_macs,
-}
 
 
 def _sdpa_cpu_flops(query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> int:
@@ -96,13 +57,6 @@ def _sdpa_cpu_flops(query: Any, key: Any, value: Any, *args: Any, **kwargs: Any)
 EXTRA_OP_FORMULAS: dict[Any, Callable[..., int]] = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
 }
-
-
-def _rule_for(module: nn.Module) -> MacRule | None:
-    for module_type, rule in MAC_RULES.items():
-        if isinstance(module, module_type):
-            return rule
-    return None
 
 
 @dataclass(frozen=True)
@@ -138,7 +92,7 @@ class ModelCount:
     Attributes:
         macs: total multiply-accumulates: the layers' MACs plus ``unattributed_macs``.
         params: unique parameters of the model (tied weights once), whether or not they ran.
-        per_layer: one entry per counted module that ran (modules with a MAC rule and leaf
+        per_layer: one entry per counted module that ran (modules with a MACs formula and leaf
             modules), in first-call order; empty unless asked for.
         unattributed_macs: MACs of matmuls and convolutions run in the forward code of container
             modules rather than inside a counted module (functional attention, for example).
@@ -225,44 +179,95 @@ def count(model: nn.Module, example_inputs: ExampleInputs, per_layer: bool = Fal
         format_count(cost.macs), format_count(cost.params)  # ('1.81 G', '11.69 M')
     """
     inputs = as_input_tuple(example_inputs)
-    hooked = _hooked_modules(model)
-    op_counter = FlopCounterMode(display=False, custom_mapping=EXTRA_OP_FORMULAS)
-    call_order: list[str] = []
-    records = {name: _Record(name, rule, op_counter, call_order) for name, _, rule in hooked}
-    handles = []
-    try:
-        for name, module, _ in hooked:
-            handles.append(module.register_forward_pre_hook(records[name].before))
-            handles.append(module.register_forward_hook(records[name].after, with_kwargs=True))
-        with eval_mode(model), torch.no_grad(), op_counter:
-            model(*inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with eval_mode(model), torch.no_grad(), MacsCounter(model) as counter:
+        model(*inputs)
+    return counter.result(per_layer=per_layer)
 
-    inside_macs = sum(record.op_macs for record in records.values())
-    unattributed_macs = max(0, op_counter.get_total_flops() // 2 - inside_macs)
-    layers = _layer_counts(hooked, records, call_order)
-    return ModelCount(
-        macs=sum(layer.macs for layer in layers) + unattributed_macs,
-        params=sum(p.numel() for p in model.parameters()),
-        per_layer=layers if per_layer else (),
-        unattributed_macs=unattributed_macs,
-    )
+
+class MacsCounter:
+    """Count the MACs of the forward pass that runs while this context is active.
+
+    Why a context besides :func:`count`: :func:`regprune.prune` runs the original model on the
+    example inputs anyway (to measure what the removed channels send), so it counts that forward
+    instead of running one more. Hooks and the op counter are installed on entry and removed on
+    exit, whatever happens in between. The caller chooses the mode (``count`` uses eval mode
+    under ``torch.no_grad()``); run one forward per counter, since a second adds to the first.
+
+    Example::
+
+        with eval_mode(model), torch.no_grad(), MacsCounter(model) as counter:
+            output = model(x)
+        counter.result().macs  # == count(model, x).macs
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._hooked = _hooked_modules(model)
+        self._op_counter = FlopCounterMode(display=False, custom_mapping=EXTRA_OP_FORMULAS)
+        self._call_order: list[str] = []
+        self._records = {
+            name: _Record(name, formula, self._op_counter, self._call_order)
+            for name, _, formula in self._hooked
+        }
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> MacsCounter:
+        try:
+            for name, module, _ in self._hooked:
+                record = self._records[name]
+                self._handles.append(module.register_forward_pre_hook(record.before))
+                self._handles.append(module.register_forward_hook(record.after, with_kwargs=True))
+            self._op_counter.__enter__()
+        except BaseException:
+            self._remove_hooks()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            self._op_counter.__exit__(exc_type, exc, traceback)
+        finally:
+            self._remove_hooks()
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def result(self, per_layer: bool = False) -> ModelCount:
+        """What the counted forward cost (see :func:`count` for ``per_layer``)."""
+        inside_macs = sum(record.op_macs for record in self._records.values())
+        unattributed_macs = max(0, self._op_counter.get_total_flops() // 2 - inside_macs)
+        layers = _layer_counts(self._hooked, self._records, self._call_order)
+        return ModelCount(
+            macs=sum(layer.macs for layer in layers) + unattributed_macs,
+            params=sum(p.numel() for p in self.model.parameters()),
+            per_layer=layers if per_layer else (),
+            unattributed_macs=unattributed_macs,
+        )
 
 
 class _Record:
-    """Hook pair for one module: MACs from its rule, else the op counter's delta over its call."""
+    """Hook pair for one module: MACs from its formula, else the op counter's delta in its call."""
 
     def __init__(
-        self, name: str, rule: MacRule | None, op_counter: FlopCounterMode, call_order: list[str]
+        self,
+        name: str,
+        formula: MacsFormula | None,
+        op_counter: FlopCounterMode,
+        call_order: list[str],
     ) -> None:
         self.name = name
-        self.rule = rule
+        self.formula = formula
         self.op_counter = op_counter
         self.call_order = call_order
         self.macs = 0
-        self.op_macs = 0  # op-level MACs seen inside the module, whether or not it has a rule
+        self.op_macs = 0  # op-level MACs seen inside the module, formula or not
         self.calls = 0
         self.output_shape: tuple[int, ...] = ()
         self._op_macs_at_entry = 0
@@ -273,7 +278,7 @@ class _Record:
     def after(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         op_macs = self.op_counter.get_total_flops() // 2 - self._op_macs_at_entry
         self.op_macs += op_macs
-        self.macs += self.rule(module, args, kwargs, output) if self.rule else op_macs
+        self.macs += self.formula(module, args, kwargs, output) if self.formula else op_macs
         if self.calls == 0:
             self.call_order.append(self.name)
             self.output_shape = _first_shape(output)
@@ -281,16 +286,18 @@ class _Record:
 
 
 def _layer_counts(
-    hooked: list[tuple[str, nn.Module, MacRule | None]],
+    hooked: list[tuple[str, nn.Module, MacsFormula | None]],
     records: dict[str, _Record],
     call_order: list[str],
 ) -> tuple[LayerCount, ...]:
     """One LayerCount per module that ran, first-call order; tied params go to the first owner."""
     params_seen: set[int] = set()
     params_of: dict[str, int] = {}
-    for name, module, rule in hooked:
-        # A rule module's cost includes its children (MHA's out_proj), so do its parameters.
-        owned = [p for p in module.parameters(recurse=rule is not None) if id(p) not in params_seen]
+    for name, module, formula in hooked:
+        # A formula module's cost includes its children (MHA's out_proj), so do its parameters.
+        owned = [
+            p for p in module.parameters(recurse=formula is not None) if id(p) not in params_seen
+        ]
         params_seen.update(id(p) for p in owned)
         params_of[name] = sum(p.numel() for p in owned)
     modules = {name: module for name, module, _ in hooked}
@@ -307,23 +314,23 @@ def _layer_counts(
     )
 
 
-def _hooked_modules(model: nn.Module) -> list[tuple[str, nn.Module, MacRule | None]]:
-    """Modules with a rule (not descended into) and every other leaf, in registration order.
+def _hooked_modules(model: nn.Module) -> list[tuple[str, nn.Module, MacsFormula | None]]:
+    """Modules with a formula (not descended into) and every other leaf, in registration order.
 
     A module registered under two names (shared) is hooked once, under its first name, as in
     ``named_modules()``.
     """
-    hooked: list[tuple[str, nn.Module, MacRule | None]] = []
+    hooked: list[tuple[str, nn.Module, MacsFormula | None]] = []
     seen: set[int] = set()
 
     def walk(module: nn.Module, name: str) -> None:
         if id(module) in seen:
             return
         seen.add(id(module))
-        rule = _rule_for(module)
+        formula = macs_formula_for(module)
         children = list(module.named_children())
-        if rule is not None or not children:
-            hooked.append((name, module, rule))
+        if formula is not None or not children:
+            hooked.append((name, module, formula))
             return
         for child_name, child in children:
             walk(child, f"{name}.{child_name}" if name else child_name)
