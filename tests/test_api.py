@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from torch import nn
 
 import regprune as rp
 from regprune.allocation import BudgetError
-from regprune.api import make_plan
+from regprune.api import check_runs, make_plan
 from regprune.models import create_model
+from regprune.surgery import apply_plan_with_report, silence_channels
 
 X32 = torch.randn(1, 3, 32, 32)
 
@@ -135,3 +137,65 @@ def test_unreachable_target_says_what_is_left() -> None:
 def test_example_inputs_of_the_wrong_type_are_rejected() -> None:
     with pytest.raises(TypeError, match="example_inputs must be a tensor"):
         rp.prune(create_model("resnet20", num_classes=10), {"x": X32}, ratio=0.5)
+
+
+def _real_forwards(model: nn.Module) -> list[str]:
+    """Record every real (not meta) forward: "original" for ``model``, "pruned" for a copy of it
+    (deepcopy carries the hook over, so the pruned model records its forwards too)."""
+    calls: list[str] = []
+
+    def record(module: nn.Module, args: tuple) -> None:
+        if not args[0].is_meta:
+            calls.append("original" if module is model else "pruned")
+
+    model.register_forward_pre_hook(record)
+    return calls
+
+
+def test_prune_runs_the_original_twice_and_the_pruned_model_once() -> None:
+    # once for the MACs, the output shapes and the first compensation probe together, once for
+    # the perturbed probe; the pruned model once for the check (it used to be 4 + 1)
+    model = create_model("resnet20", num_classes=10)
+    calls = _real_forwards(model)
+    rp.prune(model, X32, ratio=0.5)
+    assert sorted(calls) == ["original", "original", "pruned"]
+
+
+def test_mean_compensation_runs_the_original_once_plus_its_calibration_batches() -> None:
+    model = create_model("resnet20", num_classes=10)
+    calls = _real_forwards(model)
+    batches = [torch.randn(4, 3, 32, 32) for _ in range(3)]
+    rp.prune(model, X32, ratio=0.5, compensate="mean", calibration=batches)
+    assert calls.count("original") == 1 + len(batches)
+    assert calls.count("pruned") == 1
+
+
+@pytest.mark.parametrize("target", [{"ratio": 0.5}, {"target_macs": 0.5}])
+def test_prune_gives_what_its_steps_give_run_one_by_one(target: dict) -> None:
+    # plan, weights, folded biases and MACs exactly as tracing, counting, planning, surgery with
+    # compensation and counting the pruned model give when each runs on its own
+    model = create_model("resnet20", num_classes=10).eval()
+    graph, plan = make_plan(model, X32, ratio=0.5)
+    silenced = silence_channels(model, graph, plan)  # constant channels: the fold has work
+    result = rp.prune_with_result(silenced, X32, **target)
+    graph, plan = make_plan(silenced, X32, **target)
+    pruned, report = apply_plan_with_report(silenced, graph, plan)
+    assert result.plan.drop == plan.drop
+    assert report.folded_inputs > 0
+    assert result.compensation.to_dict() == report.to_dict()
+    want, got = pruned.state_dict(), result.model.state_dict()
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert result.macs_before == rp.count(silenced, X32).macs
+    assert result.macs_after == rp.count(pruned, X32).macs
+    assert set(result.phase_s) == {"trace", "measure", "plan", "surgery", "compensation", "check"}
+
+
+def test_the_check_rejects_a_model_that_fails_or_changes_its_output_shapes() -> None:
+    x = torch.randn(1, 4)
+    want = [torch.empty(1, 3, device="meta")]
+    check_runs(nn.Linear(4, 3), x, want)
+    with pytest.raises(RuntimeError, match="outputs have shapes"):
+        check_runs(nn.Linear(4, 2), x, want)
+    with pytest.raises(RuntimeError, match="fails on the example inputs"):
+        check_runs(nn.Linear(5, 3), x, want)

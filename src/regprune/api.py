@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -13,15 +15,28 @@ from regprune.allocation import MacsModel, Plan, Target, allocate
 from regprune.graph import DependencyGraph, trace_graph
 from regprune.importance import Importance, get_importance
 from regprune.inputs import as_input_tuple, iter_tensors
-from regprune.metrics import count
+from regprune.metrics import MacsCounter, count
 from regprune.modes import eval_mode
-from regprune.surgery import CompensationReport, apply_plan_with_report
-from regprune.surgery.apply import kept_components
+from regprune.surgery import CompensationReport
+from regprune.surgery.apply import compensate_cuts, cut_model, kept_components
+from regprune.surgery.compensate import (
+    InputObserver,
+    InputStats,
+    check_compensate,
+    consumers_that_may_lose_inputs,
+)
 
 
 @dataclass
 class PruneResult:
-    """What one-shot pruning produced, for users who want more than the model."""
+    """What one-shot pruning produced, for users who want more than the model.
+
+    ``phase_s`` is where the call's time went, in seconds: ``trace`` (shapes only, on the meta
+    device), ``measure`` (the one forward of the original model: its MACs, its output shapes and
+    the compensation's first probe), ``plan``, ``surgery`` (the smaller copy),
+    ``compensation`` (the perturbed probe and the fold) and ``check`` (one forward of the
+    pruned model).
+    """
 
     model: nn.Module
     plan: Plan
@@ -29,6 +44,7 @@ class PruneResult:
     macs_before: int
     macs_after: int
     compensation: CompensationReport
+    phase_s: dict[str, float] = field(default_factory=dict)
 
 
 def make_plan(
@@ -68,7 +84,8 @@ def make_plan(
 
 
 def check_runs(model: nn.Module, example_inputs: Any, expected: Any) -> None:
-    """Run the pruned model once; its outputs must have the original shapes."""
+    """Run the pruned model once; its outputs must have the shapes of ``expected``'s tensors
+    (the original outputs, or anything with their shapes: meta tensors will do)."""
     try:
         with eval_mode(model), torch.no_grad():
             output = model(*as_input_tuple(example_inputs))
@@ -87,6 +104,44 @@ def _tensors(value: Any) -> list[torch.Tensor]:
     return list(iter_tensors(value))
 
 
+@dataclass
+class _OriginalRun:
+    """What the one forward of the original model on the example inputs told."""
+
+    macs: int
+    outputs: list[torch.Tensor]  # on the meta device: the check needs their shapes only
+    input_stats: dict[str, InputStats] | None
+
+
+def _run_original(
+    model: nn.Module, graph: DependencyGraph, example_inputs: Any, observe_inputs: bool
+) -> _OriginalRun:
+    """One forward of ``model`` that counts its MACs and, with ``observe_inputs``, collects the
+    input statistics of every layer a plan may cut (the compensation's first probe).
+
+    Why one: the count, the compensation's probe of the example inputs and the shapes the check
+    compares with all come from the same forward, which used to run three times.
+    """
+    on_meta = any(p.is_meta for p in model.parameters())
+    observer = (
+        InputObserver(model, graph, consumers_that_may_lose_inputs(graph))
+        if observe_inputs and not on_meta
+        else None
+    )
+    with (
+        eval_mode(model),
+        torch.no_grad(),
+        MacsCounter(model) as counter,
+        observer or contextlib.nullcontext(),
+    ):
+        output = model(*as_input_tuple(example_inputs))
+    return _OriginalRun(
+        macs=counter.result().macs,
+        outputs=[t.to("meta") for t in iter_tensors(output)],
+        input_stats=observer.stats if observer is not None else None,
+    )
+
+
 def prune_with_result(
     model: nn.Module,
     example_inputs: Any,
@@ -95,23 +150,46 @@ def prune_with_result(
     calibration: Iterable[Any] | None = None,
     **kwargs: Any,
 ) -> PruneResult:
-    """Like :func:`prune` but also returns the plan, the graph, the MACs before and after and
-    what the compensation of removed channels found."""
+    """Like :func:`prune` but also returns the plan, the graph, the MACs before and after, what
+    the compensation of removed channels found, and where the time went.
+
+    The original model runs forward once on the example inputs (its MACs, its output shapes
+    and the compensation's first probe), twice with the default compensation (the perturbed
+    probe); the pruned model runs once (the check). The pruned model's MACs follow from the plan
+    (the property tests check they equal a count of the pruned model).
+    """
     if "graph" in kwargs or "macs_model" in kwargs:
         raise TypeError("prune_with_result traces and counts the model itself")
+    calibration = list(calibration) if calibration is not None else None
+    mode = check_compensate(compensate, bool(calibration))
+    phase_s: dict[str, float] = {}
+    start = time.perf_counter()
+
+    def phase(name: str) -> None:
+        nonlocal start
+        now = time.perf_counter()
+        phase_s[name] = now - start
+        start = now
+
     graph = trace_graph(model, example_inputs, ignore=kwargs.pop("ignore", ()))
-    # one count of the model; the pruned model's MACs follow analytically from the plan
-    # (the property tests check this equals a count of the pruned model)
-    macs_model = MacsModel(graph, count(model, example_inputs).macs)
+    phase("trace")
+    original = _run_original(model, graph, example_inputs, observe_inputs=mode != "mean")
+    macs_model = MacsModel(graph, original.macs)
+    phase("measure")
     graph, plan = make_plan(model, example_inputs, graph=graph, macs_model=macs_model, **kwargs)
-    pruned, compensation = apply_plan_with_report(
-        model, graph, plan, compensate=compensate, calibration=calibration
+    phase("plan")
+    pruned, cuts = cut_model(model, graph, plan)
+    phase("surgery")
+    compensation = compensate_cuts(
+        model, pruned, graph, cuts, mode, calibration, first_probe_stats=original.input_stats
     )
-    with eval_mode(model), torch.no_grad():
-        expected = model(*as_input_tuple(example_inputs))
-    check_runs(pruned, example_inputs, expected)
+    phase("compensation")
+    check_runs(pruned, example_inputs, original.outputs)
+    phase("check")
     macs_after = round(macs_model.macs(kept_components(graph, plan)))
-    return PruneResult(pruned, plan, graph, round(macs_model.total), macs_after, compensation)
+    return PruneResult(
+        pruned, plan, graph, round(macs_model.total), macs_after, compensation, phase_s
+    )
 
 
 def prune(

@@ -13,8 +13,10 @@ from torch import nn
 from regprune.layers.rules import refresh_attributes
 from regprune.surgery.compensate import (
     CompensationReport,
+    InputStats,
     check_compensate,
     fold_removed_inputs,
+    measure_inputs,
     probe_inputs,
 )
 
@@ -124,31 +126,62 @@ def apply_plan_with_report(
     """:func:`apply_plan`, also returning what the compensation found and folded."""
     calibration = list(calibration) if calibration is not None else None
     mode = check_compensate(compensate, bool(calibration))
-    pruned, cuts = _cut(model, graph, plan)
+    pruned, cuts = cut_model(model, graph, plan)
+    report = compensate_cuts(model, pruned, graph, cuts, mode, calibration)
+    return pruned, report
+
+
+def compensate_cuts(
+    model: nn.Module,
+    pruned: nn.Module,
+    graph: DependencyGraph,
+    cuts: Cuts,
+    mode: str,
+    calibration: list[Any] | None = None,
+    first_probe_stats: dict[str, InputStats] | None = None,
+) -> CompensationReport:
+    """Measure what the cut inputs carry in ``model`` and fold it into ``pruned`` (in place).
+
+    Args:
+        mode: a value :func:`~regprune.surgery.compensate.check_compensate` accepted.
+        calibration: the batches of ``mode="mean"``.
+        first_probe_stats: input statistics of (at least) every cut layer, already collected on
+            the first probe batch, the example inputs (:class:`InputObserver`), so that only the
+            perturbed probe runs here. Why: :func:`regprune.prune` runs the model on the example
+            inputs anyway, to count its MACs. Ignored for ``mode="mean"``, which measures the
+            calibration batches.
+    """
     if any(p.is_meta for p in model.parameters()):
         # a meta model has shapes, no values: there is nothing to measure or fold
         report = CompensationReport(mode)
         report.not_foldable.append("the model is on the meta device (no values to fold)")
-        return pruned, report
+        return report
     if mode == "mean":
-        batches = calibration
+        batches, first_probe_stats = calibration, None
     elif graph.example_inputs is not None:
         batches = probe_inputs(graph.example_inputs)
+        if first_probe_stats is not None:
+            batches = batches[1:]
     else:
         raise PlanError(
             "compensate='constant' needs the example inputs the graph was traced with; "
             "trace with regprune.graph.trace_graph or pass compensate=None"
         )
-    report = fold_removed_inputs(model, pruned, graph, cuts, mode, batches)
-    return pruned, report
+    if not cuts:
+        return CompensationReport(mode)
+    if first_probe_stats is not None and not set(cuts) <= set(first_probe_stats):
+        missing = sorted(set(cuts) - set(first_probe_stats))
+        raise ValueError(f"first_probe_stats lacks cut layers {missing[:3]}")
+    stats = measure_inputs(model, graph, cuts, batches, first_probe_stats)
+    return fold_removed_inputs(model, pruned, graph, cuts, mode, stats)
 
 
 Cuts = dict[str, tuple[torch.Tensor, torch.Tensor]]
 """Per layer that loses some of its inputs: (dropped inputs, kept outputs) masks."""
 
 
-def _cut(model: nn.Module, graph: DependencyGraph, plan: Plan) -> tuple[nn.Module, Cuts]:
-    """The physically smaller copy, and where layers lost inputs (for compensation)."""
+def cut_model(model: nn.Module, graph: DependencyGraph, plan: Plan) -> tuple[nn.Module, Cuts]:
+    """The physically smaller copy (no compensation), and where layers lost inputs."""
     keep = kept_components(graph, plan)
     pruned = _copy_sharing_tensors(model)
     touched: dict[str, nn.Module] = {}

@@ -115,10 +115,9 @@ class CompensationReport:
 
 
 @dataclass
-class _InputStats:
+class InputStats:
     """Running per-channel statistics of one consumer's input (float64)."""
 
-    drop: torch.Tensor  # bool per input channel
     total: torch.Tensor | None = None
     count: int = 0
     low: torch.Tensor | None = None
@@ -135,10 +134,10 @@ class _InputStats:
             self.high = torch.maximum(self.high, high)
         self.count += flat.shape[1]
 
-    def relative_range(self) -> torch.Tensor:
-        """Range of every input channel over the kept channels' median range."""
+    def relative_range(self, drop: torch.Tensor) -> torch.Tensor:
+        """Range of every input channel over the median range of the channels not in ``drop``."""
         spread = (self.high - self.low).cpu()
-        kept = spread[~self.drop]
+        kept = spread[~drop]
         scale = float(kept.median()) if kept.numel() else 0.0
         if scale > 0:
             return spread / scale
@@ -175,38 +174,90 @@ def _batch_inputs(batch: Any) -> tuple[torch.Tensor, ...]:
     )
 
 
-def measure_inputs(
-    model: nn.Module,
-    graph: DependencyGraph,
-    drops: dict[str, torch.Tensor],
-    batches: Iterable[Any],
-) -> dict[str, _InputStats]:
-    """Run ``model`` (eval mode, no grad) and collect every consumer's input statistics."""
-    records = {r.name: r for r in graph.records}
-    stats = {name: _InputStats(drop) for name, drop in drops.items()}
-    device = next(iter(model.parameters()), torch.zeros(())).device
-    handles = []
+def consumers_that_may_lose_inputs(graph: DependencyGraph) -> list[str]:
+    """The layers a plan can cut inputs from: those whose compensation needs input statistics.
 
-    def hook(name: str, record: LayerRecord):
+    Grouped convs lose whole groups, inputs with their outputs (nothing left to fold into), and
+    a layer whose inputs are all locked loses none, whatever the plan.
+    """
+    names = []
+    for record in graph.records:
+        atoms = record.in_atoms[record.in_atoms >= 0]
+        if record.groups == 1 and bool(
+            (graph.group_of_component[graph.component[atoms]] >= 0).any()
+        ):
+            names.append(record.name)
+    return names
+
+
+class InputObserver:
+    """Collect per-channel statistics of some layers' inputs over the forwards run meanwhile.
+
+    Why a context: :func:`regprune.prune` runs the original model on the example inputs anyway
+    (to count its MACs), before the plan says which layers lose inputs; observing every layer
+    that may lose some during that forward spares the compensation one forward of its own. The
+    caller runs the model (eval mode, no grad, inputs on the model's device); hooks are removed
+    on exit.
+
+    Attributes:
+        stats: layer name -> :class:`InputStats` (empty until the layer is called).
+    """
+
+    def __init__(self, model: nn.Module, graph: DependencyGraph, names: Iterable[str]) -> None:
+        records = {r.name: r for r in graph.records}
+        self.model = model
+        self.stats = {name: InputStats() for name in names}
+        self._records = {name: records[name] for name in self.stats}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def _hook(self, name: str, record: LayerRecord) -> Any:
         def collect(module: nn.Module, args: tuple) -> None:
             if args and isinstance(args[0], torch.Tensor):
                 x = args[0]
-                stats[name].add(x, record.rule.input_channel_dim(x))
+                self.stats[name].add(x, record.rule.input_channel_dim(x))
 
         return collect
 
-    try:
-        for name in drops:
-            module = model.get_submodule(name)
-            handles.append(module.register_forward_pre_hook(hook(name, records[name])))
-        with eval_mode(model), torch.no_grad():
-            for batch in batches:
-                inputs = tuple(x.to(device) for x in _batch_inputs(batch))
-                model(*inputs)
-    finally:
-        for handle in handles:
+    def __enter__(self) -> InputObserver:
+        try:
+            for name, record in self._records.items():
+                module = self.model.get_submodule(name)
+                self._handles.append(module.register_forward_pre_hook(self._hook(name, record)))
+        except BaseException:
+            self._remove_hooks()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._remove_hooks()
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
             handle.remove()
-    return stats
+        self._handles.clear()
+
+
+def measure_inputs(
+    model: nn.Module,
+    graph: DependencyGraph,
+    names: Iterable[str],
+    batches: Iterable[Any],
+    stats: dict[str, InputStats] | None = None,
+) -> dict[str, InputStats]:
+    """Run ``model`` (eval mode, no grad) on ``batches``; every named layer's input statistics.
+
+    ``stats``, when given, are statistics of earlier batches that these batches add to.
+    """
+    names = list(names)
+    device = next(iter(model.parameters()), torch.zeros(())).device
+    observer = InputObserver(model, graph, names)
+    if stats is not None:
+        observer.stats = {name: stats[name] for name in names}
+    with eval_mode(model), torch.no_grad(), observer:
+        for batch in batches:
+            inputs = tuple(x.to(device) for x in _batch_inputs(batch))
+            model(*inputs)
+    return observer.stats
 
 
 def fold_removed_inputs(
@@ -215,34 +266,33 @@ def fold_removed_inputs(
     graph: DependencyGraph,
     cuts: dict[str, tuple[torch.Tensor, torch.Tensor]],
     mode: str,
-    batches: Iterable[Any],
+    stats: dict[str, InputStats],
 ) -> CompensationReport:
     """Fold the removed channels' values into the biases of ``pruned``'s consumer layers.
 
     ``cuts`` maps each consumer that loses some (not all) of its inputs to its
-    ``(dropped inputs, kept outputs)`` masks.
+    ``(dropped inputs, kept outputs)`` masks; ``stats`` holds every such consumer's input
+    statistics in ``original`` (:func:`measure_inputs`).
     """
     report = CompensationReport(mode)
-    if not cuts:
-        return report
     ranges = []
-    stats = measure_inputs(original, graph, {n: drop for n, (drop, _) in cuts.items()}, batches)
     records = {r.name: r for r in graph.records}
-    for name, entry in stats.items():
+    for name, (drop, _) in cuts.items():
+        entry = stats[name]
         if entry.total is None:
             report.not_foldable.append(f"{name} (not called in the measuring forward)")
             continue
-        relative = entry.relative_range()[entry.drop]
+        relative = entry.relative_range(drop)[drop]
         constant = relative <= CONSTANT_RTOL
-        report.removed_inputs += int(entry.drop.sum())
+        report.removed_inputs += int(drop.sum())
         report.constant_inputs += int(constant.sum())
         report.silent_inputs += int((relative <= SILENT_RTOL).sum())
         ranges.append(relative)
         if mode == "none":
             continue
-        fold = entry.drop.clone()
+        fold = drop.clone()
         if mode == "constant":
-            fold[entry.drop] = constant
+            fold[drop] = constant
         if not bool(fold.any()):
             continue
         values = torch.where(fold, entry.total.cpu() / entry.count, 0.0)
