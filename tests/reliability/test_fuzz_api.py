@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import regprune as rp
+from regprune.inputs import CallArgs
 from tests.reliability.test_bad_input import small_cnn
 
 X = torch.randn(1, 3, 8, 8)
@@ -34,6 +35,17 @@ tensors = st.builds(
     st.sampled_from([torch.float32, torch.int64, torch.bool]),
 )
 
+nested = st.recursive(
+    st.one_of(tensors, st.none(), st.integers(0, 3), st.text(max_size=2), st.just({1, 2})),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=2),
+        st.tuples(inner),
+        st.dictionaries(st.sampled_from(["image", "boxes"]), inner, max_size=2),
+    ),
+    max_leaves=4,
+)
+"""Arguments of any structure (a detector's image list, a dict of maps) with strangers inside."""
+
 CORRUPTIONS = {
     "ratio": junk,
     "target_macs": junk,
@@ -47,7 +59,16 @@ CORRUPTIONS = {
     "seed": junk,
     "compensate": st.one_of(junk, st.sampled_from(["constant", "mean", "none", "zero"])),
     "example_inputs": st.one_of(
-        junk, tensors, st.lists(tensors, max_size=2), st.tuples(tensors, tensors)
+        junk,
+        tensors,
+        st.lists(tensors, max_size=2),
+        st.tuples(tensors, tensors),
+        st.tuples(nested),
+        st.builds(
+            lambda args, kwargs: CallArgs(*args, **kwargs),
+            st.lists(nested, max_size=2),
+            st.dictionaries(st.sampled_from(["mask", "scale"]), nested, max_size=2),
+        ),
     ),
 }
 

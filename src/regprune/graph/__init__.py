@@ -10,7 +10,7 @@ from torch import nn
 from regprune.graph.dependency import DependencyGraph, Unprunable, build_dependency_graph
 from regprune.graph.groups import ChannelGroup, ParamSlice
 from regprune.graph.tracer import TraceError, Tracer
-from regprune.inputs import as_input_tuple
+from regprune.inputs import as_call_args
 from regprune.modes import eval_mode
 
 
@@ -66,29 +66,41 @@ def trace_graph(
 ) -> DependencyGraph:
     """Trace ``model`` once on ``example_inputs`` and return its channel groups.
 
+    ``example_inputs`` are the model's arguments as :mod:`regprune.inputs` describes: a tensor,
+    a tuple of positional arguments of any nesting (``([img],)`` for a torchvision detector) or a
+    :class:`~regprune.inputs.CallArgs`.
+
     The model is traced in eval mode (so BatchNorm uses running statistics and dropout is off)
-    and put back in the mode it was in; its parameters are not modified. By default the forward
-    runs on the ``meta`` device (shapes only, no arithmetic); a model whose forward needs real
-    values (data-dependent control flow, an op without a meta kernel) is traced for real.
+    and put back exactly as it was: its mode, and every attribute its forward cached (a
+    detection head's anchors, a rotary table, a stored input shape), are restored after each
+    attempt; its parameters are not modified. By default the forward runs on the ``meta`` device
+    (shapes only, no arithmetic); a model whose forward needs real values (data-dependent
+    control flow, an op without a meta kernel) is traced for real.
     """
     ignored = resolve_ignore(model, ignore)
-    as_input_tuple(example_inputs)  # reject bad inputs before anything touches the model
+    as_call_args(example_inputs)  # reject bad inputs before anything touches the model
+    if on_meta:
+        try:
+            graph = _trace_once(model, example_inputs, ignored, on_meta=True)
+        except (TraceError, NotImplementedError, RuntimeError):
+            graph = None  # fall back to a real forward, which also gives the real error
+        if graph is not None:
+            return graph
+    return _trace_once(model, example_inputs, ignored, on_meta=False)
+
+
+def _trace_once(
+    model: nn.Module, example_inputs: Any, ignored: list[str], on_meta: bool
+) -> DependencyGraph:
+    """One traced forward, the model restored after it: a meta attempt that fails after caching
+    meta tensors in the model must not hand them to the real attempt (a head that caches its
+    grid per input shape would find the shape unchanged and reuse a meta grid)."""
     with eval_mode(model):
-        if on_meta:
-            try:
-                tracer = Tracer(model, ignored, on_meta=True)
-                tracer.run(example_inputs)
-                graph = build_dependency_graph(model, tracer)
-            except (TraceError, NotImplementedError, RuntimeError):
-                graph = None  # fall back to a real forward, which also gives the real error
-            if graph is not None:
-                graph.example_inputs = example_inputs
-                return graph
-        tracer = Tracer(model, ignored)
+        tracer = Tracer(model, ignored, on_meta=on_meta)
         tracer.run(example_inputs)
         graph = build_dependency_graph(model, tracer)
-        graph.example_inputs = example_inputs
-        return graph
+    graph.example_inputs = example_inputs
+    return graph
 
 
 __all__ = [

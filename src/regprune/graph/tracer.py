@@ -24,7 +24,7 @@ from regprune.graph.atoms import AtomTable
 from regprune.graph.labels import atoms_in, channel_label, channel_vector, constant_label
 from regprune.graph.meta_shortcuts import shape_only_result
 from regprune.graph.ops import record_function
-from regprune.inputs import as_input_tuple, iter_tensors
+from regprune.inputs import as_call_args, iter_tensors, map_tensors
 from regprune.layers.rules import LayerRecord, LayerRule, opaque_reason, rule_for
 
 
@@ -299,7 +299,7 @@ class Tracer(TorchFunctionMode):
 
     # ---- running ------------------------------------------------------------------------
     def run(self, example_inputs: Any) -> Any:
-        inputs = as_input_tuple(example_inputs)  # validate before any hook touches the model
+        call = as_call_args(example_inputs)  # validate before any hook touches the model
         handles = []
         for name, module in self.model.named_modules():
             handles.append(
@@ -311,13 +311,15 @@ class Tracer(TorchFunctionMode):
                 )
             )
         if self.on_meta:
-            inputs = tuple(x.to("meta") if x.is_floating_point() else x for x in inputs)
+            call = map_tensors(lambda x: x.to("meta") if x.is_floating_point() else x, call)
         try:
             with torch.no_grad(), self:
                 if self.on_meta:
-                    output = functional_call(self.model, self.state, inputs, tie_weights=False)
+                    output = functional_call(
+                        self.model, self.state, call.args, call.kwargs, tie_weights=False
+                    )
                 else:
-                    output = self.model(*inputs)
+                    output = self.model(*call.args, **call.kwargs)
         except Exception as error:
             where = self.module_stack[-1]
             if not where:  # the model's own forward: nothing to ignore, the inputs are wrong
