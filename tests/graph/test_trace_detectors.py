@@ -1,0 +1,35 @@
+"""A torchvision detector as users bring it: a list of images in, a list of detection dicts
+out, data-dependent box filtering (no meta kernel for ``nonzero``, so traced for real)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import regprune as rp
+from regprune.structures import structure_mismatch
+
+torchvision = pytest.importorskip("torchvision")
+
+
+@pytest.mark.slow
+def test_faster_rcnn_is_traced_and_planned_and_left_as_it_was() -> None:
+    torch.manual_seed(0)
+    detection = torchvision.models.detection
+    model = detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None
+    ).eval()
+    model.roi_heads.score_thresh = 0.0  # random weights score low: keep boxes to compare
+    image = torch.rand(3, 320, 320)
+    with torch.no_grad():
+        before = model([image])
+    assert before[0]["boxes"].shape[0] > 0
+    graph, plan = rp.make_plan(model, ([image],), ratio=0.3)
+    assert plan.num_dropped() > 0.2 * sum(g.size for g in graph.groups)
+    kept_whole = " ".join(str(u) for u in graph.unprunable)
+    # the FPN maps feed roi_align, which the tracer does not know: kept whole, with the reason
+    assert "op 'roi_align' is not known to the tracer" in kept_whole
+    with torch.no_grad():
+        after = model([image])
+    assert structure_mismatch(after, before) is None
+    assert all(torch.equal(a["boxes"], b["boxes"]) for a, b in zip(after, before, strict=True))
