@@ -13,6 +13,11 @@ schedule; the trainer only ever calls the five hooks below, in this order, every
     small = method.prune()       # a NEW, physically smaller nn.Module
 
 and saves ``method.state_dict()`` inside every checkpoint so a resumed run continues exactly.
+
+A method that declares ``self.regularizer`` (any :class:`regprune.regularizers.Regularizer`)
+inherits the forwarding: its loss term or gradient edit, its schedule step, its parameters in the
+optimizer, its logging and its state all come from the regularizer; the method itself says only
+what to remove (importance, allocation) and when (its schedule).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from regprune.regularizers.protocol import Regularizer
 
 CalibrationData = Sequence[tuple[torch.Tensor, torch.Tensor]]
 """A few (inputs, targets) batches, already on the model's device or movable there."""
@@ -36,6 +43,10 @@ class PruningMethod:
     """
 
     name: str = "none"
+    regularizer: Regularizer | None = None
+    """What the method trains with; None for one-shot methods."""
+    regularizer_lr_scale = 1.0
+    """Learning-rate multiple of the regularizer's own parameters (L0's gates)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -45,6 +56,8 @@ class PruningMethod:
 
     def penalty(self) -> torch.Tensor:
         """The loss term to add to the task loss (scalar; zero for gradient-edit methods)."""
+        if self.regularizer is not None and not self.regularizer.edits_gradients:
+            return self.regularizer.penalty(self.model)
         param = next(self.model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         return torch.zeros((), device=device)
@@ -55,14 +68,18 @@ class PruningMethod:
 
     def after_backward(self) -> None:
         """Edit gradients in place after ``loss.backward()`` and before ``optimizer.step()``."""
+        if self.regularizer is not None and self.regularizer.edits_gradients:
+            self.regularizer.apply_to_grads(self.model)
 
     def step(self) -> None:
         """Advance schedules after ``optimizer.step()``; called once per training iteration."""
         self.iteration += 1
+        if self.regularizer is not None:
+            self.regularizer.step(self.model)
 
     def wants_more_training(self) -> bool:
         """False once the method's own schedule is done (GReg stops growing and stabilizes)."""
-        return True
+        return self.regularizer is None or not self.regularizer.done
 
     def prune(self, data: CalibrationData | None = None) -> nn.Module:
         """Return a new, physically smaller model; the model being trained is left untouched.
@@ -85,8 +102,13 @@ class PruningMethod:
 
         Each entry is ``{"params": [...], "lr_scale": float, "weight_decay": float}`` for
         :func:`regprune.train.build_optimizer`; build the optimizer after creating the method.
+        The regularizer's own parameters (L0's gates) train at :attr:`regularizer_lr_scale`
+        without weight decay (decay would pull a gate back to its initial keep probability).
         """
-        return []
+        params = self.regularizer.parameters() if self.regularizer is not None else []
+        if not params:
+            return []
+        return [{"params": params, "lr_scale": self.regularizer_lr_scale, "weight_decay": 0.0}]
 
     def sparsity_snapshot(self) -> dict[str, torch.Tensor]:
         """The regularized quantity per layer/group (|gamma|, group norms, gates) for histograms."""
@@ -94,10 +116,20 @@ class PruningMethod:
 
     def sparsity_stats(self) -> dict[str, float]:
         """Scalars worth logging during sparsity training (mean |gamma| of the masked set, ...)."""
-        return {}
+        return self.regularizer.stats(self.model) if self.regularizer is not None else {}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"iteration": self.iteration}
+        state: dict[str, Any] = {"iteration": self.iteration}
+        if self.regularizer is not None:
+            state["regularizer"] = self.regularizer.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.iteration = int(state["iteration"])
+        if self.regularizer is not None:
+            if "regularizer" not in state:
+                raise ValueError(
+                    f"{self.name}: the saved state has no 'regularizer' entry; was it saved "
+                    "by another method?"
+                )
+            self.regularizer.load_state_dict(state["regularizer"])

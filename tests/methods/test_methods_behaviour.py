@@ -82,10 +82,14 @@ def test_hgsr_makes_input_channel_groups_uneven_and_prunes_by_loss() -> None:
     """
     model = pretrained_resnet20()
     method = methods.get("hgsr", model, X, target_macs=0.5, lam=5e-3)
-    q = torch.tensor([0.1, 0.5])
-    before = torch.quantile(torch.cat(list(method.regularizer.input_channel_norms().values())), q)
+    q = torch.tensor([0.1, 0.5], dtype=torch.float64)
+    before = torch.quantile(
+        torch.cat(list(method.regularizer.input_channel_norms(model).values())), q
+    )
     fit(model, epochs=2, lr=0.02, method=method)
-    after = torch.quantile(torch.cat(list(method.regularizer.input_channel_norms().values())), q)
+    after = torch.quantile(
+        torch.cat(list(method.regularizer.input_channel_norms(model).values())), q
+    )
     assert float(after[1]) < 0.5 * float(before[1])  # the penalty shrinks the groups
     assert float(after[0] / after[1]) < 0.85 * float(before[0] / before[1])  # unevenly
     small = method.prune(data=train_batches()[:4])

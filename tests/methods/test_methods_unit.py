@@ -251,7 +251,9 @@ def test_l0_channel_removes_closed_gates_and_returns_a_plain_model() -> None:
     small = method.prune()
     assert small.layer2[1].conv1.out_channels == 22
     assert not any(parametrize.is_parametrized(m) for m in small.modules())
-    assert not any(parametrize.is_parametrized(m) for m in model.modules())
+    assert all(
+        parametrize.is_parametrized(m) for m in (model.layer2[1].conv1, model.bn1)
+    )  # gates stay
 
 
 def test_l0_channel_warns_when_the_target_keeps_channels_with_closed_gates() -> None:
@@ -311,7 +313,7 @@ def test_l0_weight_snapshot_strides_the_test_gates_of_every_layer() -> None:
         assert 0 < values.numel() <= SNAPSHOT_GATES
         assert 0.0 < float((values == 0).double().mean()) < 1.0  # the spread survives
     method.prune()
-    assert method.sparsity_snapshot() == {}  # baked: nothing gated any more
+    assert set(method.sparsity_snapshot()) == set(snapshot)  # prune left the gates on
 
 
 @pytest.mark.parametrize("name", ["l0_weight", "l0_channel"])

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from regprune.graph import trace_graph
 from regprune.regularizers import HierarchicalGroupSparsity
 
 # W[o, i] kernels (1x2) of a conv 2 -> 2:
@@ -24,6 +25,16 @@ def make_conv() -> nn.Conv2d:
     return conv
 
 
+def hgsr_over(model: nn.Module, x: torch.Tensor, **kwargs) -> HierarchicalGroupSparsity:
+    return HierarchicalGroupSparsity(trace_graph(model, x).groups, **kwargs)
+
+
+def conv_reading_two_channels() -> tuple[nn.Module, HierarchicalGroupSparsity]:
+    """A 1x1 conv makes two prunable channels; the conv of KERNELS reads them."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), make_conv())
+    return model, hgsr_over(model, torch.rand(1, 1, 3, 3))
+
+
 @pytest.mark.parametrize(
     ("variant", "expected"),
     [
@@ -34,20 +45,24 @@ def make_conv() -> nn.Conv2d:
     ],
 )
 def test_variant_values(variant: str, expected: float):
-    conv = make_conv()
-    reg = HierarchicalGroupSparsity([conv], lam=1e-3, variant=variant)  # type: ignore[arg-type]
-    assert reg.hgsr().item() == pytest.approx(expected)
-    # docs/specs/METHODS.md: 0.5 * lambda * HGSR + 0.5 * lambda * L1
-    assert reg.penalty().item() == pytest.approx(0.5e-3 * expected + 0.5e-3 * L1)
-    no_l1 = HierarchicalGroupSparsity([conv], lam=1e-3, variant=variant, l1=False)  # type: ignore[arg-type]
-    assert no_l1.penalty().item() == pytest.approx(0.5e-3 * expected)
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), make_conv())
+    x = torch.rand(1, 1, 3, 3)
+    reg = hgsr_over(model, x, lam=1e-3, variant=variant)
+    assert reg.hgsr(model).item() == pytest.approx(expected)
+    # docs/specs/METHODS.md: 0.5 * lambda * HGSR + 0.5 * lambda * L1 (over the read weights:
+    # the first conv reads the image, which is not prunable, so only KERNELS count)
+    assert reg.penalty(model).item() == pytest.approx(0.5e-3 * expected + 0.5e-3 * L1)
+    no_l1 = hgsr_over(model, x, lam=1e-3, variant=variant, l1=False)
+    assert no_l1.penalty(model).item() == pytest.approx(0.5e-3 * expected)
 
 
 def _grad(variant: str) -> torch.Tensor:
-    conv = make_conv()
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), make_conv())
     # lam * balance = 1 and no L1: the gradient of the bare HGSR
-    HierarchicalGroupSparsity([conv], lam=2.0, variant=variant, l1=False).penalty().backward()  # type: ignore[arg-type]
-    return conv.weight.grad[:, :, 0, :]
+    reg = hgsr_over(model, torch.rand(1, 1, 3, 3), lam=2.0, variant=variant, l1=False)
+    reg.penalty(model).backward()
+    assert model[0].weight.grad is None  # only the weights that read a channel are penalized
+    return model[1].weight.grad[:, :, 0, :]
 
 
 def test_squared_gradient():
@@ -84,50 +99,70 @@ def test_exclusive_gradient():
     assert grad[1, 1].tolist() == [-28.0, 28.0]
 
 
-def test_input_channel_norms_show_which_inputs_are_read():
-    conv = make_conv()
-    norms = HierarchicalGroupSparsity({"c": conv}).input_channel_norms()
-    assert torch.allclose(norms["c"], torch.tensor([math.sqrt(25 + 1), math.sqrt(0 + 100)]))
+def test_input_channel_norms_show_which_channels_are_read():
+    model, reg = conv_reading_two_channels()
+    (norms,) = reg.input_channel_norms(model).values()
+    assert torch.allclose(norms, torch.tensor([math.sqrt(25 + 1), math.sqrt(0 + 100)]).double())
     with torch.no_grad():
-        conv.weight[:, 1] = 0.0
-    assert HierarchicalGroupSparsity({"c": conv}).input_channel_norms()["c"][1].item() == 0.0
+        model[1].weight[:, 1] = 0.0
+    assert reg.input_channel_norms(model)[0][1].item() == 0.0
 
 
-def test_grouped_conv_groups_by_true_input_channel():
-    conv = nn.Conv2d(4, 4, 1, groups=2, bias=False)
-    with torch.no_grad():  # W[o, j]: filters 0, 1 read inputs 0, 1; filters 2, 3 read 2, 3
-        conv.weight.copy_(
-            torch.tensor([[1.0, 2.0], [3.0, -4.0], [5.0, 0.0], [6.0, 7.0]])[..., None, None]
-        )
-    reg = HierarchicalGroupSparsity([conv], variant="squared", l1=False)
-    # input 0: |1| + |3| = 4; input 1: 2 + 4 = 6; input 2: 5 + 6 = 11; input 3: 0 + 7 = 7
-    assert reg.hgsr().item() == pytest.approx(4**2 + 6**2 + 11**2 + 7**2)
-    norms = reg.input_channel_norms()["0"]
-    assert torch.allclose(norms, torch.tensor([10.0, 20.0, 61.0, 49.0]).sqrt())
+def test_a_transposed_consumer_is_grouped_by_its_input_dim():
+    """ConvTranspose stores [in, out, k]: the same kernels laid out that way give the same HGSR."""
+    deconv = nn.ConvTranspose2d(2, 2, (1, 2), bias=False)
+    with torch.no_grad():
+        deconv.weight.copy_(torch.tensor(KERNELS).transpose(0, 1)[:, :, None, :])
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), deconv)
+    reg = hgsr_over(model, torch.rand(1, 1, 3, 3), variant="squared", l1=False)
+    assert reg.hgsr(model).item() == pytest.approx(6**2 + 10**2)
 
 
-def test_a_model_is_scanned_for_its_convs():
-    model = nn.Sequential(make_conv(), nn.ReLU(), make_conv(), nn.Flatten(), nn.Linear(2, 1))
-    reg = HierarchicalGroupSparsity(model, variant="exclusive", l1=False, lam=2.0)
-    assert list(reg.convs) == ["0", "2"]
-    assert reg.penalty().item() == pytest.approx(2 * 260)
+class Concat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 2, 1), nn.Conv2d(1, 1, 1)
+        self.c = nn.Conv2d(3, 1, 1, bias=False)
+        with torch.no_grad():
+            self.c.weight.copy_(torch.tensor([1.0, -2.0, 3.0]).reshape(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.cat([self.a(x), self.b(x)], dim=1))
 
 
-def test_transposed_convs_fail_loudly():
-    model = nn.Sequential(make_conv(), nn.ConvTranspose2d(2, 2, 1))
-    with pytest.raises(ValueError, match="transposed"):
-        HierarchicalGroupSparsity(model)
-    with pytest.raises(ValueError, match="no Conv"):
-        HierarchicalGroupSparsity(nn.Linear(2, 2))
+def test_a_concat_consumer_counts_each_read_entry_once():
+    model = Concat()
+    reg = hgsr_over(model, torch.rand(1, 1, 2, 2), lam=1.0, variant="squared")
+    assert len(reg.groups) == 2  # a's two channels and b's one, both read by c
+    assert reg.hgsr(model).item() == pytest.approx(1 + 4 + 9)
+    assert reg.penalty(model).item() == pytest.approx(0.5 * 14 + 0.5 * 6)
+
+
+def test_a_linear_after_flatten_groups_a_channels_positions():
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.Flatten(), nn.Linear(8, 1, bias=False))
+    with torch.no_grad():
+        model[2].weight.copy_(torch.arange(8.0).reshape(1, 8) - 3)  # -3 .. 4, channel-major
+    reg = hgsr_over(model, torch.rand(1, 1, 2, 2), variant="exclusive", l1=False)
+    # channel 0 reads |-3|+|-2|+|-1|+0 = 6, channel 1 reads 1+2+3+4 = 10
+    assert reg.hgsr(model).item() == pytest.approx(6**2 + 10**2)
+
+
+def test_bad_arguments_fail_loudly():
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), make_conv())
     with pytest.raises(ValueError, match="variant"):
-        HierarchicalGroupSparsity(make_conv(), variant="cubic")  # type: ignore[arg-type]
+        hgsr_over(model, torch.rand(1, 1, 3, 3), variant="cubic")
+    with pytest.raises(ValueError, match="lam"):
+        hgsr_over(model, torch.rand(1, 1, 3, 3), lam=-1.0)
+    with pytest.raises(TypeError, match="ChannelGroup"):
+        HierarchicalGroupSparsity([make_conv()])  # type: ignore[list-item]
 
 
 def test_state_dict():
-    reg = HierarchicalGroupSparsity(make_conv(), lam=0.25)
+    _, reg = conv_reading_two_channels()
+    reg.lam = 0.25
     buffer = io.BytesIO()
     torch.save(reg.state_dict(), buffer)
     buffer.seek(0)
-    other = HierarchicalGroupSparsity(make_conv())
+    _, other = conv_reading_two_channels()
     other.load_state_dict(torch.load(buffer, weights_only=True))
     assert other.lam == 0.25

@@ -117,8 +117,8 @@ def test_weight_penalty_is_lam_over_n_times_expected_l0():
     reg = L0Regularizer(model, ["3"], lam=2.0, num_samples=8)
     set_log_alpha(reg.gates["3"], [0.0] * 24)
     per_gate = sigmoid((2 / 3) * math.log(11))
-    assert reg.penalty().item() == pytest.approx(2.0 / 8 * 24 * per_gate)
-    reg.penalty().backward()
+    assert reg.penalty(model).item() == pytest.approx(2.0 / 8 * 24 * per_gate)
+    reg.penalty(model).backward()
     assert reg.gates["3"].log_alpha.grad is not None
 
 
@@ -128,7 +128,7 @@ def test_step_clamps_every_gate():
     with torch.no_grad():
         reg.gates["0"].log_alpha.fill_(-50.0)
         reg.gates["3"].log_alpha.fill_(50.0)
-    reg.step()
+    reg.step(model)
     assert reg.gates["0"].log_alpha.eq(math.log(0.01)).all()
     assert reg.gates["3"].log_alpha.eq(math.log(100)).all()
 
@@ -206,7 +206,7 @@ def test_channel_penalty_counts_every_parameter_of_the_channel(tiny: Tiny, group
     set_log_alpha(reg.gates[0], [0.0] * 4)
     # |g| per channel: conv1 filter 3 + bias 1 + bn gamma 1 + beta 1 + conv2 input column 5
     per_gate = sigmoid((2 / 3) * math.log(11))
-    assert reg.penalty().item() == pytest.approx(3.0 / 4 * 4 * 11 * per_gate)
+    assert reg.penalty(tiny).item() == pytest.approx(3.0 / 4 * 4 * 11 * per_gate)
     open_and_close(reg, 2)
     assert reg.sparsity() == pytest.approx(11 / 44)
     assert reg.test_gates()[0].tolist() == [1.0, 1.0, 0.0, 1.0]
@@ -251,3 +251,37 @@ def test_bad_arguments_are_refused(tiny: Tiny, group: ChannelGroup):
         L0Regularizer(tiny, [nn.Linear(2, 2)], lam=1.0, num_samples=1)
     with pytest.raises(ValueError, match="no weight"):
         L0Regularizer(lenet_like(), ["1"], lam=1.0, num_samples=1)  # the ReLU
+
+
+def test_hooks_refuse_a_model_the_gates_do_not_live_in():
+    model = lenet_like()
+    reg = L0Regularizer(model, lam=1.0, num_samples=1)
+    with pytest.raises(ValueError, match="pass that model"):
+        reg.penalty(lenet_like())
+    with pytest.raises(ValueError, match="pass that model"):
+        reg.step(lenet_like())
+
+
+def test_baked_copy_matches_bake_and_leaves_the_gated_model_as_it_was():
+    model = lenet_like()
+    reg = L0Regularizer(model, lam=1.0, num_samples=1)
+    for gate in reg.gates.values():
+        with torch.no_grad():
+            gate.log_alpha.normal_(0.0, 4.0)  # some gates closed, some open
+    x = torch.rand(2, 1, 4, 4)
+    model.eval()
+    gated_before = model(x)
+    state_before = {k: v.clone() for k, v in model.state_dict().items()}
+    baked = reg.baked_copy()
+    assert not any(parametrize.is_parametrized(m) for m in baked.modules())
+    assert torch.equal(baked(x), gated_before)  # the test gates, written into the weights
+    assert any(bool((p == 0).any()) for p in baked.parameters())
+    # the gated model still has its gates, its hooks and its values: training can go on
+    assert all(parametrize.is_parametrized(model[i], "weight") for i in (0, 3))
+    assert all(torch.equal(v, state_before[k]) for k, v in model.state_dict().items())
+    model.train()
+    reg.penalty(model).backward()
+    assert reg.gates["0"].log_alpha.grad is not None
+    reg.bake()
+    model.eval()
+    assert torch.equal(model(x), baked(x))

@@ -85,10 +85,6 @@ class AdaPruner(GraphMethod):
         self.candidate_losses: dict[str, float] = {}
         self.chosen: str | None = None
 
-    def after_backward(self) -> None:
-        if self.regularizer is not None:
-            self.regularizer.apply_to_grads(self.model)
-
     def block_importance(self) -> torch.Tensor:
         """Mean |BN scale| per group (groups without BN: the mean over groups that have one)."""
         values = []
@@ -220,6 +216,3 @@ class AdaPruner(GraphMethod):
             report["inheritance"] = self.chosen
             report["candidate_losses"] = dict(self.candidate_losses)
         return report
-
-    def sparsity_stats(self) -> dict[str, float]:
-        return self.regularizer.stats(self.model) if self.regularizer is not None else {}

@@ -50,8 +50,6 @@ class GraphMethod(PruningMethod):
     prune time when it did not (a one-shot criterion removes live channels by design)."""
     SILENT_SHARE = 0.9
     """Below this share of silent removed inputs, a silencing method warns (our choice)."""
-    budget_attr: str | None = None
-    """The regularizer attribute a budget drives (``"s"``, ``"lam"``); None: no budget mode."""
 
     def __init__(
         self,
@@ -153,7 +151,8 @@ class GraphMethod(PruningMethod):
             # every DDP rank must use the same strength: rank 0's losses decide
             strength = broadcast_object(self.budget.update(self.iteration, ratio))
             self.budget.strength = strength
-            setattr(self.regularizer, self.budget_attr, strength)
+            assert self.regularizer is not None
+            self.regularizer.strength = strength
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -165,7 +164,8 @@ class GraphMethod(PruningMethod):
         super().load_state_dict(state)
         if self.budget is not None and state.get("budget") is not None:
             self.budget.load_state_dict(state["budget"])
-            setattr(self.regularizer, self.budget_attr, self.budget.strength)
+            assert self.regularizer is not None
+            self.regularizer.strength = self.budget.strength
 
     @property
     def macs_model(self) -> MacsModel:
@@ -192,8 +192,14 @@ class GraphMethod(PruningMethod):
         sizes = {g.id: g.size for g in self.graph.groups}
         return Plan(drop, sizes, self.graph.model_type)
 
-    def apply(self, plan: Plan, data: CalibrationData | None = None) -> nn.Module:
-        """Build the smaller model, compensated; remember the plan and what the fold found."""
+    def apply(
+        self, plan: Plan, data: CalibrationData | None = None, *, source: nn.Module | None = None
+    ) -> nn.Module:
+        """Build the smaller model, compensated; remember the plan and what the fold found.
+
+        ``source``: the model to cut instead of the trained one (L0's baked copy); it must
+        have the same module names and shapes, i.e. the graph must fit it.
+        """
         self.last_plan = plan
         if self.compensate == "mean" and not data:
             raise ValueError(
@@ -201,7 +207,11 @@ class GraphMethod(PruningMethod):
                 "with a few training batches, or use compensate='constant'"
             )
         pruned, report = apply_plan_with_report(
-            self.model, self.graph, plan, compensate=self.compensate, calibration=data
+            self.model if source is None else source,
+            self.graph,
+            plan,
+            compensate=self.compensate,
+            calibration=data,
         )
         self.last_compensation = report
         self.last_warnings = self.schedule_warnings(plan)

@@ -23,7 +23,7 @@ from regprune.importance import MagnitudeImportance
 from regprune.lifecycle import CalibrationData
 from regprune.methods.graph_method import GraphMethod
 from regprune.methods.registry import register_method
-from regprune.regularizers import GrowingL2
+from regprune.regularizers.growing_l2 import greg_for
 from regprune.train.distributed import broadcast_object
 
 SCHEDULE_KEYS = (
@@ -108,23 +108,7 @@ class GReg(GraphMethod):
         self.name = f"greg{variant}"
         criterion = MagnitudeImportance(1)
         allocation = self.plan_from_scores(criterion(model, self.graph), criterion.comparable)
-        masks = allocation.drop_masks()
-        if variant == 1:
-            self.regularizer = GrowingL2(self.groups, prune_set=masks, **schedule)
-        else:
-            # (d - 0.5) / n makes the regularizer's ceil(ratio * n) pick exactly d channels
-            ratios = {gid: max(float(m.sum()) - 0.5, 0.0) / m.numel() for gid, m in masks.items()}
-            self.regularizer = GrowingL2(self.groups, pick_ratio=ratios, **schedule)
-
-    def after_backward(self) -> None:
-        self.regularizer.apply_to_grads(self.model)
-
-    def step(self) -> None:
-        super().step()
-        self.regularizer.step(self.model)
-
-    def wants_more_training(self) -> bool:
-        return not self.regularizer.done
+        self.regularizer = greg_for(self.groups, allocation.drop_masks(), variant, **schedule)
 
     @property
     def phase(self) -> str:
@@ -148,16 +132,6 @@ class GReg(GraphMethod):
             "the prune set may still carry signal; train until wants_more_training() is False"
         ]
 
-    def sparsity_stats(self) -> dict[str, float]:
-        return self.regularizer.stats()
-
     def sparsity_snapshot(self) -> dict[str, torch.Tensor]:
         criterion = MagnitudeImportance(1)
         return {f"group{g}": v.float() for g, v in criterion(self.model, self.graph).items()}
-
-    def state_dict(self) -> dict[str, Any]:
-        return super().state_dict() | {"regularizer": self.regularizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.regularizer.load_state_dict(state["regularizer"])

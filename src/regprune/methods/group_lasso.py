@@ -30,13 +30,6 @@ class GroupLassoMethod(GraphMethod):
         super().__init__(model, example_inputs, **target)
         self.regularizer = GroupLasso(self.groups, lam=lam)
 
-    def penalty(self) -> torch.Tensor:
-        return self.regularizer.penalty(self.model)
-
     def scores(self, data: CalibrationData | None = None) -> tuple[dict[int, torch.Tensor], bool]:
         norms = self.regularizer.channel_norms(self.model)
         return {gid: n.detach().double().cpu() for gid, n in norms.items()}, True
-
-    def sparsity_stats(self) -> dict[str, float]:
-        norms = torch.cat(list(self.regularizer.channel_norms(self.model).values()))
-        return {"group_norm/mean": float(norms.mean()), "group_norm/min": float(norms.min())}

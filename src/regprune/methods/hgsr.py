@@ -19,7 +19,8 @@ SELECTIONS = ("fast", "exact")
 
 @register_method("hgsr")
 class HGSR(GraphMethod):
-    """Loss ``CE + 0.5*lam*HGSR + 0.5*lam*L1`` on every conv, then loss-increase selection.
+    """Loss ``CE + 0.5*lam*HGSR + 0.5*lam*L1`` on every weight that reads a
+    prunable channel, then loss-increase selection.
 
     Args:
         lam: lambda (1e-3 in the paper).
@@ -50,10 +51,7 @@ class HGSR(GraphMethod):
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
         self.selection = selection
-        self.regularizer = HierarchicalGroupSparsity(model, lam=lam, variant=variant, l1=l1)
-
-    def penalty(self) -> torch.Tensor:
-        return self.regularizer.penalty()
+        self.regularizer = HierarchicalGroupSparsity(self.groups, lam=lam, variant=variant, l1=l1)
 
     def scores(self, data: CalibrationData | None = None) -> tuple[dict[int, torch.Tensor], bool]:
         if not data:
@@ -65,14 +63,5 @@ class HGSR(GraphMethod):
         return select(self.model, self.graph, data), True
 
     def sparsity_snapshot(self) -> dict[str, torch.Tensor]:
-        return {
-            k: v.detach().float().cpu() for k, v in self.regularizer.input_channel_norms().items()
-        }
-
-    def sparsity_stats(self) -> dict[str, float]:
-        with torch.no_grad():
-            norms = torch.cat(
-                [v.reshape(-1) for v in self.regularizer.input_channel_norms().values()]
-            )
-            vanished = float((norms < 1e-3).double().mean())
-            return {"hgsr/value": float(self.regularizer.hgsr()), "input_norm/vanished": vanished}
+        norms = self.regularizer.input_channel_norms(self.model)
+        return {f"group{g}": v.float() for g, v in norms.items()}

@@ -9,8 +9,9 @@ Two granularities:
 
 The gates are a reparametrization installed **on the model you pass** (its ``log_alpha``
 parameters appear in ``model.parameters()``: build the optimizer after the method).
-:meth:`L0.prune` bakes the test-time gates into the weights and removes the reparametrization
-from that model, then returns a pruned copy, so what comes out is a plain ``nn.Module``.
+``prune()`` writes the test-time gates into the weights of a copy
+(:meth:`L0Regularizer.baked_copy`) and prunes that, so what comes out is a plain ``nn.Module``
+and the gated model is left as it was (training can go on).
 """
 
 from __future__ import annotations
@@ -27,9 +28,7 @@ from regprune.methods.graph_method import GraphMethod
 from regprune.methods.registry import register_method
 from regprune.methods.unstructured import (
     KeepSparsity,
-    apply_masks,
     prunable_weights,
-    weight_sparsity,
 )
 from regprune.regularizers import L0Regularizer
 
@@ -38,12 +37,6 @@ def _check_scale(scale: float) -> float:
     if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
         raise ValueError(f"gate_lr_scale must be a number > 0, got {scale!r}")
     return float(scale)
-
-
-def gate_group(regularizer: L0Regularizer, lr_scale: float) -> list[dict[str, Any]]:
-    """The gates' ``log_alpha``: their own learning-rate multiple, no weight decay."""
-    gates = [gate.log_alpha for gate in regularizer.gates.values()]
-    return [{"params": gates, "lr_scale": lr_scale, "weight_decay": 0.0}] if gates else []
 
 
 @register_method("l0_channel")
@@ -81,8 +74,8 @@ class L0Channel(GraphMethod):
         **target: Any,
     ) -> None:
         super().__init__(model, example_inputs, **target)
-        self.gate_lr_scale = _check_scale(gate_lr_scale)
-        self.regularizer = L0Regularizer(
+        self.regularizer_lr_scale = _check_scale(gate_lr_scale)
+        self.regularizer: L0Regularizer = L0Regularizer(
             model,
             self.groups,
             lam=lam,
@@ -90,44 +83,26 @@ class L0Channel(GraphMethod):
             granularity="channel",
             init_keep_prob=init_keep_prob,
         )
-        self.baked = False
         self._gates_at_prune: dict[int, torch.Tensor] = {}
 
-    def penalty(self) -> torch.Tensor:
-        return self.regularizer.penalty()
-
-    def optimizer_groups(self) -> list[dict[str, Any]]:
-        return gate_group(self.regularizer, self.gate_lr_scale)
-
-    def step(self) -> None:
-        super().step()
-        self.regularizer.step()
-
-    def _bake(self) -> dict[int, torch.Tensor]:
+    def prune(self, data: CalibrationData | None = None) -> nn.Module:
         gates = {int(k): v for k, v in self.regularizer.test_gates().items()}
         log_alpha = {
             int(k): g.log_alpha.detach().double().cpu() for k, g in self.regularizer.gates.items()
         }
-        if not self.baked:
-            self.regularizer.bake()
-            self.baked = True
-        self._log_alpha = log_alpha
-        return gates
-
-    def prune(self, data: CalibrationData | None = None) -> nn.Module:
-        gates = self._bake()
         self._gates_at_prune = gates
+        baked = self.regularizer.baked_copy()
         if self.target is None:
             masks = {}
             for gid, gate in gates.items():
                 closed = (gate == 0).cpu()
                 if bool(closed.all()):
-                    closed[torch.argmax(self._log_alpha[gid])] = False
+                    closed[torch.argmax(log_alpha[gid])] = False
                 masks[gid] = closed
-            return self.apply(self.plan_from_masks(masks), data)
-        plan = self.plan_from_scores(self._log_alpha, comparable=True)
+            return self.apply(self.plan_from_masks(masks), data, source=baked)
+        plan = self.plan_from_scores(log_alpha, comparable=True)
         _warn_closed_but_kept(gates, plan.drop_masks())
-        return self.apply(plan, data)
+        return self.apply(plan, data, source=baked)
 
     def schedule_warnings(self, plan: Plan) -> list[str]:
         gates = self._gates_at_prune
@@ -147,24 +122,14 @@ class L0Channel(GraphMethod):
         ]
 
     def sparsity_stats(self) -> dict[str, float]:
-        if self.baked:
-            return {}
+        """Share of closed channel gates (by count, not by parameter entries)."""
         gates = torch.cat([g.reshape(-1) for g in self.regularizer.test_gates().values()])
         with torch.no_grad():
             expected = float(self.regularizer.expected_nonzero())
         return {"gates/closed": float((gates == 0).double().mean()), "l0/expected": expected}
 
     def sparsity_snapshot(self) -> dict[str, torch.Tensor]:
-        if self.baked:
-            return {}
         return {f"group{k}": v.float().cpu() for k, v in self.regularizer.test_gates().items()}
-
-    def state_dict(self) -> dict[str, Any]:
-        return super().state_dict() | {"regularizer": self.regularizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.regularizer.load_state_dict(state["regularizer"])
 
 
 def _warn_closed_but_kept(gates: dict[int, torch.Tensor], drop: dict[int, torch.Tensor]) -> None:
@@ -213,8 +178,8 @@ class L0Weight(PruningMethod):
         gate_lr_scale: float = 1.0,
     ) -> None:
         super().__init__(model)
-        self.gate_lr_scale = _check_scale(gate_lr_scale)
-        self.regularizer = L0Regularizer(
+        self.regularizer_lr_scale = _check_scale(gate_lr_scale)
+        self.regularizer: L0Regularizer = L0Regularizer(
             model,
             lam=lam,
             num_samples=num_samples,
@@ -223,23 +188,10 @@ class L0Weight(PruningMethod):
         )
         self.masks: dict[str, torch.Tensor] | None = None
 
-    def penalty(self) -> torch.Tensor:
-        return self.regularizer.penalty()
-
-    def optimizer_groups(self) -> list[dict[str, Any]]:
-        return gate_group(self.regularizer, self.gate_lr_scale)
-
-    def step(self) -> None:
-        super().step()
-        self.regularizer.step()
-
     def prune(self, data: CalibrationData | None = None) -> nn.Module:
-        if self.masks is None:
-            self.regularizer.bake()
-            self.masks = {
-                n: (p.detach() == 0).cpu() for n, p in prunable_weights(self.model).items()
-            }
-        return apply_masks(self.model, self.masks)
+        baked = self.regularizer.baked_copy()
+        self.masks = {n: (p.detach() == 0).cpu() for n, p in prunable_weights(baked).items()}
+        return baked
 
     def finetune_method(self, pruned: nn.Module) -> PruningMethod:
         return KeepSparsity(pruned, self.masks)
@@ -247,8 +199,6 @@ class L0Weight(PruningMethod):
     def sparsity_snapshot(self) -> dict[str, torch.Tensor]:
         """Test-time gates per layer, at most ``SNAPSHOT_GATES`` evenly strided ones each: a
         histogram needs their spread, and VGG-16 has 14.7 M gates (60 MB per epoch in full)."""
-        if self.masks is not None:
-            return {}
         snapshot = {}
         for name, gate in self.regularizer.test_gates().items():
             flat = gate.detach().reshape(-1)
@@ -257,13 +207,4 @@ class L0Weight(PruningMethod):
         return snapshot
 
     def sparsity_stats(self) -> dict[str, float]:
-        if self.masks is not None:
-            return {"weight_sparsity": weight_sparsity(self.model)}
         return {"gates/closed": self.regularizer.sparsity()}
-
-    def state_dict(self) -> dict[str, Any]:
-        return super().state_dict() | {"regularizer": self.regularizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.regularizer.load_state_dict(state["regularizer"])

@@ -159,8 +159,6 @@ class MaskSparsity(GraphMethod):
             vote_scores[group.id] = keep_share + 1e-3 * aggregate / top
         return self.plan_from_scores(vote_scores, comparable=True)
 
-    budget_attr = "s"
-
     def budget_active(self) -> bool:
         return self.budget is not None and self.mask_plan is not None
 
@@ -172,7 +170,7 @@ class MaskSparsity(GraphMethod):
         return self.mask_plan.drop_masks()
 
     def after_backward(self) -> None:
-        self.regularizer.apply_to_grads(self.model)
+        super().after_backward()
         if self.budget_active():
             self.regularizer.remember_signs(self.model)
 
@@ -198,9 +196,6 @@ class MaskSparsity(GraphMethod):
         assert self.mask_plan is not None
         return self.apply(self.mask_plan, data)
 
-    def sparsity_stats(self) -> dict[str, float]:
-        return self.regularizer.stats(self.model)
-
     def sparsity_snapshot(self) -> dict[str, torch.Tensor]:
         criterion = BNScaleImportance()
         return {f"group{gid}": v.float() for gid, v in criterion(self.model, self.graph).items()}
@@ -214,9 +209,5 @@ class MaskSparsity(GraphMethod):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self._baseline = state.get("baseline")
-        if state.get("mask_plan") is not None:
+        if state.get("mask_plan") is not None:  # the regularizer restored its mask and s
             self.mask_plan = Plan.from_dict(state["mask_plan"])
-            self.regularizer.s = (
-                self._masked_strength if self.budget is None else self.budget.strength
-            )
-            self.regularizer.set_mask(self.mask_plan.drop_masks())

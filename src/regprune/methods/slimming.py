@@ -30,12 +30,6 @@ class NetworkSlimming(GraphMethod):
         super().__init__(model, example_inputs, **target)
         self.regularizer = BNScaleL1(self.groups, s=s)
 
-    def after_backward(self) -> None:
-        self.regularizer.apply_to_grads(self.model)
-
     def scores(self, data: CalibrationData | None = None) -> tuple[dict[int, torch.Tensor], bool]:
         criterion = BNScaleImportance()
         return criterion(self.model, self.graph), criterion.comparable
-
-    def sparsity_stats(self) -> dict[str, float]:
-        return self.regularizer.stats(self.model)

@@ -18,7 +18,7 @@ from regprune.layers import weight_layers
 from regprune.lifecycle import CalibrationData, PruningMethod
 from regprune.methods.greg import SCHEDULE_KEYS
 from regprune.methods.registry import register_method
-from regprune.regularizers import GrowingL2
+from regprune.regularizers.growing_l2 import greg_for
 from regprune.train.distributed import broadcast_object
 
 
@@ -164,28 +164,11 @@ class GRegUnstructured(PruningMethod):
         super().__init__(model)
         schedule = {k: kwargs.pop(k) for k in SCHEDULE_KEYS if k in kwargs}
         self.ratio, self.scope = _check_unstructured_target(kwargs)
-        if variant not in (1, 2):
-            raise ValueError(f"variant must be 1 (GReg-1) or 2 (GReg-2), got {variant!r}")
         self.variant = variant
         weights = prunable_weights(model)
         masks = magnitude_masks(weights, self.ratio, self.scope)
-        targets = {name: p for name, p in weights.items()}
-        if variant == 1:
-            self.regularizer = GrowingL2(targets, prune_set=masks, **schedule)
-        else:
-            ratios = {n: max(float(m.sum()) - 0.5, 0.0) / m.numel() for n, m in masks.items()}
-            self.regularizer = GrowingL2(targets, pick_ratio=ratios, **schedule)
+        self.regularizer = greg_for(weights, masks, variant, **schedule)
         self.masks: dict[str, torch.Tensor] | None = None
-
-    def after_backward(self) -> None:
-        self.regularizer.apply_to_grads(self.model)
-
-    def step(self) -> None:
-        super().step()
-        self.regularizer.step(self.model)
-
-    def wants_more_training(self) -> bool:
-        return not self.regularizer.done
 
     def prune(self, data: CalibrationData | None = None) -> nn.Module:
         masks = {str(k): v for k, v in self.regularizer.prune_set().items()}
@@ -194,13 +177,3 @@ class GRegUnstructured(PruningMethod):
 
     def finetune_method(self, pruned: nn.Module) -> PruningMethod:
         return KeepSparsity(pruned, self.masks)
-
-    def sparsity_stats(self) -> dict[str, float]:
-        return self.regularizer.stats()
-
-    def state_dict(self) -> dict[str, Any]:
-        return super().state_dict() | {"regularizer": self.regularizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.regularizer.load_state_dict(state["regularizer"])

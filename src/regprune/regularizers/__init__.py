@@ -1,19 +1,16 @@
 """Sparsity regularizers: small stateful objects that act as a loss term or a gradient edit.
 
-Each one is built once from the model's channel groups (or parameters / convs), precomputes its
-index tensors once, and exposes the hooks of the shared life cycle that apply to it:
-``penalty(...)`` (a differentiable loss term), ``apply_to_grads(model)`` (an in-place edit of
-``.grad`` after ``backward`` and before ``optimizer.step``), ``step(...)`` (schedules) and
-``state_dict()`` / ``load_state_dict()`` (``weights_only``-safe).
-
-Group-based regularizers (:class:`BNScaleL1`, :class:`GroupLasso`, :class:`GrowingL2`) keep no
-reference to the model and take it as an argument; :class:`HierarchicalGroupSparsity` and
-:class:`L0Regularizer` are bound to the modules they regularize (the latter installs gates).
+Every one follows :class:`Regularizer` (regularizers/protocol.py): the same hooks with the same
+signature -- ``penalty(model)``, ``apply_to_grads(model)``, ``step(model)``, ``stats(model)``,
+``parameters()``, ``state_dict()`` / ``load_state_dict()`` -- and one ``strength`` a budget can
+drive. Group regularizers are built once over the model's channel groups (HGSR over the
+groups' consumer slices) and precompute their index tensors; GReg also takes named parameters
+(unstructured); L0 installs gates on the model it is given.
 """
 
 from regprune.regularizers.bn_l1 import BNScaleL1
 from regprune.regularizers.group_lasso import GroupLasso
-from regprune.regularizers.growing_l2 import GrowingL2, l1_prune_set
+from regprune.regularizers.growing_l2 import GrowingL2, greg_for, l1_prune_set
 from regprune.regularizers.hierarchical import HierarchicalGroupSparsity
 from regprune.regularizers.l0_gates import (
     BETA,
@@ -24,6 +21,7 @@ from regprune.regularizers.l0_gates import (
     L0Regularizer,
     WeightGating,
 )
+from regprune.regularizers.protocol import Regularizer
 
 __all__ = [
     "BETA",
@@ -36,6 +34,8 @@ __all__ = [
     "HardConcreteGate",
     "HierarchicalGroupSparsity",
     "L0Regularizer",
+    "Regularizer",
     "WeightGating",
+    "greg_for",
     "l1_prune_set",
 ]

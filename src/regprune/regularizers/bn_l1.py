@@ -24,12 +24,13 @@ from regprune.regularizers._slices import (
     writable_grad,
     zero_like_model,
 )
+from regprune.regularizers.protocol import Regularizer
 
 ScaleNorm = Literal["l1", "l2", "smooth_l1"]
 _NORMS = ("l1", "l2", "smooth_l1")
 
 
-class BNScaleL1:
+class BNScaleL1(Regularizer):
     """Slimming / MaskSparsity penalty on the norm scales (role ``"norm"``, param ``"weight"``).
 
     Gradient edit (:meth:`apply_to_grads`), per scale ``gamma`` of channel ``c``::
@@ -71,6 +72,9 @@ class BNScaleL1:
         reg.apply_to_grads(model)
         optimizer.step()
     """
+
+    edits_gradients = True
+    strength_attr = "s"
 
     def __init__(
         self,

@@ -9,17 +9,17 @@ coupled layers shrink together and a channel is driven to zero as a whole.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from regprune.graph.groups import ChannelGroup
 from regprune.regularizers._slices import SliceIndex, index_groups, sum_except, zero_like_model
+from regprune.regularizers.protocol import Regularizer
 
 
-class GroupLasso:
+class GroupLasso(Regularizer):
     """``lam * sum_groups sum_channels sqrt(||W_c||^2 + eps)``, a loss term.
 
     ``||W_c||^2`` sums the squares of every entry of channel ``c`` over *all* slices of its
@@ -71,12 +71,9 @@ class GroupLasso:
         with torch.no_grad():
             return {gid: sq.sqrt() for gid, sq in self._squared_norms(model).items()}
 
-    def state_dict(self) -> dict[str, Any]:
-        """Only ``lam``: group lasso has no schedule, but shares the life cycle."""
-        return {"lam": self.lam}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.lam = float(state["lam"])
+    def stats(self, model: nn.Module) -> dict[str, float]:
+        norms = torch.cat(list(self.channel_norms(model).values()))
+        return {"group_norm/mean": float(norms.mean()), "group_norm/min": float(norms.min())}
 
     def _squared_norms(self, model: nn.Module) -> dict[int, torch.Tensor]:
         # Per-index sums of squares are shared between groups: a consumer after a concat is

@@ -26,6 +26,7 @@ from regprune.regularizers._slices import (
     writable_grad,
     zero_like_model,
 )
+from regprune.regularizers.protocol import Regularizer
 
 LayerKey = int | str
 Targets = Sequence[ChannelGroup] | Mapping[str, torch.Tensor] | Sequence[tuple[str, torch.Tensor]]
@@ -33,7 +34,7 @@ Phase = Literal["picking", "growing", "stabilizing", "done"]
 LayerStatus = Literal["picking", "growing", "stopped"]
 
 
-class GrowingL2:
+class GrowingL2(Regularizer):
     """GReg-1 / GReg-2 as a state machine over "layers" (a channel group, or one parameter).
 
     Units and slices:
@@ -102,6 +103,9 @@ class GrowingL2:
             optimizer.step()
             reg.step(model)
     """
+
+    edits_gradients = True
+    strength_attr = None
 
     def __init__(
         self,
@@ -264,7 +268,7 @@ class GrowingL2:
                     layer.status = "stopped"
         self._maybe_start_stabilizing()
 
-    def stats(self) -> dict[str, float]:
+    def stats(self, model: nn.Module | None = None) -> dict[str, float]:
         """Scalars for the training log: largest lambda, layers still active, smallest EMA."""
         emas = [layer.ema for layer in self._layers.values() if layer.ema is not None]
         lams = [max(self._layer_lambdas(layer)) for layer in self._layers.values()]
@@ -302,6 +306,23 @@ class GrowingL2:
             layer.status == "stopped" for layer in self._layers.values()
         ):
             self._stabilize_start = self.iteration
+
+
+def greg_for(
+    targets: Targets, masks: Mapping[LayerKey, torch.Tensor], variant: int, **schedule: Any
+) -> GrowingL2:
+    """GReg-1 or GReg-2 over ``targets`` given a first allocation ``masks`` (True = remove).
+
+    GReg-1 regularizes exactly ``masks``; GReg-2 keeps only their per-layer counts and picks
+    which units itself: ``(d - 0.5) / n`` makes the picking's ``ceil(ratio * n)`` take exactly
+    ``d`` of ``n`` units. Shared by the structured and the unstructured method.
+    """
+    if variant not in (1, 2):
+        raise ValueError(f"variant must be 1 (GReg-1) or 2 (GReg-2), got {variant!r}")
+    if variant == 1:
+        return GrowingL2(targets, prune_set=masks, **schedule)
+    ratios = {key: max(float(m.sum()) - 0.5, 0.0) / m.numel() for key, m in masks.items()}
+    return GrowingL2(targets, pick_ratio=ratios, **schedule)
 
 
 def l1_prune_set(

@@ -14,6 +14,7 @@ weights.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
@@ -25,6 +26,7 @@ from torch.nn.utils import parametrize
 from regprune.graph.groups import ChannelGroup
 from regprune.layers import weight_layers
 from regprune.regularizers._slices import SliceIndex, index_groups
+from regprune.regularizers.protocol import Regularizer
 
 BETA = 2.0 / 3.0
 """Temperature of the hard-concrete distribution (Louizos et al.)."""
@@ -150,7 +152,23 @@ class ChannelGating(nn.Module):
         return weight * scale.reshape(shape)
 
 
-class L0Regularizer:
+def _own_parametrized_class(clone: nn.Module, original_class: type) -> None:
+    """Give a deep-copied parametrized module a class of its own.
+
+    Why: ``torch.nn.utils.parametrize`` injects one class per parametrized module that holds
+    the parametrized properties, and a deep copy shares that class with the original; removing
+    the copy's parametrization would delete the property from the shared class and break the
+    original model.
+    """
+    if type(clone) is not original_class:
+        return  # already given its own class (a module with several gated tensors)
+    namespace = {
+        k: v for k, v in original_class.__dict__.items() if k not in ("__dict__", "__weakref__")
+    }
+    clone.__class__ = type(original_class.__name__, original_class.__bases__, namespace)
+
+
+class L0Regularizer(Regularizer):
     """Hard-concrete L0 gates installed on a model, with the expected-L0 penalty.
 
     **Modifies ``model`` in place**: it registers parametrizations (the gates' ``log_alpha`` then
@@ -190,10 +208,10 @@ class L0Regularizer:
         reg = L0Regularizer(model, lam=0.1, num_samples=len(train_set))
         optimizer = torch.optim.Adam(model.parameters())
         for x, y in loader:
-            loss = criterion(model(x), y) + reg.penalty()
+            loss = criterion(model(x), y) + reg.penalty(model)
             loss.backward(); optimizer.step(); optimizer.zero_grad()
-            reg.step()
-        reg.bake()    # plain weights, zero where the test gate is 0
+            reg.step(model)
+        small = reg.baked_copy()  # plain weights, zero where the test gate is 0
     """
 
     def __init__(
@@ -227,14 +245,30 @@ class L0Regularizer:
             self._install_weight_gates(targets, init_keep_prob)  # type: ignore[arg-type]
         if not self.gates:
             raise ValueError("nothing to gate: the targets select no parameter")
+        self._hooks: list[Any] = []
+        self._install_hooks()
+
+    def _install_hooks(self) -> None:
         self._hooks = [
-            model.register_forward_pre_hook(self._hold_gates),
-            model.register_forward_hook(self._release_gates, always_call=True),
+            self.model.register_forward_pre_hook(self._hold_gates),
+            self.model.register_forward_hook(self._release_gates, always_call=True),
         ]
 
-    def penalty(self) -> torch.Tensor:
+    def _check_model(self, model: nn.Module) -> None:
+        if model is not self.model:
+            raise ValueError(
+                "L0Regularizer: the gates live in the model it was built on; pass that model "
+                f"(got a {type(model).__name__} that is not it)"
+            )
+
+    def penalty(self, model: nn.Module) -> torch.Tensor:
         """``lam / N * sum_g expected_l0_g * |g|``, differentiable in every ``log_alpha``."""
+        self._check_model(model)
         return self.lam / self.num_samples * self.expected_nonzero()
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The gates' ``log_alpha`` (train them without weight decay)."""
+        return [gate.log_alpha for gate in self.gates.values()]
 
     def expected_nonzero(self) -> torch.Tensor:
         """Expected number of parameter entries with a non-zero gate (for logging)."""
@@ -247,8 +281,9 @@ class L0Regularizer:
         assert total is not None
         return total
 
-    def step(self) -> None:
+    def step(self, model: nn.Module) -> None:
         """Clamp every ``log_alpha`` to ``[log 0.01, log 100]`` (call after ``optimizer.step``)."""
+        self._check_model(model)
         for gate in self.gates.values():
             gate.clamp_()
 
@@ -274,6 +309,36 @@ class L0Regularizer:
                     total += float(size.sum())
         return zero / total if total else 0.0
 
+    def stats(self, model: nn.Module) -> dict[str, float]:
+        with torch.no_grad():
+            expected = float(self.expected_nonzero())
+        return {"gates/closed": self.sparsity(), "l0/expected": expected}
+
+    def baked_copy(self) -> nn.Module:
+        """A plain copy of the model with the test gates written into its weights; the gated
+        model is left as it is (training can go on, the gates stay).
+
+        Why a copy: pruning must not change the model being trained (the life cycle's
+        contract), and :meth:`bake` would remove the gates from it.
+        """
+        for hook in self._hooks:
+            hook.remove()
+        try:
+            clone = copy.deepcopy(self.model)
+        finally:
+            self._install_hooks()
+        names = {id(m): n for n, m in self.model.named_modules()}
+        # a tensor shared by two groups (a norm after a concat) holds two gatings: remove once
+        unique = {(id(module), name): (module, name) for module, name in self._gated}
+        for module, name in unique.values():
+            owner = clone.get_submodule(names[id(module)]) if names[id(module)] else clone
+            _own_parametrized_class(owner, type(module))
+            for gating in owner.parametrizations[name]:
+                gating.gate.release()
+                gating.gate.eval()
+            parametrize.remove_parametrizations(owner, name, leave_parametrized=True)
+        return clone
+
     def bake(self) -> None:
         """Write the test-gated weights into the parameters and remove gates and hooks.
 
@@ -293,13 +358,14 @@ class L0Regularizer:
         self._gated = []
 
     def state_dict(self) -> dict[str, Any]:
-        """``log_alpha`` of every gate (also in ``model.state_dict()``; kept here so the
-        regularizer restores on its own)."""
-        return {
+        """``lam`` and ``log_alpha`` of every gate (also in ``model.state_dict()``; kept here
+        so the regularizer restores on its own)."""
+        return super().state_dict() | {
             "log_alpha": {key: gate.log_alpha.detach().clone() for key, gate in self.gates.items()}
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
         saved = state["log_alpha"]
         if set(saved) != set(self.gates):
             raise ValueError(
