@@ -56,6 +56,8 @@ MODELS = [
 ]
 RESULT_PREFIX = "ENGINE_SPEED_RESULT "
 MIB = 1024 * 1024
+PRUNE_SECTION = "## rp.prune end to end"
+"""The page's last section, written by benchmarks/prune_time.py; kept when this page is redone."""
 
 
 # ---------------------------------------------------------------- measurement helpers (worker)
@@ -552,6 +554,14 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_page(path: Path, text: str) -> None:
+    """Write the page, keeping the rp.prune section another benchmark wrote at its end."""
+    old = path.read_text() if path.exists() else ""
+    if PRUNE_SECTION in old:
+        text = text.rstrip("\n") + "\n\n" + old[old.index(PRUNE_SECTION) :]
+    path.write_text(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -586,7 +596,7 @@ def main() -> None:
         report["coverage"] = summarize_coverage(
             args.coverage_json, report["rows"], report["ratio"]
         ) or report.get("coverage")
-        args.out.write_text(render(report))
+        write_page(args.out, render(report))
         return
     names = ["resnet18"] if args.quick else args.models
     snapshot = tempfile.TemporaryDirectory(prefix="engine_speed_src_")
@@ -631,7 +641,7 @@ def main() -> None:
     report["coverage"] = summarize_coverage(args.coverage_json, report["rows"], args.ratio)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    args.out.write_text(render(report))
+    write_page(args.out, render(report))
 
 
 if __name__ == "__main__":
