@@ -52,9 +52,6 @@ MODELS = {
 }
 TARGETS = {"residual": 0.5, "concat": 0.6, "depthwise": 0.5}
 """MACs targets each model's granularity can meet within 1 % (small groups make coarse steps)."""
-MISSES_TARGET = {("adapruner", "concat")}
-"""Known exception (issue 12, open): AdaPruner runs its own width search instead of the shared
-allocation and lands 4.8 % under the target on the concat model."""
 
 
 def test_every_registered_method_is_covered() -> None:
@@ -135,10 +132,7 @@ def test_the_life_cycle_target_and_untouched_model(name: str, arch: str) -> None
     kept = rp.count(small, x).macs / rp.count(model, x).macs
     target = TARGETS[arch]
     assert kept <= target + 1e-9, f"kept {kept:.4f} of the MACs for {target}"
-    if (name, arch) in MISSES_TARGET:
-        assert kept < target * 0.99  # if this fails, the exception is fixed: drop it
-    else:
-        assert kept >= target * 0.99 - 1e-9, f"kept {kept:.4f} of the MACs for {target}"
+    assert kept >= target * 0.99 - 1e-9, f"kept {kept:.4f} of the MACs for {target}"
 
 
 @pytest.mark.parametrize("name", sorted(KWARGS))

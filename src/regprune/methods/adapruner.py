@@ -5,9 +5,10 @@ every detail below is **our choice** and documented where it is made.
    training, ``s > 0``). Groups without a norm layer get the mean importance of the model.
 2. Widths: one global variable ``alpha`` maps importance to a kept fraction per group,
    ``keep_g = clip(alpha * I_g / mean(I), min_keep, 1)``: more important blocks stay wider.
-   Bisection on ``alpha`` (60 steps, no training in the loop, each step one vectorized MACs
-   evaluation) finds the smallest widths that meet the MACs budget; a final per-group
-   adjustment lands within 1% of it.
+   The largest ``alpha`` that meets the budget is found by the shared allocation (a global
+   threshold on scores built so that it is exactly this rule, see
+   :meth:`AdaPruner.width_scores`; no training in the loop), which lands within 1 % of the
+   MACs target like every other method.
 3. Weight inheritance: each candidate criterion (L1, L2, BN scale, FPGM, random) picks which
    channels of those widths to keep. Each candidate model has its BatchNorm statistics
    recalibrated on the first half of the calibration batches, then is scored by its loss on the
@@ -16,6 +17,7 @@ every detail below is **our choice** and documented where it is made.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regprune.allocation import Plan
+from regprune.allocation import Plan, allocate
 from regprune.importance import get_importance
 from regprune.importance.criteria import mean_over_slices
 from regprune.lifecycle import CalibrationData
@@ -78,8 +80,8 @@ class AdaPruner(GraphMethod):
         self.candidates = [get_importance(c, seed=seed) for c in candidates]
         if not self.candidates:
             raise ValueError("give at least one inheritance candidate")
-        if not 0 < min_keep <= 1:
-            raise ValueError(f"min_keep must be in (0, 1], got {min_keep}")
+        if not 0 < min_keep < 1:
+            raise ValueError(f"min_keep must be in (0, 1), got {min_keep}")
         self.min_keep = min_keep
         self.regularizer = BNScaleL1(self.groups, s=s) if s > 0 else None
         self.candidate_losses: dict[str, float] = {}
@@ -100,92 +102,51 @@ class AdaPruner(GraphMethod):
         fill = float(known.mean()) if known.numel() else 1.0
         return torch.nan_to_num(importance, nan=fill)
 
-    def kept_widths(self) -> torch.Tensor:
-        """Per-group kept widths meeting the target (bisection on alpha, then adjustment)."""
+    def width_scores(self, order: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Channel scores whose global threshold gives AdaPruner's widths.
+
+        The channel a criterion ranks ``r``-th (1-based) in group ``g`` scores
+        ``I_g / mean(I) * size_g / r``; a threshold ``1 / alpha`` keeps
+        ``floor(alpha * I_g / mean(I) * size_g)`` channels of each group, which is the width
+        rule above. So the widths come from the shared allocation (its MACs search,
+        ``max_ratio``, ``round_to`` and final fill, the same as every other method) and the
+        criterion only decides which channels of those widths stay. Every criterion yields the
+        same multiset of scores per group, hence the same widths.
+        """
         importance = self.block_importance()
         relative = importance / importance.mean().clamp(min=1e-12)
-        sizes = torch.tensor([g.size for g in self.groups], dtype=torch.float64)
-        round_to = self.target.round_to
-        floor = torch.clamp(
-            torch.ceil(sizes * max(self.min_keep, 1.0 - self.target.max_ratio)), min=1
-        )
-        floor = torch.maximum(floor, torch.minimum(sizes, torch.tensor(float(round_to))))
-
-        def widths(alpha: float) -> torch.Tensor:
-            kept = torch.ceil(torch.clamp(alpha * relative, max=1.0) * sizes)
-            kept = torch.maximum(kept, floor)
-            if round_to > 1:
-                kept = torch.minimum(torch.ceil(kept / round_to) * round_to, sizes)
-            return kept
-
-        cost = self._cost_fn()
-        target = self._target_value()
-        low, high = 0.0, float(1.0 / relative.min().clamp(min=1e-12))
-        if cost(widths(low)) > target:
-            raise ValueError(
-                f"AdaPruner: the target cannot be met even with every group at min_keep="
-                f"{self.min_keep}; lower min_keep or ask for a larger target"
-            )
-        for _ in range(60):
-            mid = (low + high) / 2
-            if cost(widths(mid)) <= target:
-                low = mid
-            else:
-                high = mid
-        kept = widths(low)
-        return self._fill_towards_target(kept, sizes, cost, target)
-
-    def _fill_towards_target(self, kept, sizes, cost, target) -> torch.Tensor:
-        """Add channels one group at a time while the target still holds (most important first).
-
-        Bisection stops at a step of the width function; single channels close the gap.
-        """
-        order = torch.argsort(self.block_importance(), descending=True)
-        step = float(self.target.round_to)
-        improved = True
-        while improved:
-            improved = False
-            for gid in order.tolist():
-                if kept[gid] + step <= sizes[gid]:
-                    trial = kept.clone()
-                    trial[gid] += step
-                    if cost(trial) <= target:
-                        kept = trial
-                        improved = True
-        return kept
-
-    def _target_value(self) -> float:
-        if self.target.target_macs is not None:
-            return self.target.target_macs * self.macs_model.total
-        total = sum(g.size for g in self.groups)
-        return (1.0 - self.target.ratio) * total
-
-    def _cost_fn(self):
-        """MACs of given widths (MACs target) or the number of kept channels (ratio target)."""
-        if self.target.target_macs is None:
-            return lambda kept: float(kept.sum())
-        reference = {g.id: torch.arange(g.size) for g in self.groups}
-
-        def macs(kept: torch.Tensor) -> float:
-            keep = torch.ones(self.graph.group_of_component.numel(), dtype=torch.bool)
-            for group in self.groups:
-                dropped = group.size - int(kept[group.id])
-                if dropped:
-                    keep[self.graph.group_components(group.id)[reference[group.id][:dropped]]] = (
-                        False
-                    )
-            return self.macs_model.macs(keep)
-
-        return macs
-
-    def plan_for(self, widths: torch.Tensor, scores: dict[int, torch.Tensor]) -> Plan:
-        drop = {}
+        scores = {}
         for group in self.groups:
-            count = group.size - int(widths[group.id])
-            if count:
-                order = torch.argsort(scores[group.id].double().cpu(), stable=True)
-                drop[group.id] = sorted(order[:count].tolist())
-        return Plan(drop, {g.id: g.size for g in self.groups}, self.graph.model_type)
+            ranking = torch.argsort(order[group.id].double().cpu(), descending=True, stable=True)
+            rank = torch.empty(group.size, dtype=torch.float64)
+            rank[ranking] = torch.arange(1, group.size + 1, dtype=torch.float64)
+            scores[group.id] = float(relative[group.id]) * group.size / rank
+        return scores
+
+    def plan_for(self, order: dict[int, torch.Tensor]) -> Plan:
+        """The plan for one inheritance criterion's channel order (see :meth:`width_scores`).
+
+        **Our choice**: ``min_keep`` is a ``max_ratio`` of ``1 - min_keep`` for the shared
+        allocation, and the ranking is global (block importances compare across blocks).
+        """
+        assert self.target is not None
+        target = dataclasses.replace(
+            self.target, scope="global", max_ratio=min(self.target.max_ratio, 1 - self.min_keep)
+        )
+        plan = allocate(
+            self.graph,
+            self.width_scores(order),
+            target,
+            comparable=True,
+            macs_model=self.macs_model if target.is_macs else None,
+        )
+        return broadcast_object(plan)
+
+    def kept_widths(self) -> torch.Tensor:
+        """Per-group kept widths meeting the target (the same for every criterion)."""
+        order = {g.id: torch.zeros(g.size) for g in self.groups}
+        widths = self.plan_for(order).kept_widths()
+        return torch.tensor([widths[g.id] for g in self.groups], dtype=torch.float64)
 
     def prune(self, data: CalibrationData | None = None) -> nn.Module:
         if not data or len(data) < 2:
@@ -193,13 +154,12 @@ class AdaPruner(GraphMethod):
                 "AdaPruner compares inheritance criteria on training batches: call "
                 "prune(data=batches) with at least 2 (inputs, targets) batches"
             )
-        widths = broadcast_object(self.kept_widths())
         half = len(data) // 2
         recalibration, held_out = list(data[:half]), list(data[half:])
         candidates: dict[str, tuple[Plan, nn.Module, Any]] = {}
         self.candidate_losses = {}
         for criterion in self.candidates:
-            plan = self.plan_for(widths, criterion(self.model, self.graph))
+            plan = self.plan_for(criterion(self.model, self.graph))
             candidate = self.apply(plan, data)
             recalibrate_batch_norm(candidate, recalibration)
             self.candidate_losses[criterion.name] = proxy_loss(candidate, held_out)
