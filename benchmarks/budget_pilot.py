@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import regprune as rp
 from regprune.data import build_datasets
 from regprune.models import create_model
+from regprune.report import describe_machine, markdown_table
 from regprune.train import train_one_epoch
 
 
@@ -67,6 +68,7 @@ def main() -> None:
     baseline = create_model("resnet20", num_classes=10, in_channels=1)
     train(baseline, x, y, steps=60)
     base = accuracy(baseline, x_test, y_test)
+    rows = []
     for name in args.methods:
         model = copy.deepcopy(baseline)
         budget = {} if name == "oneshot" else {"total_steps": args.steps}
@@ -78,11 +80,28 @@ def main() -> None:
             small = method.prune(data=batches(x, y, seed=0)[:4])
         after = accuracy(small, x_test, y_test)
         report = method.removal_report()
-        print(
-            f"| {name} | {args.steps} | {base:.3f} | {before:.3f} | {after:.3f} | "
-            f"{report['silent_inputs']}/{report['removed_inputs']} | "
-            f"{(report.get('budget') or {}).get('strength', '-')} |"
+        rows.append(
+            [
+                name,
+                str(args.steps),
+                f"{base:.3f}",
+                f"{before:.3f}",
+                f"{after:.3f}",
+                f"{report['silent_inputs']}/{report['removed_inputs']}",
+                str((report.get("budget") or {}).get("strength", "-")),
+            ]
         )
+        print(f"{name}: done", flush=True)
+    header = [
+        "method",
+        "steps",
+        "baseline acc",
+        "before prune",
+        "right after prune",
+        "silent / removed inputs",
+        "strength",
+    ]
+    print(f"Machine: {describe_machine()}\n\n{markdown_table(header, rows)}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from torch import nn
 
 import regprune as rp
 from regprune.models import create_model
-from regprune.report.summary import describe_machine
+from regprune.report import describe_machine, markdown_table
 from regprune.surgery import apply_plan, silence_channels
 
 MODELS = {
@@ -80,18 +80,14 @@ def measure(make, shape) -> dict[str, float]:
 
 
 def main() -> None:
-    lines = [
-        f"Machine: {describe_machine()}.",
-        "",
-        "| model | dropped as they are | folded (zero padding) | folded (replicate padding) |",
-        "|---|---|---|---|",
-    ]
+    rows = []
     for name, (make, shape) in MODELS.items():
         row = measure(make, shape)
-        lines.append(
-            f"| {name} | {row['dropped']:.3g} | {row['zeros']:.3g} | {row['replicate']:.2g} |"
+        rows.append(
+            [name, f"{row['dropped']:.3g}", f"{row['zeros']:.3g}", f"{row['replicate']:.2g}"]
         )
-    print("\n".join(lines))
+    header = ["model", "dropped as they are", "folded (zero padding)", "folded (replicate padding)"]
+    print(f"Machine: {describe_machine()}.\n\n{markdown_table(header, rows)}")
 
 
 if __name__ == "__main__":

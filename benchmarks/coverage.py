@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 import traceback
 from pathlib import Path
@@ -21,7 +20,9 @@ import torchvision
 
 import regprune as rp
 from regprune.api import check_runs, make_plan
+from regprune.io import atomic_write_text
 from regprune.metrics import format_count
+from regprune.report import describe_machine, machine_info, markdown_table
 from regprune.surgery import apply_plan
 
 SPECIAL_INPUTS = {"inception_v3": 299}
@@ -74,37 +75,52 @@ def run_one(name: str, ratios: list[float], size: int) -> list[dict]:
 
 def write_markdown(rows: list[dict], path: Path, command: str, size: int) -> None:
     ok = sum(r["status"] == "ok" for r in rows)
+    table = []
+    for r in rows:
+        cells = [r["model"], str(r["ratio"]), r["status"]]
+        if r["status"] == "ok":
+            cells += [
+                str(r["groups"]),
+                str(r["kept_whole"]),
+                format_count(r["macs_before"]),
+                format_count(r["macs_after"]),
+                format_count(r["params_before"]),
+                format_count(r["params_after"]),
+                f"{r['engine_s']:.2f}",
+            ]
+        else:
+            cells += [""] * 7
+        table.append(cells)
+    header = [
+        "model",
+        "ratio",
+        "status",
+        "groups",
+        "layers kept whole",
+        "MACs before",
+        "MACs after",
+        "params before",
+        "params after",
+        "engine s",
+    ]
     lines = [
         "# Coverage: every torchvision classifier",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} thread(s), "
-        f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
-        f"load average at the end {os.getloadavg()[0]:.1f} (2 cores, shared).  ",
+        f"Machine: {describe_machine(machine_info(['torchvision']))}, "
+        f"load average at the end {os.getloadavg()[0]:.1f} (shared).  ",
         f"Input: 1x3x{size}x{size} (inception_v3: 299). Importance: L1, local scope. "
         "`engine s` = trace + plan + surgery. A run passes when the pruned model runs and its "
         "output shape equals the original's.",
         "",
         f"**{ok} of {len(rows)} runs pass.**",
         "",
-        "| model | ratio | status | groups | layers kept whole | MACs before | MACs after | "
-        "params before | params after | engine s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        markdown_table(header, table, ["l", "r", "l", "r", "r", "r", "r", "r", "r", "r"]),
     ]
-    for r in rows:
-        if r["status"] == "ok":
-            lines.append(
-                f"| {r['model']} | {r['ratio']} | ok | {r['groups']} | {r['kept_whole']} | "
-                f"{format_count(r['macs_before'])} | {format_count(r['macs_after'])} | "
-                f"{format_count(r['params_before'])} | {format_count(r['params_after'])} | "
-                f"{r['engine_s']:.2f} |"
-            )
-        else:
-            lines.append(f"| {r['model']} | {r['ratio']} | {r['status']} | | | | | | | |")
     reasons = sorted({r["first_reason"] for r in rows if r.get("first_reason")})
     lines += ["", "## Why layers were kept whole (first reason per model)", ""]
     lines += [f"- {reason}" for reason in reasons]
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -125,7 +141,7 @@ def main() -> None:
             + " ".join(f"--ratios {' '.join(map(str, args.ratios))}".split()),
             args.size,
         )
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    atomic_write_text(args.out.with_suffix(".json"), json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

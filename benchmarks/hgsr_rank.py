@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
+from benchmarks.methods.data import random_batches
 from benchmarks.methods.measure import test_accuracy
 from benchmarks.methods.phases import study_start
-from benchmarks.methods.run import cpu_name
 from scipy.stats import kendalltau, spearmanr
 
 from regprune.graph import trace_graph
 from regprune.importance.loss_increase import exact_loss_increase, fast_loss_increase
+from regprune.io import atomic_write_text
+from regprune.report import describe_machine, machine_info, markdown_table
 
 
 def lowest_half_overlap(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -44,16 +45,52 @@ def agreement(exact: torch.Tensor, fast: torch.Tensor) -> dict[str, float]:
     }
 
 
-def calibration(data, samples: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``samples`` random training images (eval-free: the train transform, as HGSR samples)."""
-    dataset = data.train.dataset
-    picks = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:samples]
-    items = [dataset[i] for i in picks.tolist()]
-    return [(torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items]))]
-
-
 def markdown(result: dict, command: str) -> str:
-    overall = result["overall"]
+    overall, per_group = result["overall"], result["per_group_mean"]
+    timing = markdown_table(
+        ["", "exact", "fast"],
+        [
+            ["time (s)", f"{result['time_exact_s']:.1f}", f"{result['time_fast_s']:.2f}"],
+            ["speedup", "1x", f"{result['time_exact_s'] / result['time_fast_s']:.0f}x"],
+        ],
+    )
+    scopes = [
+        ("all channels (global ranking, what HGSR uses)", overall),
+        ("per group, mean", per_group),
+    ]
+    agreement_table = markdown_table(
+        ["scope", "Spearman", "Kendall tau", "overlap of the 50% lowest"],
+        [
+            [scope, f"{v['spearman']:.3f}", f"{v['kendall']:.3f}", f"{v['low50_overlap']:.3f}"]
+            for scope, v in scopes
+        ],
+    )
+    groups_table = markdown_table(
+        [
+            "group",
+            "producers",
+            "size",
+            "Spearman",
+            "Kendall tau",
+            "low-50% overlap",
+            "exact mean",
+            "fast mean",
+        ],
+        [
+            [
+                str(row["group"]),
+                row["producers"],
+                str(row["size"]),
+                f"{row['spearman']:.3f}",
+                f"{row['kendall']:.3f}",
+                f"{row['low50_overlap']:.3f}",
+                f"{row['exact_mean']:.2e}",
+                f"{row['fast_mean']:.2e}",
+            ]
+            for row in result["per_group"]
+        ],
+        ["l", "l", "r", "r", "r", "r", "r", "r"],
+    )
     lines = [
         "# HGSR filter selection: fast vs exact loss increase",
         "",
@@ -67,35 +104,18 @@ def markdown(result: dict, command: str) -> str:
         f"baseline for seed {result['seed']} (test accuracy {result['baseline_acc']:.4f}); "
         f"{result['samples']} random training images; {result['channels']} channels in "
         f"{result['groups']} groups.",
-        f"- Machine: {result['machine']}, {result['threads']} thread(s), shared with other jobs.",
+        f"- Machine: {describe_machine(result['machine'])}, shared with other jobs.",
         "",
-        "| | exact | fast |",
-        "|---|---|---|",
-        f"| time (s) | {result['time_exact_s']:.1f} | {result['time_fast_s']:.2f} |",
-        f"| speedup | 1x | {result['time_exact_s'] / result['time_fast_s']:.0f}x |",
+        timing,
         "",
         "## Agreement",
         "",
-        "| scope | Spearman | Kendall tau | overlap of the 50% lowest |",
-        "|---|---|---|---|",
-        f"| all channels (global ranking, what HGSR uses) | {overall['spearman']:.3f} | "
-        f"{overall['kendall']:.3f} | {overall['low50_overlap']:.3f} |",
-        f"| per group, mean | {result['per_group_mean']['spearman']:.3f} | "
-        f"{result['per_group_mean']['kendall']:.3f} | "
-        f"{result['per_group_mean']['low50_overlap']:.3f} |",
+        agreement_table,
         "",
         "### Per group",
         "",
-        "| group | producers | size | Spearman | Kendall tau | low-50% overlap | exact mean | "
-        "fast mean |",
-        "|---|---|---|---|---|---|---|---|",
+        groups_table,
     ]
-    for row in result["per_group"]:
-        lines.append(
-            f"| {row['group']} | {row['producers']} | {row['size']} | {row['spearman']:.3f} | "
-            f"{row['kendall']:.3f} "
-            f"| {row['low50_overlap']:.3f} | {row['exact_mean']:.2e} | {row['fast_mean']:.2e} |"
-        )
     return "\n".join(lines) + "\n"
 
 
@@ -108,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", default="docs/benchmarks/hgsr_rank.json")
     args = parser.parse_args(argv)
     config, data, model = study_start(args.config, args.seed)
-    batches = calibration(data, args.samples, args.seed)
+    # One batch of random training images (the train transform, as HGSR samples them).
+    batches = random_batches(data.train.dataset, args.samples, args.samples, args.seed)
     graph = trace_graph(model, data.example_input())
 
     start = time.perf_counter()
@@ -129,8 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     keys = ("spearman", "kendall", "low50_overlap")
     gids = [g.id for g in graph.groups]
     result = {
-        "model": config.model,
-        "dataset": config.dataset,
+        "model": config.model.name,
+        "dataset": config.data.name,
         "seed": args.seed,
         "samples": args.samples,
         "channels": sum(g.size for g in graph.groups),
@@ -143,14 +164,12 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "per_group_mean": {k: sum(r[k] for r in per_group) / len(per_group) for k in keys},
         "per_group": per_group,
-        "machine": f"{cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}",
-        "threads": config.threads,
+        "machine": machine_info(["scipy"]),
     }
     out = Path(args.out)
     command = f"python -m benchmarks.hgsr_rank --samples {args.samples} --seed {args.seed}"
-    out.write_text(markdown(result, command))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1))
+    atomic_write_text(out, markdown(result, command))
+    atomic_write_text(args.json, json.dumps(result, indent=1))
     print(markdown(result, command))
 
 

@@ -32,13 +32,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
-from benchmarks.methods.config import Phase, load_config
+from benchmarks.methods.config import load_config
 from benchmarks.methods.measure import test_accuracy
 from benchmarks.methods.phases import study_start, train_phase
-from benchmarks.methods.run import machine
 from benchmarks.methods.runners import accuracy_with_recalibrated_bn
 
 import regprune
+from regprune.io import atomic_write_text
+from regprune.pipeline.sections import TrainSection
+from regprune.report import describe_machine, machine_info, markdown_table
 from regprune.train import seed_everything
 
 VANISHED = 1e-3
@@ -48,6 +50,16 @@ def group_norms(method) -> torch.Tensor:
     with torch.no_grad():
         norms = method.regularizer.input_channel_norms().values()
         return torch.cat([n.reshape(-1) for n in norms]).double()
+
+
+def sparsify_phase(args: argparse.Namespace, config) -> TrainSection:
+    """The benchmark's sparsify phase at this study's length and constant lr."""
+    return TrainSection(
+        epochs=args.epochs,
+        lr=args.lr,
+        schedule="constant",
+        weight_decay=config.sparsify.weight_decay,
+    )
 
 
 def trace_one(lam: float, args: argparse.Namespace, config, data, baseline) -> dict:
@@ -67,20 +79,20 @@ def trace_one(lam: float, args: argparse.Namespace, config, data, baseline) -> d
     start_norms = group_norms(method)
     epochs: list[dict] = []
 
-    def record(epoch: int) -> None:
+    def record(trained: dict) -> None:
         norms = group_norms(method)
         epochs.append(
             {
-                "epoch": epoch,
+                "epoch": trained["epoch"],
                 "vanished": float((norms < VANISHED).double().mean()),
                 "median_norm": float(norms.median()),
                 "test_acc": test_accuracy(model, data, config),
             }
         )
         model.train()
-        print(f"lam {lam:g} epoch {epoch}: {epochs[-1]}", flush=True)
+        print(f"lam {lam:g} epoch {trained['epoch']}: {epochs[-1]}", flush=True)
 
-    phase = Phase(epochs=args.epochs, lr=args.lr, schedule="constant")
+    phase = sparsify_phase(args, config)
     begin = time.perf_counter()
     train_phase(model, data, phase, config, "sparsify", method, after_epoch=record)
     train_s = time.perf_counter() - begin
@@ -121,70 +133,106 @@ def plot(results: list[dict], path: Path) -> None:
 
 
 def markdown(
-    results: list[dict], args, config, baseline_acc: float, command: str, date: str
+    results: list[dict], args, config, baseline_acc: float, command: str, saved: dict
 ) -> str:
+    phase = sparsify_phase(args, config)
+    # The machine the runs were measured on, stored with them (older JSON files lack it).
+    machine = describe_machine(saved["machine"]) if "machine" in saved else "not recorded"
     lines = [
         "# Does HGSR drive input-channel groups to zero?",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {machine()}  ",
-        f"Date: {date}  ",
-        f"Setup: {config.model} / {config.dataset}, the method benchmark's cached baseline "
-        f"(`{args.config}`, seed {args.seed}, {config.train_subset} training images, test "
-        f"accuracy {100 * baseline_acc:.2f}% on {config.test_subset} test images); HGSR "
+        f"Machine: {machine}  ",
+        f"Date: {saved['date']}  ",
+        f"Setup: {config.model.name} / {config.data.name}, the method benchmark's cached "
+        f"baseline (`{args.config}`, seed {args.seed}, {config.data.subset} training images, "
+        f"test accuracy {100 * baseline_acc:.2f}% on {config.test_subset} test images); HGSR "
         f"({args.variant} variant, with the L1 term) for {args.epochs} epochs at a constant lr "
-        f"{args.lr} (SGD, momentum 0.9, weight decay {config.weight_decay}); then pruned at "
-        f"{config.target_macs} of the MACs by the fast loss-increase selection on "
-        f"{config.calibration_batches * config.batch_size} random training images. One seed.",
+        f"{args.lr} (SGD, momentum {phase.momentum}, weight decay {phase.weight_decay}); then "
+        f"pruned at {config.target_macs} of the MACs by the fast loss-increase selection on "
+        f"{config.calibration_batches * config.data.batch_size} random training images. "
+        "One seed.",
         "",
         "*vanished*: share of all input-channel groups `||W[:, i]||` of every conv under 1e-3.",
         "",
-        "| lam | epoch | vanished (%) | median group norm | test accuracy (%) |",
-        "|---|---:|---:|---:|---:|",
     ]
+    rows = []
     for r in results:
         start = 10 ** torch.tensor(r["log10_norms_start"])
-        lines.append(
-            f"| {r['lam']:g} | 0 | {100 * float((start < VANISHED).double().mean()):.1f} | "
-            f"{float(start.median()):.3f} | {100 * baseline_acc:.2f} |"
+        vanished = 100 * float((start < VANISHED).double().mean())
+        rows.append(
+            [
+                f"{r['lam']:g}",
+                "0",
+                f"{vanished:.1f}",
+                f"{float(start.median()):.3f}",
+                f"{100 * baseline_acc:.2f}",
+            ]
         )
-        for e in r["epochs"]:
-            lines.append(
-                f"| {r['lam']:g} | {e['epoch']} | {100 * e['vanished']:.1f} | "
-                f"{e['median_norm']:.3f} | {100 * e['test_acc']:.2f} |"
-            )
-    lines += [
-        "",
-        "Pruned at the MACs target:",
-        "",
-        "| lam | groups | MACs kept | before prune (%) | right after prune (%) | with BN "
-        "re-estimated (%) | training (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        rows += [
+            [
+                f"{r['lam']:g}",
+                str(e["epoch"]),
+                f"{100 * e['vanished']:.1f}",
+                f"{e['median_norm']:.3f}",
+                f"{100 * e['test_acc']:.2f}",
+            ]
+            for e in r["epochs"]
+        ]
+    header = ["lam", "epoch", "vanished (%)", "median group norm", "test accuracy (%)"]
+    lines += [markdown_table(header, rows), "", "Pruned at the MACs target:", ""]
+    rows = [
+        [
+            f"{r['lam']:g}",
+            str(r["groups"]),
+            f"{r['macs_kept']:.3f}",
+            f"{100 * r['acc_before_prune']:.2f}",
+            f"{100 * r['acc_after_prune']:.2f}",
+            f"{100 * r['acc_after_prune_bn']:.2f}",
+            f"{r['train_s']:.0f}",
+        ]
+        for r in results
     ]
-    for r in results:
-        lines.append(
-            f"| {r['lam']:g} | {r['groups']} | {r['macs_kept']:.3f} | "
-            f"{100 * r['acc_before_prune']:.2f} | {100 * r['acc_after_prune']:.2f} | "
-            f"{100 * r['acc_after_prune_bn']:.2f} | {r['train_s']:.0f} |"
-        )
+    header = [
+        "lam",
+        "groups",
+        "MACs kept",
+        "before prune (%)",
+        "right after prune (%)",
+        "with BN re-estimated (%)",
+        "training (s)",
+    ]
     lines += [
+        markdown_table(header, rows),
         "",
         "Spread of the group norms (all convs): the 5th, 50th and 95th percentile, and how many "
         "groups sit under 1/100 of the median of their own distribution.",
         "",
-        "| lam | when | p5 | median | p95 | p95 / p5 | under median / 100 (%) |",
-        "|---|---|---:|---:|---:|---:|---:|",
     ]
+    rows = []
     for r in results:
         for when in ("start", "end"):
             norms = 10 ** torch.tensor(r[f"log10_norms_{when}"], dtype=torch.float64)
             p5, p50, p95 = (float(torch.quantile(norms, q)) for q in (0.05, 0.5, 0.95))
             tiny = 100 * float((norms < p50 / 100).double().mean())
-            lines.append(
-                f"| {r['lam']:g} | {'baseline' if when == 'start' else 'after training'} | "
-                f"{p5:.3g} | {p50:.3g} | {p95:.3g} | {p95 / p5:.1f} | {tiny:.1f} |"
+            rows.append(
+                [
+                    f"{r['lam']:g}",
+                    "baseline" if when == "start" else "after training",
+                    f"{p5:.3g}",
+                    f"{p50:.3g}",
+                    f"{p95:.3g}",
+                    f"{p95 / p5:.1f}",
+                    f"{tiny:.1f}",
+                ]
             )
-    lines += ["", f"![log10 group norms]({Path(args.png).name})", ""]
+    header = ["lam", "when", "p5", "median", "p95", "p95 / p5", "under median / 100 (%)"]
+    lines += [
+        markdown_table(header, rows, ["l", "l", "r", "r", "r", "r", "r"]),
+        "",
+        f"![log10 group norms]({Path(args.png).name})",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -225,10 +273,16 @@ def main(argv: list[str] | None = None) -> None:
         baseline_acc = test_accuracy(baseline, data, config)
         results = [trace_one(lam, args, config, data, baseline) for lam in args.lams]
         date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        saved = {"command": command, "date": date, "baseline_acc": baseline_acc, "runs": results}
-        out.with_suffix(".json").write_text(json.dumps(saved) + "\n")
+        saved = {
+            "command": command,
+            "date": date,
+            "machine": machine_info(),
+            "baseline_acc": baseline_acc,
+            "runs": results,
+        }
+        atomic_write_text(out.with_suffix(".json"), json.dumps(saved) + "\n")
     plot(results, Path(args.png))
-    out.write_text(markdown(results, args, config, baseline_acc, command, saved["date"]))
+    atomic_write_text(out, markdown(results, args, config, baseline_acc, command, saved))
     print(out.read_text())
 
 

@@ -19,7 +19,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,9 @@ import torch
 import torchvision
 
 import regprune as rp
+from regprune.io import atomic_write_text
 from regprune.models import create_model
+from regprune.report import describe_machine, machine_info, markdown_table
 
 
 @dataclass(frozen=True)
@@ -216,23 +217,6 @@ def git_commit() -> str:
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "mkldnn": torch.backends.mkldnn.is_available(),
-    }
-
-
 def efficiency_rows(report: dict[str, Any], batch: int) -> list[dict[str, Any]]:
     rows = []
     for result in report["results"]:
@@ -252,28 +236,30 @@ def efficiency_rows(report: dict[str, Any], batch: int) -> list[dict[str, Any]]:
     return rows
 
 
-def summary_line(label: str, values: list[float], threshold: float) -> str:
+def summary_cells(label: str, values: list[float], threshold: float) -> list[str]:
+    """Mean, median, min, max of the efficiencies and how many reach ``threshold``."""
     if not values:
-        return f"| {label} | - | - | - | - | 0 |"
+        return [label, "-", "-", "-", "-", "0"]
     met = sum(v >= threshold for v in values)
-    return (
-        f"| {label} | {statistics.fmean(values):.2f} | {statistics.median(values):.2f} | "
-        f"{min(values):.2f} | {max(values):.2f} | {met} of {len(values)} |"
-    )
+    return [
+        label,
+        f"{statistics.fmean(values):.2f}",
+        f"{statistics.median(values):.2f}",
+        f"{min(values):.2f}",
+        f"{max(values):.2f}",
+        f"{met} of {len(values)}",
+    ]
 
 
 def render(report: dict[str, Any]) -> str:
-    machine = report["machine"]
     lines = [
         "# Real CPU speedup vs MACs ratio",
         "",
         f"Command: `{report['command']}`  ",
         f"Date: {report['date']} (run took {report.get('total_s', 0) / 60:.1f} min)  ",
         f"regprune: commit `{report['commit']}`  ",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores shared with other jobs, Python "
-        f"{machine['python']}, torch {machine['torch']} (oneDNN: {machine['mkldnn']}), "
-        f"torchvision {machine['torchvision']}. Timed at 1 and 2 threads "
-        "(`measure_latency(threads=...)`), flush-denormal on.  ",
+        f"Machine: {describe_machine(report['machine'])}, cores shared with other jobs. Timed "
+        "at 1 and 2 threads (`measure_latency(threads=...)`), flush-denormal on.  ",
         f"Load average (1/5/15 min) at start: {report['load_start']}, at end: "
         f"{report['load_end']}; the 1-minute load before every cell is in the JSON.",
         "",
@@ -296,46 +282,45 @@ def render(report: dict[str, Any]) -> str:
         "tens of seconds).",
         "",
     ]
-    lines += ["## Efficiency summary", ""]
-    lines += [
-        "| cells | mean | median | min | max | >= 0.8 |",
-        "|---|---|---|---|---|---|",
-    ]
+    summary = []
     for batch in report["args"]["batches"]:
         rows = efficiency_rows(report, batch)
-        lines.append(summary_line(f"batch {batch}, all", [r["efficiency"] for r in rows], 0.8))
+        summary.append(summary_cells(f"batch {batch}, all", [r["efficiency"] for r in rows], 0.8))
         for threads in report["args"]["threads"]:
-            lines.append(
-                summary_line(
+            summary.append(
+                summary_cells(
                     f"batch {batch}, {threads} thread(s)",
                     [r["efficiency"] for r in rows if r["threads"] == threads],
                     0.8,
                 )
             )
         for round_to in report["args"]["round_to"]:
-            lines.append(
-                summary_line(
+            summary.append(
+                summary_cells(
                     f"batch {batch}, round_to {round_to}",
                     [r["efficiency"] for r in rows if r["round_to"] == round_to],
                     0.8,
                 )
             )
+    lines += ["## Efficiency summary", ""]
+    lines += [markdown_table(["cells", "mean", "median", "min", "max", ">= 0.8"], summary)]
     lines += ["", "## Per model: speedup (efficiency)", ""]
     cell_keys = [(b, t) for b in report["args"]["batches"] for t in report["args"]["threads"]]
-    header = " | ".join(f"b{b} t{t}" for b, t in cell_keys)
-    lines += [
-        f"| model | MACs kept: target / actual | round_to | MACs ratio | widths %8 | {header} |",
-        "|---|---|---|---|---|" + "---|" * len(cell_keys),
-    ]
+    per_model = []
     for result in report["results"]:
         cells = {(c["batch"], c["threads"]): c for c in result["cells"]}
-        originals = " | ".join(
-            f"{cells[k]['original']['median_ms']:.1f} ms" if k in cells else "-" for k in cell_keys
-        )
-        lines.append(
-            f"| {result['model']}, {result['input']} | original | - | "
-            f"{result['macs_before'] / 1e6:.0f} M | {result['aligned_8_original']:.0%} | "
-            f"{originals} |"
+        per_model.append(
+            [
+                f"{result['model']}, {result['input']}",
+                "original",
+                "-",
+                f"{result['macs_before'] / 1e6:.0f} M",
+                f"{result['aligned_8_original']:.0%}",
+                *(
+                    f"{cells[k]['original']['median_ms']:.1f} ms" if k in cells else "-"
+                    for k in cell_keys
+                ),
+            ]
         )
         for key, info in result["pruned"].items():
             values = []
@@ -345,11 +330,25 @@ def render(report: dict[str, Any]) -> str:
                     continue
                 stats = cells[k]["pruned"][key]
                 values.append(f"{stats['speedup']:.2f}x ({stats['efficiency']:.2f})")
-            lines.append(
-                f"| | {info['target_macs']} / {1 / info['macs_ratio']:.3f} | {info['round_to']} | "
-                f"{info['macs_ratio']:.2f} | "
-                f"{info['aligned_8']:.0%} | " + " | ".join(values) + " |"
+            per_model.append(
+                [
+                    "",
+                    f"{info['target_macs']} / {1 / info['macs_ratio']:.3f}",
+                    str(info["round_to"]),
+                    f"{info['macs_ratio']:.2f}",
+                    f"{info['aligned_8']:.0%}",
+                    *values,
+                ]
             )
+    header = [
+        "model",
+        "MACs kept: target / actual",
+        "round_to",
+        "MACs ratio",
+        "widths %8",
+        *(f"b{b} t{t}" for b, t in cell_keys),
+    ]
+    lines.append(markdown_table(header, per_model))
     lines += [
         "",
         "`widths %8`: share of conv / linear layers whose input and output widths are both "
@@ -383,7 +382,7 @@ def main() -> None:
     parser.add_argument("--from-json", type=Path, help="re-render the Markdown from a JSON")
     args = parser.parse_args()
     if args.from_json:
-        args.out.write_text(render(json.loads(args.from_json.read_text())))
+        atomic_write_text(args.out, render(json.loads(args.from_json.read_text())))
         return
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
@@ -395,7 +394,7 @@ def main() -> None:
     report: dict[str, Any] = {
         "command": "python " + " ".join(sys.argv),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        "machine": machine_info(["torchvision"]),
         "commit": git_commit(),
         "args": {k: v for k, v in vars(args).items() if k not in ("out", "from_json")},
         "load_start": [round(v, 2) for v in os.getloadavg()],
@@ -406,8 +405,8 @@ def main() -> None:
         report["results"].append(run_bench(bench, args))
         report["load_end"] = [round(v, 2) for v in os.getloadavg()]
         report["total_s"] = time.perf_counter() - start
-        args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
-        args.out.write_text(render(report))
+        atomic_write_text(args.out.with_suffix(".json"), json.dumps(report, indent=1))
+        atomic_write_text(args.out, render(report))
 
 
 if __name__ == "__main__":

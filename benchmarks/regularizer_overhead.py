@@ -32,7 +32,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -43,8 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from regprune.io import atomic_write_text
 from regprune.methods import get as create_method
 from regprune.models import create_model
+from regprune.report import describe_machine, machine_info, markdown_table
 from regprune.train import build_optimizer, train_one_epoch
 
 METHOD_KWARGS: dict[str, dict[str, Any]] = {
@@ -149,8 +150,7 @@ def _write(out: Path, rows: list[dict], command: str, args: argparse.Namespace) 
         "",
         f"Command: `{command}`  ",
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch "
-        f"threads; Python {platform.python_version()}, torch {torch.__version__}  ",
+        f"Machine: {describe_machine()}  ",
         f"Load average at the end: {[round(x, 2) for x in os.getloadavg()]}  ",
         f"Setup: batch {args.batch_size}, {args.iterations} iterations per timed epoch, "
         f"{args.rounds} interleaved rounds, random data (seed 0), SGD lr 0.01, CPU.",
@@ -160,25 +160,45 @@ def _write(out: Path, rows: list[dict], command: str, args: argparse.Namespace) 
         "over the plain step (module doc: precise, but blind to what a method changes in the "
         "forward, i.e. L0's gates). docs/specs/DESIGN.md target: at most 1.05, i.e. 5% extra.",
         "",
-        "| model | method | phase timed | plain ms/iter | method ms/iter | whole step "
-        "(median) | min - max | own work ms | own work / plain step |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        markdown_table(
+            [
+                "model",
+                "method",
+                "phase timed",
+                "plain ms/iter",
+                "method ms/iter",
+                "whole step (median)",
+                "min - max",
+                "own work ms",
+                "own work / plain step",
+            ],
+            [
+                [
+                    r["model"],
+                    r["method"],
+                    r["phase"] or "-",
+                    f"{r['plain_ms']:.1f}",
+                    f"{r['method_ms']:.1f}",
+                    f"{r['ratio_median']:.3f}",
+                    f"{r['ratio_min']:.3f} - {r['ratio_max']:.3f}",
+                    f"{r['own_ms']:.2f}",
+                    f"{100 * r['own_ratio']:.1f}%",
+                ]
+                for r in rows
+            ],
+            ["l", "l", "l", "r", "r", "r", "r", "r", "r"],
+        ),
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['method']} | {r['phase'] or '-'} | {r['plain_ms']:.1f} | "
-            f"{r['method_ms']:.1f} | {r['ratio_median']:.3f} | "
-            f"{r['ratio_min']:.3f} - {r['ratio_max']:.3f} | {r['own_ms']:.2f} | "
-            f"{100 * r['own_ratio']:.1f}% |"
-        )
     lines += [
         "",
         f"Within 5%: {len(within)} of {len(rows)} (model, method) pairs by the whole-step "
         f"median; {len(own_within)} of {len(rows)} by own work.",
         "",
     ]
-    out.write_text("\n".join(lines))
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    atomic_write_text(out, "\n".join(lines))
+    atomic_write_text(
+        out.with_suffix(".json"), json.dumps({"machine": machine_info(), "rows": rows}, indent=1)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,10 +21,13 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
+
+from regprune.io import atomic_write_text
+from regprune.report import RunSummary, markdown_table
 
 from .methods.report import mean_std
 
@@ -81,7 +84,7 @@ def baseline_checkpoint(spec: Spec) -> Path:
     return checkpoint
 
 
-def run_variant(spec: Spec, baseline: Path, label: str, seed: int, extra: list[str]) -> dict:
+def run_variant(spec: Spec, baseline: Path, label: str, seed: int, extra: list[str]) -> RunSummary:
     """One ``regprune run`` (skipped when its summary exists); returns its summary."""
     run_dir = spec.root / f"{label}-seed{seed}"
     summary = run_dir / "summary.json"
@@ -94,7 +97,7 @@ def run_variant(spec: Spec, baseline: Path, label: str, seed: int, extra: list[s
             *extra,
         ]
         _regprune(["run", spec.config, *overrides, "--run-dir", str(run_dir), "-q"])
-    return json.loads(summary.read_text())
+    return RunSummary.load(run_dir)
 
 
 def _only_seed(accuracies: list[float] | None) -> float | None:
@@ -102,33 +105,44 @@ def _only_seed(accuracies: list[float] | None) -> float | None:
     return None if accuracies is None else accuracies[0]
 
 
-def table(records: dict[str, list[dict]]) -> list[str]:
+def table(records: dict[str, list[RunSummary]]) -> str:
     """Mean +- std per variant; accuracies in %, test set, final epoch."""
-    lines = [
-        "| variant | seeds | baseline | before prune | right after prune | after fine-tune "
-        "| MACs kept | params after | weight sparsity (%) | sparsify time (s) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    rows = []
     for label, runs in records.items():
         if not runs:
             continue
         accuracy = [
-            mean_std([_only_seed(r.get(key)) for r in runs], scale=100)
+            mean_std([_only_seed(getattr(r, key)) for r in runs], scale=100)
             for key in ("acc_baseline", "acc_before_prune", "acc_after_prune", "acc_after_finetune")
         ]
-        kept = mean_std([r["macs_after"] / r["macs_before"] for r in runs], digits=3)
-        params = mean_std([r["params_after"] / 1e3 for r in runs], digits=1)
-        sparsity = mean_std([r["weight_sparsity"] for r in runs], scale=100)
-        seconds = mean_std([r["phase_time_s"].get("sparsify") for r in runs], digits=0)
-        lines.append(
-            f"| {label} | {len(runs)} | {' | '.join(accuracy)} | {kept} | {params} K "
-            f"| {sparsity} | {seconds} |"
+        rows.append(
+            [
+                label,
+                str(len(runs)),
+                *accuracy,
+                mean_std([r.macs_after / r.macs_before for r in runs], digits=3),
+                mean_std([r.params_after / 1e3 for r in runs], digits=1) + " K",
+                mean_std([r.weight_sparsity for r in runs], scale=100),
+                mean_std([r.phase_time_s.get("sparsify") for r in runs], digits=0),
+            ]
         )
-    return lines
+    header = [
+        "variant",
+        "seeds",
+        "baseline",
+        "before prune",
+        "right after prune",
+        "after fine-tune",
+        "MACs kept",
+        "params after",
+        "weight sparsity (%)",
+        "sparsify time (s)",
+    ]
+    return markdown_table(header, rows, ["l", "l", *["r"] * 8])
 
 
-def write(spec: Spec, records: dict[str, list[dict]], command: str) -> None:
-    machine = next((r["machine"] for runs in records.values() for r in runs), "unknown")
+def write(spec: Spec, records: dict[str, list[RunSummary]], command: str) -> None:
+    machine = next((r.machine for runs in records.values() for r in runs), "unknown")
     lines = [
         f"# {spec.title}",
         "",
@@ -142,7 +156,7 @@ def write(spec: Spec, records: dict[str, list[dict]], command: str) -> None:
         "",
         spec.setup,
         "",
-        *table(records),
+        table(records),
         "",
         "Test accuracy in %, final epoch. *baseline*: the pretrained model; *before prune*: after "
         "sparsity training; MACs kept: fraction of the baseline's. Sparsify time: wall "
@@ -151,9 +165,9 @@ def write(spec: Spec, records: dict[str, list[dict]], command: str) -> None:
     ]
     if spec.reading:
         lines += ["## Reading", "", spec.reading, ""]
-    spec.out.parent.mkdir(parents=True, exist_ok=True)
-    spec.out.write_text("\n".join(lines))
-    spec.out.with_suffix(".json").write_text(json.dumps(records, indent=1, default=str) + "\n")
+    atomic_write_text(spec.out, "\n".join(lines))
+    plain = {label: [asdict(r) for r in runs] for label, runs in records.items()}
+    atomic_write_text(spec.out.with_suffix(".json"), json.dumps(plain, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := sorted(set(labels) - set(spec.variants)):
         parser.error(f"unknown variants {unknown}; the spec has {sorted(spec.variants)}")
     baseline = baseline_checkpoint(spec)
-    records: dict[str, list[dict]] = {label: [] for label in labels}
+    records: dict[str, list[RunSummary]] = {label: [] for label in labels}
     for seed in spec.seeds:  # seed-major: a cut-short run still has every variant once
         for label in labels:
             records[label].append(run_variant(spec, baseline, label, seed, args.overrides))

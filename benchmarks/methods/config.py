@@ -3,6 +3,11 @@
 One config fixes everything that must be equal across methods (data, baseline schedule, the
 sparsify / fine-tune schedules, the MACs target, the seeds); each ``runs`` entry only names a
 method and its own hyper-parameters.
+
+The file stays flat (``dataset:``, ``train_subset:``, ``pretrain: {epochs, lr, schedule}``) so a
+derived config (``base: cpu.yaml``) overrides one key, but what it reads into is the pipeline's
+own sections (``DataSection``, ``ModelSection``, ``TrainSection``), checked by their rules and
+the one target rule (``regprune.allocation.Target``): the harness has no schema of its own.
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
+from regprune.allocation import Target
+from regprune.pipeline.config import parse_yaml
+from regprune.pipeline.sections import DataSection, ModelSection, TrainSection
+from regprune.pipeline.typed import ConfigError, build
 
 FAMILIES = ("ours", "tp", "unstructured")
 """``ours``: a structural regprune method; ``tp``: a Torch-Pruning 1.6.1 pruner;
@@ -30,16 +38,6 @@ never how long, so every method still gets the same epochs."""
 
 
 @dataclass(frozen=True)
-class Phase:
-    epochs: int
-    lr: float
-    schedule: str = "cosine"
-    optimizer: str = "sgd"
-    weight_decay: float | None = None
-    """``None``: the config's ``weight_decay``."""
-
-
-@dataclass(frozen=True)
 class RunSpec:
     """One method at one setting: ``label`` names it in tables and JSON."""
 
@@ -49,36 +47,40 @@ class RunSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     sparsify: str = "train"
     ratio: float | None = None
-    sparsify_phase: Phase | None = None
+    sparsify_phase: TrainSection | None = None
     """This run's own optimizer settings for the sparsify epochs (L0 gates train with Adam, as
     in the paper); ``None``: the config's ``sparsify`` phase."""
 
 
 @dataclass(frozen=True)
 class BenchConfig:
+    """A whole benchmark: the shared data, model, phases and target, and its runs.
+
+    Attributes:
+        data: the training data (``dataset``, ``data_root``, ``train_subset``, ``batch_size``;
+            no validation split: accuracy is on the test set, final epoch only).
+        test_subset: class-balanced test images every run is judged on (None: all).
+        data_seed: fixes the train and test subsets; the run seed never changes them.
+        max_ratio: cap on the share of any one channel group that a structured run may remove
+            (ours: ``max_ratio``, Torch-Pruning: ``max_pruning_ratio``); ``None``: no cap.
+        latency_rounds: interleaved timing rounds per batch size in ``latency.py``.
+    """
+
     name: str
-    model: str
-    model_kwargs: dict[str, Any]
-    dataset: str
-    data_root: str | None
-    train_subset: int | None
+    model: ModelSection
+    data: DataSection
     test_subset: int | None
     data_seed: int
     seeds: list[int]
-    batch_size: int
     threads: int
     device: str
-    weight_decay: float
     target_macs: float
     max_ratio: float | None
-    """Cap on the share of any one channel group that a structured run may remove (ours:
-    ``max_ratio``, Torch-Pruning: ``max_pruning_ratio``); ``None``: no cap."""
     calibration_batches: int
-    pretrain: Phase
-    sparsify: Phase
-    finetune: Phase
+    pretrain: TrainSection
+    sparsify: TrainSection
+    finetune: TrainSection
     latency_rounds: int
-    """Interleaved timing rounds per batch size in the latency pass (``latency.py``)."""
     latency_batches: list[int]
     cache_dir: str
     out: str
@@ -87,13 +89,9 @@ class BenchConfig:
     def baseline_key(self, seed: int) -> str:
         """Cache key of a pretrained baseline: everything that changes its weights."""
         parts = {
-            "model": self.model,
-            "model_kwargs": self.model_kwargs,
-            "dataset": self.dataset,
-            "train_subset": self.train_subset,
+            "model": asdict(self.model),
+            "data": asdict(self.data),
             "data_seed": self.data_seed,
-            "batch_size": self.batch_size,
-            "weight_decay": self.weight_decay,
             "pretrain": asdict(self.pretrain),
             "seed": seed,
         }
@@ -113,16 +111,21 @@ def _digest(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _phase(raw: dict[str, Any], name: str) -> Phase:
+def _phase(raw: dict[str, Any], name: str, weight_decay: float) -> TrainSection:
+    """The ``name`` phase as the pipeline's ``TrainSection``; the config's ``weight_decay``
+    applies where the phase sets none. Every phase runs: ``epochs`` must be at least 1."""
     if name not in raw:
         raise ValueError(f"config: missing the '{name}' phase (epochs, lr, schedule)")
-    phase = Phase(**raw[name])
-    if phase.epochs < 1 or phase.lr <= 0:
-        raise ValueError(f"config: {name} needs epochs >= 1 and lr > 0, got {phase}")
+    phase = build(TrainSection, {"weight_decay": weight_decay, **raw[name]}, name)
+    phase.validate(name)
+    if phase.epochs < 1:
+        raise ConfigError(f"{name}.epochs: every benchmark phase runs, so >= 1; got 0")
     return phase
 
 
-def _sparsify_phase(label: str, overrides: dict[str, Any] | None, shared: Phase) -> Phase | None:
+def _sparsify_phase(
+    label: str, overrides: dict[str, Any] | None, shared: TrainSection
+) -> TrainSection | None:
     if not overrides:
         return None
     unknown = sorted(set(overrides) - set(PHASE_OVERRIDES))
@@ -131,10 +134,13 @@ def _sparsify_phase(label: str, overrides: dict[str, Any] | None, shared: Phase)
             f"run {label!r}: sparsify_phase keys {unknown} unknown; allowed: {PHASE_OVERRIDES} "
             "(the epochs are the config's, the same for every method)"
         )
-    return replace(shared, **overrides)
+    where = f"run {label!r} sparsify_phase"
+    phase = build(TrainSection, {**asdict(shared), **overrides}, where)
+    phase.validate(where)
+    return phase
 
 
-def _expand(entry: dict[str, Any], shared_sparsify: Phase) -> list[RunSpec]:
+def _expand(entry: dict[str, Any], shared_sparsify: TrainSection) -> list[RunSpec]:
     entry = dict(entry)
     family = entry.pop("family", "ours")
     if family not in FAMILIES:
@@ -160,7 +166,7 @@ def _read(path: Path) -> dict[str, Any]:
     does not set itself, so a VGG or smoke config changes the model or data, not the runs."""
     if not path.is_file():
         raise FileNotFoundError(f"benchmark config {path} does not exist")
-    raw = yaml.safe_load(path.read_text())
+    raw = parse_yaml(path.read_text())
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a benchmark config is a YAML mapping")
     base = raw.pop("base", None)
@@ -173,7 +179,8 @@ def load_config(path: str | Path) -> BenchConfig:
     """Read and validate a benchmark config (see ``configs/cpu.yaml`` for every key)."""
     raw = _read(Path(path))
     latency = raw.get("latency", {})
-    sparsify = _phase(raw, "sparsify")
+    weight_decay = float(raw.get("weight_decay", 5e-4))
+    sparsify = _phase(raw, "sparsify", weight_decay)
     entries = list(raw["runs"]) + list(raw.get("extra_runs") or [])
     runs = [spec for entry in entries for spec in _expand(entry, sparsify)]
     if raw.get("structured_only", False):
@@ -193,26 +200,37 @@ def load_config(path: str | Path) -> BenchConfig:
     labels = [r.label for r in runs]
     if len(set(labels)) != len(labels):
         raise ValueError(f"config: run labels must be unique, got {labels}")
+    data = DataSection(
+        name=raw["dataset"],
+        root=raw.get("data_root"),
+        subset=raw.get("train_subset"),
+        batch_size=int(raw["batch_size"]),
+        val_fraction=0.0,
+    )
+    data.validate("data")
+    model = ModelSection(raw["model"], dict(raw.get("model_kwargs") or {}))
+    model.validate("model")
+    target_macs = float(raw["target_macs"])
+    max_ratio = None if raw.get("max_ratio") is None else float(raw["max_ratio"])
+    try:
+        Target(target_macs=target_macs, max_ratio=1.0 if max_ratio is None else max_ratio)
+    except ValueError as error:
+        raise ConfigError(f"config: {error}") from None
     return BenchConfig(
         name=raw["name"],
-        model=raw["model"],
-        model_kwargs=dict(raw.get("model_kwargs") or {}),
-        dataset=raw["dataset"],
-        data_root=raw.get("data_root"),
-        train_subset=raw.get("train_subset"),
+        model=model,
+        data=data,
         test_subset=raw.get("test_subset"),
         data_seed=int(raw.get("data_seed", 0)),
         seeds=[int(s) for s in raw["seeds"]],
-        batch_size=int(raw["batch_size"]),
         threads=int(raw.get("threads", 1)),
         device=raw.get("device", "cpu"),
-        weight_decay=float(raw.get("weight_decay", 5e-4)),
-        target_macs=float(raw["target_macs"]),
-        max_ratio=None if raw.get("max_ratio") is None else float(raw["max_ratio"]),
+        target_macs=target_macs,
+        max_ratio=max_ratio,
         calibration_batches=int(raw.get("calibration_batches", 8)),
-        pretrain=_phase(raw, "pretrain"),
+        pretrain=_phase(raw, "pretrain", weight_decay),
         sparsify=sparsify,
-        finetune=_phase(raw, "finetune"),
+        finetune=_phase(raw, "finetune", weight_decay),
         latency_rounds=int(latency.get("rounds", 15)),
         latency_batches=[int(b) for b in latency.get("batches", [1, 64])],
         cache_dir=raw.get("cache_dir", "/tmp/regprune-bench-cache"),

@@ -8,12 +8,12 @@ initialization and the batch order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from regprune.data import build_datasets, build_loaders
+from regprune.data import build_loaders
 from regprune.data.splits import balanced_subset, targets_of
 
 from .config import BenchConfig
@@ -37,10 +37,7 @@ class BenchData:
 
 def _test_tensors(config: BenchConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The official test split (or a class-balanced subset of it), decoded once."""
-    full = build_datasets(
-        config.dataset, root=config.data_root, val_fraction=0.0, seed=config.data_seed
-    )
-    test = full.test
+    test = replace(config.data, subset=None).build_datasets(config.data_seed).test
     indices = torch.arange(len(test))
     if config.test_subset is not None:
         indices = balanced_subset(targets_of(test), indices, config.test_subset, config.data_seed)
@@ -49,26 +46,41 @@ def _test_tensors(config: BenchConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels
 
 
+def random_batches(
+    dataset: Dataset, samples: int, batch_size: int, seed: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``samples`` random items of ``dataset`` in batches, the same for the same ``seed``.
+
+    The items go through the training transform (random crop / flip), as the images a method
+    scores during training would; that augmentation draws from torch's global generator, so
+    it runs under a fork of it seeded with ``seed``. Unseeded, the calibration images, and with
+    them HGSR's and AdaPruner's choices and the BN re-estimation, changed from one process to
+    the next; forked, the caller's random stream is left as it was.
+    """
+    picks = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    picks = picks[:samples].tolist()
+    batches = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for start in range(0, len(picks), batch_size):
+            items = [dataset[i] for i in picks[start : start + batch_size]]
+            batches.append(
+                (torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items]))
+            )
+    return batches
+
+
 def build_bench_data(config: BenchConfig, seed: int) -> BenchData:
-    splits = build_datasets(
-        config.dataset,
-        root=config.data_root,
-        subset=config.train_subset,
-        val_fraction=0.0,
-        seed=config.data_seed,
-    )
-    loaders = build_loaders(splits, batch_size=config.batch_size, seed=seed)
+    """The data of one seed: the seed shuffles the train loader and picks the calibration
+    images; the images themselves depend on ``data_seed`` only."""
+    splits = config.data.build_datasets(config.data_seed)
+    batch_size = config.data.batch_size
+    loaders = build_loaders(splits, batch_size=batch_size, seed=seed)
     images, labels = _test_tensors(config)
     test = DataLoader(TensorDataset(images, labels), batch_size=256, shuffle=False)
-    generator = torch.Generator().manual_seed(10_000 + seed)
-    picks = torch.randperm(len(splits.train), generator=generator)
-    picks = picks[: config.calibration_batches * config.batch_size].tolist()
-    calibration = []
-    for start in range(0, len(picks), config.batch_size):
-        batch = [splits.train[i] for i in picks[start : start + config.batch_size]]
-        calibration.append(
-            (torch.stack([b[0] for b in batch]), torch.tensor([b[1] for b in batch]))
-        )
+    calibration = random_batches(
+        splits.train, config.calibration_batches * batch_size, batch_size, seed=10_000 + seed
+    )
     return BenchData(
         train=loaders.train,
         test=test,

@@ -26,12 +26,12 @@ from benchmarks.latency_speedup import Schedule, time_cell
 
 import regprune
 from regprune.io import atomic_write_text
+from regprune.report import machine_info
 
 from .config import BenchConfig, load_config
 from .data import build_bench_data
 from .phases import new_model
 from .report import load_rows
-from .run import machine
 from .runners import model_file
 
 
@@ -72,7 +72,7 @@ def time_seed(config: BenchConfig, seed: int, rows: list[dict], rounds: int) -> 
             }
         print(f"[seed {seed}] batch {batch}: baseline {base:.2f} ms, load {load}", flush=True)
     for record in results.values():
-        record |= {"macs_ratio": macs[record["label"]], "rounds": rounds, "machine": machine()}
+        record |= {"macs_ratio": macs[record["label"]], "rounds": rounds, "machine": machine_info()}
     return list(results.values())
 
 

@@ -1,10 +1,12 @@
 """Training phases with one life cycle for every method, and the cached baseline.
 
-Every phase builds a fresh optimizer (SGD unless the phase says otherwise) *after* the method
-exists, with the method's own parameter groups (L0 gates) and a per-iteration schedule, and
-runs ``regprune.train.train_one_epoch``, which calls ``penalty / after_backward / step`` of
-whatever method it is given (ours, a Torch-Pruning adapter, or ``KeepSparsity`` while
-fine-tuning unstructured models).
+Every phase is the library's ``Trainer`` on the phase's ``TrainSection``: a fresh optimizer
+(SGD unless the phase says otherwise) built *after* the method exists, with the method's own
+parameter groups (L0 gates), a per-iteration schedule, and ``penalty / after_backward / step``
+of whatever method it is given (ours, a Torch-Pruning adapter, or ``KeepSparsity`` while
+fine-tuning unstructured models). Two settings differ from a pipeline run: every method trains
+every epoch (``stop_when_done=False``: the same epochs for all), and each phase shuffles from its
+own stream (``epoch_offset``), so fine-tuning does not replay the sparsify order.
 """
 
 from __future__ import annotations
@@ -13,17 +15,18 @@ import copy
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from regprune.data import set_epoch
+from regprune.io import atomic_torch_save, read_weights_only
 from regprune.methods import PruningMethod
 from regprune.models import create_model
-from regprune.train import build_optimizer, build_scheduler, seed_everything, train_one_epoch
+from regprune.pipeline.sections import TrainSection
+from regprune.train import Trainer, seed_everything
 
-from .config import BenchConfig, Phase, load_config
+from .config import BenchConfig, load_config
 from .data import BenchData, build_bench_data
 
 EPOCH_OFFSET = {"pretrain": 0, "sparsify": 1000, "finetune": 2000}
@@ -33,72 +36,61 @@ EPOCH_OFFSET = {"pretrain": 0, "sparsify": 1000, "finetune": 2000}
 def train_phase(
     model: nn.Module,
     data: BenchData,
-    phase: Phase,
+    phase: TrainSection,
     config: BenchConfig,
     name: str,
     method: PruningMethod | None = None,
-    after_epoch: Callable[[int], None] | None = None,
+    after_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, float]:
-    """Train ``model`` in place for ``phase``; returns the last epoch's stats and ``time_s``.
+    """Train ``model`` in place for ``phase``; the last epoch's ``loss`` / ``acc`` and ``time_s``.
 
-    ``after_epoch(epoch)`` (1-based) runs after each epoch, outside the timed total's meaning:
-    for studies that trace a quantity over training (``benchmarks/hgsr_sparsity.py``)."""
-    optimizer = build_optimizer(
+    ``after_epoch(record)`` runs after each epoch with the trainer's record (``epoch`` is
+    1-based): for studies that trace a quantity over training (``benchmarks/hgsr_sparsity.py``).
+    """
+    trainer = Trainer(
         model,
-        lr=phase.lr,
-        weight_decay=config.weight_decay if phase.weight_decay is None else phase.weight_decay,
-        groups=method.optimizer_groups() if method is not None else (),
-        kind=phase.optimizer,
-    )
-    scheduler = build_scheduler(
-        optimizer, phase.schedule, epochs=phase.epochs, steps_per_epoch=len(data.train)
+        data.train,
+        config=phase.train_config(config.device, progress=False),
+        method=method,
+        phase=name,
+        epoch_offset=EPOCH_OFFSET[name],
+        stop_when_done=False,
     )
     start = time.perf_counter()
-    stats: dict[str, float] = {}
-    for epoch in range(phase.epochs):
-        set_epoch(data.train, EPOCH_OFFSET[name] + epoch)
-        stats = train_one_epoch(
-            model,
-            data.train,
-            optimizer,
-            F.cross_entropy,
-            method,
-            scheduler,
-            device=config.device,
-            progress=False,
-            epoch=epoch + 1,
-        )
-        if after_epoch is not None:
-            after_epoch(epoch + 1)
-    return stats | {"time_s": time.perf_counter() - start}
+    last = trainer.fit(after_epoch)[-1]
+    return {"loss": last["train_loss"], "acc": last["train_acc"]} | {
+        "time_s": time.perf_counter() - start
+    }
 
 
 def new_model(config: BenchConfig, data: BenchData) -> nn.Module:
     model = create_model(
-        config.model,
+        config.model.name,
         num_classes=data.num_classes,
         in_channels=data.in_channels,
-        **config.model_kwargs,
+        **config.model.kwargs,
     )
     return model.to(config.device)
 
 
-def _cached(path: Path, build) -> tuple[nn.Module, dict]:
-    """Load ``path`` (weights_only) or build, save and return; the meta dict travels along."""
+def cached(path: Path, build: Callable[[], tuple[dict, dict]]) -> tuple[dict, dict]:
+    """``(state_dict, meta)`` from ``path``, or built by ``build()`` and saved there first.
+
+    Written atomically (``regprune.io``: a unique temporary file, then a rename), so two seeds'
+    processes sharing one cache, or a run killed mid-write, never leave half a baseline that a
+    later run would load; read with ``weights_only=True`` and its checksums checked.
+    """
     if path.exists():
-        state = torch.load(path, weights_only=True, map_location="cpu")
+        state = read_weights_only(path, "a cached benchmark model ({'model', 'meta'})")
         return state["model"], state["meta"]
     model, meta = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model, "meta": meta}, tmp)
-    tmp.replace(path)
+    atomic_torch_save({"model": model, "meta": meta}, path)
     return model, meta
 
 
 def pretrained_baseline(config: BenchConfig, data: BenchData, seed: int) -> tuple[nn.Module, dict]:
     """The one baseline per (model, seed), trained once and cached under ``cache_dir``."""
-    path = Path(config.cache_dir) / f"{config.model}-{config.baseline_key(seed)}-baseline.pt"
+    path = Path(config.cache_dir) / f"{config.model.name}-{config.baseline_key(seed)}-baseline.pt"
 
     def build():
         seed_everything(seed)
@@ -106,7 +98,7 @@ def pretrained_baseline(config: BenchConfig, data: BenchData, seed: int) -> tupl
         stats = train_phase(model, data, config.pretrain, config, "pretrain")
         return model.state_dict(), {"time_s": stats["time_s"], "train_acc": stats["acc"]}
 
-    state, meta = _cached(path, build)
+    state, meta = cached(path, build)
     model = new_model(config, data)
     model.load_state_dict(state)
     return model, meta
@@ -116,7 +108,7 @@ def plain_continued(
     baseline: nn.Module, config: BenchConfig, data: BenchData, seed: int
 ) -> tuple[nn.Module, dict]:
     """The baseline trained ``sparsify.epochs`` more, no method (shared by one-shot runs)."""
-    path = Path(config.cache_dir) / f"{config.model}-{config.plain_key(seed)}-plain.pt"
+    path = Path(config.cache_dir) / f"{config.model.name}-{config.plain_key(seed)}-plain.pt"
 
     def build():
         seed_everything(seed)
@@ -124,7 +116,7 @@ def plain_continued(
         stats = train_phase(model, data, config.sparsify, config, "sparsify")
         return model.state_dict(), {"time_s": stats["time_s"]}
 
-    state, meta = _cached(path, build)
+    state, meta = cached(path, build)
     model = copy.deepcopy(baseline)
     model.load_state_dict(state)
     return model, meta

@@ -20,6 +20,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from regprune.io import atomic_write_text
+from regprune.report import markdown_table
+
 from .config import BenchConfig, load_config
 
 
@@ -63,74 +66,89 @@ def by_label(rows: list[dict], config: BenchConfig) -> dict[str, list[dict]]:
     return {label: grouped[label] for label in order if label in grouped}
 
 
-def structured_table(groups: dict[str, list[dict]]) -> list[str]:
-    lines = [
-        "| method | seeds | acc before prune (%) | acc right after prune (%) | "
-        "... with BN re-estimated (%) | acc after fine-tune (%) | MACs kept | MFLOPs | "
-        "params (K) | speedup b1 | speedup b64 | speedup b64 / MACs ratio | "
-        "sparsify (s) | prune (s) | fine-tune (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+def structured_table(groups: dict[str, list[dict]]) -> str:
+    header = [
+        "method",
+        "seeds",
+        "acc before prune (%)",
+        "acc right after prune (%)",
+        "... with BN re-estimated (%)",
+        "acc after fine-tune (%)",
+        "MACs kept",
+        "MFLOPs",
+        "params (K)",
+        "speedup b1",
+        "speedup b64",
+        "speedup b64 / MACs ratio",
+        "sparsify (s)",
+        "prune (s)",
+        "fine-tune (s)",
     ]
-    for label, rows in groups.items():
-        if rows[0]["family"] == "unstructured":
+    rows = []
+    for label, runs in groups.items():
+        if runs[0]["family"] == "unstructured":
             continue
 
-        def col(key, scale=1.0, digits=2, rows=rows):
-            return mean_std([r.get(key) for r in rows], scale, digits)
+        def col(key, scale=1.0, digits=2, runs=runs):
+            return mean_std([r.get(key) for r in runs], scale, digits)
 
-        seeds = ",".join(str(r["seed"]) for r in rows)
-        lines.append(
-            f"| {label} | {seeds} | {col('acc_before_prune', 100)} | "
-            f"{col('acc_after_prune', 100)} | {col('acc_after_prune_bn', 100)} | "
-            f"**{col('acc_after_finetune', 100)}** | "
-            f"{col('macs_kept', 1, 3)} | {col('flops_after', 1e-6, 1)} | "
-            f"{col('params_after', 1e-3, 1)} | {col('speedup_b1')} | "
-            f"{col('speedup_b64')} | {col('efficiency_b64')} | {col('time_sparsify_s', 1, 0)} | "
-            f"{col('time_prune_s', 1, 2)} | {col('time_finetune_s', 1, 0)} |"
+        rows.append(
+            [
+                label,
+                ",".join(str(r["seed"]) for r in runs),
+                col("acc_before_prune", 100),
+                col("acc_after_prune", 100),
+                col("acc_after_prune_bn", 100),
+                f"**{col('acc_after_finetune', 100)}**",
+                col("macs_kept", 1, 3),
+                col("flops_after", 1e-6, 1),
+                col("params_after", 1e-3, 1),
+                col("speedup_b1"),
+                col("speedup_b64"),
+                col("efficiency_b64"),
+                col("time_sparsify_s", 1, 0),
+                col("time_prune_s", 1, 2),
+                col("time_finetune_s", 1, 0),
+            ]
         )
-    return lines
+    return markdown_table(header, rows)
 
 
-def paired_table(groups: dict[str, list[dict]], reference: str) -> list[str]:
+def paired_table(groups: dict[str, list[dict]], reference: str) -> str:
     """Accuracy after fine-tune minus the reference's, per seed (same baseline, same data).
 
     Why: a seed's baseline moves every method alike (here by ~1 point), so differences on the
     same seed are far less noisy than the difference of two means."""
     ref = {r["seed"]: r["acc_after_finetune"] for r in groups.get(reference, [])}
-    lines = [
-        f"| method | seeds paired | after fine-tune minus {reference} (points) | per seed |",
-        "|---|---|---|---|",
-    ]
-    for label, rows in groups.items():
-        if label == reference or rows[0]["family"] == "unstructured":
+    rows = []
+    for label, runs in groups.items():
+        if label == reference or runs[0]["family"] == "unstructured":
             continue
         pairs = sorted(
             (r["seed"], 100 * (r["acc_after_finetune"] - ref[r["seed"]]))
-            for r in rows
+            for r in runs
             if r["seed"] in ref
         )
         if not pairs:
             continue
         diffs = [d for _, d in pairs]
         per_seed = ", ".join(f"{d:+.2f}" for _, d in pairs)
-        lines.append(f"| {label} | {len(pairs)} | {mean_std(diffs)} | {per_seed} |")
-    return lines
+        rows.append([label, str(len(pairs)), mean_std(diffs), per_seed])
+    header = ["method", "seeds paired", f"after fine-tune minus {reference} (points)", "per seed"]
+    return markdown_table(header, rows)
 
 
-def removal_table(groups: dict[str, list[dict]]) -> list[str]:
+def removal_table(groups: dict[str, list[dict]]) -> str | None:
     """How silent each method's removed set was where it is read, and what removal cost.
 
     From the ``removal`` report every regprune run records (``method.removal_report()``):
     constant = range at most 1e-3 of the kept channels' (folded into the consumers' biases),
-    largest relative range over the removed inputs (median over seeds)."""
-    lines = [
-        "| method | seeds | right after minus before prune (points) | removed inputs constant "
-        "(%) | largest relative range (median over seeds) | compensation |",
-        "|---|---|---|---|---|---|",
-    ]
-    for label, rows in groups.items():
-        with_report = [r for r in rows if r.get("removal")]
-        if not with_report or rows[0]["family"] == "unstructured":
+    largest relative range over the removed inputs (median over seeds). None when no run
+    recorded one (Torch-Pruning peers and unstructured runs do not)."""
+    rows = []
+    for label, runs in groups.items():
+        with_report = [r for r in runs if r.get("removal")]
+        if not with_report or runs[0]["family"] == "unstructured":
             continue
         drops = [100 * (r["acc_after_prune"] - r["acc_before_prune"]) for r in with_report]
         constant = [
@@ -138,58 +156,95 @@ def removal_table(groups: dict[str, list[dict]]) -> list[str]:
             for r in with_report
         ]
         largest = statistics.median(r["removal"]["max_relative_range"] for r in with_report)
-        seeds = ",".join(str(r["seed"]) for r in with_report)
-        mode = with_report[0]["removal"]["mode"]
-        lines.append(
-            f"| {label} | {seeds} | {mean_std(drops)} | {mean_std(constant, 1, 0)} | "
-            f"{largest:.2g} | {mode} |"
+        rows.append(
+            [
+                label,
+                ",".join(str(r["seed"]) for r in with_report),
+                mean_std(drops),
+                mean_std(constant, 1, 0),
+                f"{largest:.2g}",
+                with_report[0]["removal"]["mode"],
+            ]
         )
-    return lines
-
-
-def unstructured_table(groups: dict[str, list[dict]]) -> list[str]:
-    lines = [
-        "| method | seeds | weight sparsity (%) | acc before prune (%) | "
-        "acc right after prune (%) | ... with BN re-estimated (%) | acc after fine-tune (%) | "
-        "sparsify (s) | fine-tune (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+    if not rows:
+        return None
+    header = [
+        "method",
+        "seeds",
+        "right after minus before prune (points)",
+        "removed inputs constant (%)",
+        "largest relative range (median over seeds)",
+        "compensation",
     ]
-    for label, rows in groups.items():
-        if rows[0]["family"] != "unstructured":
+    return markdown_table(header, rows, ["l", "l", "r", "r", "r", "l"])
+
+
+def unstructured_table(groups: dict[str, list[dict]]) -> str:
+    header = [
+        "method",
+        "seeds",
+        "weight sparsity (%)",
+        "acc before prune (%)",
+        "acc right after prune (%)",
+        "... with BN re-estimated (%)",
+        "acc after fine-tune (%)",
+        "sparsify (s)",
+        "fine-tune (s)",
+    ]
+    rows = []
+    for label, runs in groups.items():
+        if runs[0]["family"] != "unstructured":
             continue
 
-        def col(key, scale=1.0, digits=2, rows=rows):
-            return mean_std([r.get(key) for r in rows], scale, digits)
+        def col(key, scale=1.0, digits=2, runs=runs):
+            return mean_std([r.get(key) for r in runs], scale, digits)
 
-        seeds = ",".join(str(r["seed"]) for r in rows)
-        lines.append(
-            f"| {label} | {seeds} | {col('weight_sparsity_after', 100, 1)} | "
-            f"{col('acc_before_prune', 100)} | {col('acc_after_prune', 100)} | "
-            f"{col('acc_after_prune_bn', 100)} | "
-            f"**{col('acc_after_finetune', 100)}** | {col('time_sparsify_s', 1, 0)} | "
-            f"{col('time_finetune_s', 1, 0)} |"
+        rows.append(
+            [
+                label,
+                ",".join(str(r["seed"]) for r in runs),
+                col("weight_sparsity_after", 100, 1),
+                col("acc_before_prune", 100),
+                col("acc_after_prune", 100),
+                col("acc_after_prune_bn", 100),
+                f"**{col('acc_after_finetune', 100)}**",
+                col("time_sparsify_s", 1, 0),
+                col("time_finetune_s", 1, 0),
+            ]
         )
-    return lines
+    return markdown_table(header, rows)
 
 
-def baseline_table(rows: list[dict]) -> list[str]:
+def baseline_table(rows: list[dict]) -> str:
     seeds = sorted({r["seed"] for r in rows})
     first = {s: next(r for r in rows if r["seed"] == s) for s in seeds}
-    lines = [
-        "| seed | baseline acc (%) | MACs | FLOPs | params | latency b1 (ms) | "
-        "latency b64 (ms) | pretrain (s) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    cells = []
     for s in seeds:
         r = first[s]
         timed = next((t for t in rows if t["seed"] == s and "latency_b1_ms_before" in t), {})
-        lines.append(
-            f"| {s} | {100 * r['acc_baseline']:.2f} | {r['macs_before'] / 1e6:.2f} M | "
-            f"{r['flops_before'] / 1e6:.2f} M | {r['params_before'] / 1e3:.1f} K | "
-            f"{_ms(timed.get('latency_b1_ms_before'), 2)} | "
-            f"{_ms(timed.get('latency_b64_ms_before'), 1)} | {r['time_pretrain_s']:.0f} |"
+        cells.append(
+            [
+                str(s),
+                f"{100 * r['acc_baseline']:.2f}",
+                f"{r['macs_before'] / 1e6:.2f} M",
+                f"{r['flops_before'] / 1e6:.2f} M",
+                f"{r['params_before'] / 1e3:.1f} K",
+                _ms(timed.get("latency_b1_ms_before"), 2),
+                _ms(timed.get("latency_b64_ms_before"), 1),
+                f"{r['time_pretrain_s']:.0f}",
+            ]
         )
-    return lines
+    header = [
+        "seed",
+        "baseline acc (%)",
+        "MACs",
+        "FLOPs",
+        "params",
+        "latency b1 (ms)",
+        "latency b64 (ms)",
+        "pretrain (s)",
+    ]
+    return markdown_table(header, cells)
 
 
 def _ms(value: float | None, digits: int) -> str:
@@ -266,16 +321,15 @@ def pareto(configs: list[BenchConfig]) -> tuple[dict[str, list[tuple]], list[flo
     return {k: sorted(v) for k, v in points.items()}, base
 
 
-def pareto_table(points: dict[str, list[tuple]], targets: list[float]) -> list[str]:
-    header = " | ".join(f"MACs {t:g}" for t in targets)
-    lines = [f"| method | {header} |", "|---" * (len(targets) + 1) + "|"]
+def pareto_table(points: dict[str, list[tuple]], targets: list[float]) -> str:
+    rows = []
     for label, series in points.items():
         cells = []
         for target in targets:
             hit = [p for p in series if abs(p[0] - target) < 0.02]
             cells.append(f"{hit[0][1]:.2f} ± {hit[0][2]:.2f} ({hit[0][3]})" if hit else "-")
-        lines.append(f"| {label} | {' | '.join(cells)} |")
-    return lines
+        rows.append([label, *cells])
+    return markdown_table(["method", *(f"MACs {t:g}" for t in targets)], rows)
 
 
 def pareto_plot(points: dict[str, list[tuple]], base: list[float], path: Path, title: str) -> None:
@@ -320,7 +374,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = load_rows(out, config.latency_out)
     groups = by_label(rows, config)
     folder = out.parent
-    title = f"{config.model} / {config.dataset}, target {config.target_macs} MACs (final epoch)"
+    title = (
+        f"{config.model.name} / {config.data.name}, target {config.target_macs} MACs (final epoch)"
+    )
     plot(groups, folder / f"{config.name}_acc_vs_macs.png", title)
     have = {(r["label"], r["seed"]) for r in rows}
     missing = [
@@ -329,15 +385,15 @@ def main(argv: list[str] | None = None) -> None:
         if any((r.label, s) not in have for s in config.seeds)
     ]
     text = [f"# {config.name}: tables (generated by benchmarks/methods/report.py)", ""]
-    text += ["## Baseline", "", *baseline_table(rows), "", "## Structured", ""]
-    text += [*structured_table(groups), ""]
+    text += ["## Baseline", "", baseline_table(rows), "", "## Structured", ""]
+    text += [structured_table(groups), ""]
     removal = removal_table(groups)
-    if len(removal) > 2:
-        text += ["## How silent the removed channels were", "", *removal, ""]
+    if removal is not None:
+        text += ["## How silent the removed channels were", "", removal, ""]
     if args.reference:
         text += [f"## Paired by seed, against {args.reference}", ""]
-        text += [*paired_table(groups, args.reference), ""]
-    text += ["## Unstructured", "", *unstructured_table(groups)]
+        text += [paired_table(groups, args.reference), ""]
+    text += ["## Unstructured", "", unstructured_table(groups)]
     text += ["", f"Not finished: {', '.join(missing) if missing else 'none'}."]
     for row in failures(out):
         text.append(f"- failed: {row['label']} seed {row['seed']}: {row.get('error')}")
@@ -346,13 +402,13 @@ def main(argv: list[str] | None = None) -> None:
         points, base = pareto(configs)
         targets = sorted({c.target_macs for c in configs})
         text += ["", "## Accuracy after fine-tune by MACs target (mean ± std (seeds))", ""]
-        text += pareto_table(points, targets)
+        text.append(pareto_table(points, targets))
         pareto_title = (
-            f"{config.model} / {config.dataset}, MACs targets "
+            f"{config.model.name} / {config.data.name}, MACs targets "
             f"{' / '.join(f'{t:g}' for t in targets)} (final epoch)"
         )
         pareto_plot(points, base, folder / f"{config.name}_pareto.png", pareto_title)
-    (folder / f"{config.name}_tables.md").write_text("\n".join(text) + "\n")
+    atomic_write_text(folder / f"{config.name}_tables.md", "\n".join(text) + "\n")
     print("\n".join(text))
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 import traceback
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 
 import regprune
+from regprune.report import machine_info
 
 from .config import BenchConfig, RunSpec, load_config
 from .data import build_bench_data
@@ -43,26 +43,6 @@ def append(path: Path, row: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:  # one write per line: appends from two processes do not interleave
         f.write(json.dumps(row) + "\n")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> dict[str, str | int | None]:
-    return {
-        "cpu": cpu_name(),
-        "cpus": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def _alive(pid: int) -> bool:
@@ -125,10 +105,10 @@ def run_seed(config: BenchConfig, seed: int, runs: list[RunSpec], out: Path) -> 
             "ratio": spec.ratio,
             "seed": seed,
             "target_macs": config.target_macs,
-            "model": config.model,
-            "model_kwargs": config.model_kwargs,
-            "dataset": config.dataset,
-            "machine": machine(),
+            "model": config.model.name,
+            "model_kwargs": config.model.kwargs,
+            "dataset": config.data.name,
+            "machine": machine_info(),
         }
         start = time.perf_counter()
         try:

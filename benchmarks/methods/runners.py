@@ -81,6 +81,9 @@ def _sparsify(spec, baseline, data, config, seed) -> tuple[nn.Module, Any, dict]
     """The sparsify phase; returns the trained model, the method object and phase info."""
     if spec.sparsify == PLAIN:
         model, meta = plain_continued(baseline, config, data, seed)
+        # Seeded as the training path is: the method's example input is random, and without
+        # this it would depend on whether the plain model was just trained or read from cache.
+        seed_everything(seed)
         method = _make(spec, model, data, config, seed)
         return model, method, {"time_sparsify_s": meta["time_s"], "sparsify_shared": True}
     seed_everything(seed)

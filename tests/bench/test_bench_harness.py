@@ -8,6 +8,7 @@ claims: the MACs target met, the saved model is the one measured, speedup = late
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,12 @@ import torch
 import yaml
 from benchmarks.methods import latency, report, run
 from benchmarks.methods.config import load_config
+from benchmarks.methods.phases import cached
 from torch import nn
 
 import regprune as rp
 from regprune.models import create_model
+from regprune.pipeline.sections import TrainSection
 from tests.methods.fmnist import needs_fmnist
 
 CONFIGS = Path(__file__).resolve().parents[2] / "benchmarks" / "methods" / "configs"
@@ -27,7 +30,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "benchmarks" / "methods" / "conf
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_config_loads_with_known_models_and_methods(path: Path) -> None:
     config = load_config(path)
-    assert config.model in rp.models.list_models()
+    assert config.model.name in rp.models.list_models()
     ours = set(rp.methods.available())
     assert all(r.method in ours for r in config.runs if r.family != "tp"), config.name
     assert config.runs and 0 < config.target_macs < 1
@@ -44,8 +47,8 @@ def test_derived_configs_take_the_runs_and_strengths_of_their_base() -> None:
     assert methods(smoke) == methods(cpu)  # same methods and strengths, smaller data
     smoke_l0 = next(r for r in smoke.runs if r.label == "l0_channel")
     assert smoke_l0.sparsify_phase.epochs == smoke.sparsify.epochs  # its own epochs
-    assert (smoke.name, smoke.train_subset) == ("smoke", 256)
-    assert vgg.model == "vgg11" and vgg.model_kwargs == {"width": 0.5}
+    assert (smoke.name, smoke.data.subset) == ("smoke", 256)
+    assert (vgg.model.name, vgg.model.kwargs) == ("vgg11", {"width": 0.5})
     structured = [r for r in cpu.runs if r.family != "unstructured"]
     assert [r.label for r in vgg.runs] == [r.label for r in structured]
     for ours, base in zip(vgg.runs, structured, strict=True):  # same epochs, one strength moved
@@ -118,6 +121,51 @@ def test_a_run_may_not_change_the_epochs_every_method_shares(tmp_path: Path) -> 
     runs = [{"label": "x", "method": "slimming", "sparsify_phase": {"epochs": 5}}]
     with pytest.raises(ValueError, match="sparsify_phase keys \\['epochs'\\] unknown"):
         load_config(_write(tmp_path, runs=runs))
+
+
+def test_phases_are_the_pipelines_train_sections_with_the_shared_weight_decay(tmp_path: Path):
+    config = load_config(_write(tmp_path, weight_decay=1e-3, finetune={"epochs": 1, "lr": 0.01}))
+    assert isinstance(config.sparsify, TrainSection)
+    assert config.finetune.weight_decay == 1e-3  # not set by the phase: the config's
+    l0 = next(r for r in config.runs if r.label == "l0_channel").sparsify_phase
+    assert (l0.optimizer, l0.lr, l0.weight_decay) == ("adam", 1e-3, 0.0)
+    assert (l0.epochs, l0.schedule) == (config.sparsify.epochs, "constant")
+    assert config.data.val_fraction == 0.0  # judged on the test set, no validation split
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"pretrain": {"epochs": 0, "lr": 0.1}}, "pretrain.epochs: every benchmark phase runs"),
+        ({"finetune": {"epochs": 1, "lr": 0.01, "schedule": "linear"}}, "finetune.schedule"),
+        ({"sparsify": {"epochs": 1, "lr": "fast"}}, "sparsify.lr: expected float"),
+        ({"dataset": "imagenet-21k"}, "data.name"),
+        ({"model": "resnet2000"}, "unknown model 'resnet2000'"),
+        ({"target_macs": 1.5}, "target_macs must be in"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path: Path, changes: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_config(_write(tmp_path, **changes))
+
+
+def test_cached_models_are_written_once_atomically_and_read_weights_only(tmp_path: Path):
+    path = tmp_path / "cache" / "m-baseline.pt"
+    built = []
+
+    def build():
+        built.append(1)
+        return {"w": torch.arange(3.0)}, {"time_s": 1.5}
+
+    first = cached(path, build)
+    again = cached(path, build)
+    assert built == [1]  # the second call reads the file
+    assert torch.equal(again[0]["w"], first[0]["w"]) and again[1] == {"time_s": 1.5}
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+
+    path.write_bytes(path.read_bytes()[:-40])  # a truncated file, as a killed writer leaves
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        cached(path, build)
 
 
 @needs_fmnist

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from regprune.data import DataSplits, Loaders, build_datasets, build_loaders, set_epoch
+from regprune.data import DataSplits, Loaders, build_loaders, set_epoch
 from regprune.data.seeds import derive_seed
 from regprune.lifecycle import PruningMethod
 from regprune.models import create_model
@@ -68,15 +68,7 @@ class RunContext:
     @property
     def splits(self) -> DataSplits:
         if self._splits is None:
-            data = self.config.data
-            self._splits = build_datasets(
-                data.name,
-                root=data.root,
-                subset=data.subset,
-                val_fraction=data.val_fraction,
-                seed=self.config.seed,
-                augment=data.augment,
-            )
+            self._splits = self.config.data.build_datasets(self.config.seed)
         return self._splits
 
     @property

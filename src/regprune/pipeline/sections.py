@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from regprune.allocation import Target
 from regprune.pipeline.typed import ConfigError
 from regprune.train import TrainConfig
 from regprune.train.optim import OPTIMIZERS, SCHEDULES
+
+if TYPE_CHECKING:
+    from regprune.data import DataSplits
 
 
 def check(condition: bool, where: str, message: str) -> None:
@@ -48,6 +51,23 @@ class DataSection:
             f"must be in [0, 1), got {self.val_fraction}",
         )
         check(self.workers >= 0, f"{where}.workers", f"must be >= 0, got {self.workers}")
+
+    def build_datasets(self, seed: int) -> DataSplits:
+        """The train / val / test splits this section names; ``seed`` fixes split and subset.
+
+        Why here: the pipeline and the method benchmark both open their data from this
+        section, so the two cannot read the same keys differently.
+        """
+        from regprune.data import build_datasets
+
+        return build_datasets(
+            self.name,
+            root=self.root,
+            subset=self.subset,
+            val_fraction=self.val_fraction,
+            seed=seed,
+            augment=self.augment,
+        )
 
 
 @dataclass

@@ -11,9 +11,10 @@ Example::
     write_report(run_dir)  # run_dir/report.md, run_dir/plots/*.png
 """
 
+from regprune.report.machine import describe_machine, machine_info
 from regprune.report.markdown import write_report
 from regprune.report.rundir import load_snapshot, read_metrics, snapshot_paths
-from regprune.report.summary import RunSummary, describe_machine
+from regprune.report.summary import RunSummary
 from regprune.report.tables import console_table, layer_console_table, markdown_table
 from regprune.report.widths import layer_widths, width_changes
 
@@ -24,6 +25,7 @@ __all__ = [
     "layer_console_table",
     "layer_widths",
     "load_snapshot",
+    "machine_info",
     "markdown_table",
     "read_metrics",
     "snapshot_paths",

@@ -10,28 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from regprune.report.machine import describe_machine
 from regprune.report.rundir import atomic_write_text
 
 SUMMARY_FILE = "summary.json"
 SCHEMA_VERSION = 1
-
-
-def describe_machine() -> str:
-    """One line naming the hardware and software a run's numbers (latency above all) came from."""
-    accelerator = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    cpu = platform.processor() or platform.machine()
-    return (
-        f"{platform.node() or 'unknown host'}: {cpu}, {os.cpu_count()} CPUs, "
-        f"{torch.get_num_threads()} torch threads, {accelerator}; "
-        f"Python {platform.python_version()}, torch {torch.__version__}"
-    )
 
 
 @dataclass

@@ -11,7 +11,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -134,6 +134,12 @@ class Trainer:
         checkpoint_path: written after every epoch.
         phase: label of this stage (``"sparsity"``, ``"finetune"``...), in records and checkpoints.
         run_config: plain dict saved inside checkpoints (e.g. the whole YAML run config).
+        epoch_offset: epoch ``e`` shuffles the train loader as epoch ``epoch_offset + e``: phases
+            that share one loader (and seed) then do not replay each other's batch order. Give
+            the same offset again when resuming.
+        stop_when_done: stop early once ``method.wants_more_training()`` is False; False trains
+            every epoch whatever the method says (a benchmark that gives every method the
+            same epochs).
 
     Example:
         >>> trainer = Trainer(model, loaders.train, loaders.val, config=TrainConfig(epochs=30),
@@ -153,6 +159,8 @@ class Trainer:
         checkpoint_path: str | os.PathLike[str] | None = None,
         phase: str = "train",
         run_config: Mapping[str, Any] | None = None,
+        epoch_offset: int = 0,
+        stop_when_done: bool = True,
     ) -> None:
         if method is not None and method.model is not model:
             raise ValueError("method was built on a different model than the one being trained")
@@ -168,6 +176,10 @@ class Trainer:
         self.method = method
         self.phase = phase
         self.run_config = dict(run_config or {})
+        if epoch_offset < 0:
+            raise ValueError(f"epoch_offset must be >= 0, got {epoch_offset}")
+        self.epoch_offset = epoch_offset
+        self.stop_when_done = stop_when_done
         self.optimizer = build_optimizer(
             model,
             config.lr,
@@ -201,8 +213,14 @@ class Trainer:
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
         self.epochs_done = 0
 
-    def fit(self) -> list[dict[str, Any]]:
+    def fit(
+        self, after_epoch: Callable[[dict[str, Any]], None] | None = None
+    ) -> list[dict[str, Any]]:
         """Train from ``epochs_done`` (0, or the resumed epoch) to ``config.epochs``.
+
+        Args:
+            after_epoch: called with each epoch's record once it is logged and checkpointed,
+                for a study that traces a quantity of the model or method over training.
 
         Returns:
             The records of the epochs run by this call (as written to the metrics file).
@@ -211,11 +229,15 @@ class Trainer:
         if self.metrics is not None and is_main_process():
             self.metrics.drop_after(self.phase, self.epochs_done)
         for epoch in range(self.epochs_done, self.config.epochs):
-            if self.method is not None and not self.method.wants_more_training():
+            if (
+                self.stop_when_done
+                and self.method is not None
+                and not self.method.wants_more_training()
+            ):
                 logger.info("[%s] %s needs no more training", self.phase, self.method.name)
                 break
             start = time.perf_counter()
-            set_epoch(self.train_loader, epoch)
+            set_epoch(self.train_loader, self.epoch_offset + epoch)
             train = engine.train_one_epoch(
                 self.train_model,
                 self.train_loader,
@@ -254,6 +276,8 @@ class Trainer:
                     self.tensorboard.write(record)
                 logger.info(_format_epoch(record, self.config.epochs))
             history.append(record)
+            if after_epoch is not None:
+                after_epoch(record)
         return history
 
     def evaluate(self, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
