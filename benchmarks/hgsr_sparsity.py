@@ -48,7 +48,7 @@ VANISHED = 1e-3
 
 def group_norms(method) -> torch.Tensor:
     with torch.no_grad():
-        norms = method.regularizer.input_channel_norms().values()
+        norms = method.regularizer.input_channel_norms(method.model).values()
         return torch.cat([n.reshape(-1) for n in norms]).double()
 
 

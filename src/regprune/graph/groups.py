@@ -45,18 +45,69 @@ class ParamSlice:
     dim: int
     role: SliceRole
     channel_of: torch.Tensor
+    _positions: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
     def tensor(self, model: nn.Module) -> torch.Tensor:
         """The live parameter (or buffer) this slice refers to in ``model``."""
         owner = model.get_submodule(self.module) if self.module else model
         return getattr(owner, self.param)
 
+    def positions_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(positions, channels)`` on ``device``: the indices along ``dim`` that belong to the
+        group and the group channel of each. Built once per device: regularizers call this
+        every step, and a scatter must not loop over channels in Python."""
+        cached = self._positions.get(device)
+        if cached is None:
+            channel_of = torch.as_tensor(self.channel_of).detach().to("cpu", torch.long).flatten()
+            valid = channel_of >= 0
+            cached = (valid.nonzero().flatten().to(device), channel_of[valid].to(device))
+            self._positions[device] = cached
+        return cached
+
+    def axis(self, tensor: torch.Tensor) -> int:
+        """The slice's dim, made non-negative for ``tensor``."""
+        return self.dim % max(tensor.dim(), 1)
+
+    def weight_in(self, model: nn.Module, *, leaf: bool = False) -> torch.Tensor | None:
+        """The live tensor to regularize, or None for a buffer (running statistics are not
+        weights).
+
+        Args:
+            model: the model the slice refers into.
+            leaf: require a leaf ``nn.Parameter`` (gradient edits write ``.grad`` of a leaf).
+
+        Raises:
+            ValueError: the tensor is missing, its ``shape[dim]`` does not match ``channel_of``
+                (groups of another model), or ``leaf`` is set and the tensor is computed by a
+                parametrization.
+        """
+        owner = model.get_submodule(self.module) if self.module else model
+        if self.param in owner._buffers:
+            return None
+        tensor = getattr(owner, self.param, None)
+        where = f"{self.module or '<root>'}.{self.param} (dim {self.dim}, role {self.role!r})"
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"{where} is not a tensor of the model (got {type(tensor)})")
+        length = len(self.channel_of)
+        if tensor.shape[self.axis(tensor)] != length:
+            raise ValueError(
+                f"{where}: shape[{self.dim}] is {tensor.shape[self.axis(tensor)]} but "
+                f"channel_of has {length} entries; were the groups built for another model?"
+            )
+        if leaf and not isinstance(tensor, nn.Parameter):
+            raise ValueError(
+                f"{where} is computed by a parametrization; a gradient edit needs the leaf "
+                "parameter. Use the loss-term form (penalty) instead."
+            )
+        return tensor
+
     def per_channel_sum(self, values: torch.Tensor, group_size: int) -> torch.Tensor:
         """Sum a per-index vector (length ``param.shape[dim]``) into per-channel totals."""
-        channel_of = self.channel_of.to(values.device)
-        valid = channel_of >= 0
+        positions, channels = self.positions_on(values.device)
         out = torch.zeros(group_size, dtype=values.dtype, device=values.device)
-        return out.index_add_(0, channel_of[valid], values[valid])
+        return out.index_add_(0, channels, values[positions])
 
 
 @dataclass

@@ -16,9 +16,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from regprune.graph.groups import ChannelGroup
+from regprune.graph.groups import ChannelGroup, ParamSlice
 from regprune.regularizers._slices import (
-    SliceIndex,
     along,
     index_groups,
     writable_grad,
@@ -97,16 +96,12 @@ class BNScaleL1(Regularizer):
         self.s = float(s)
         self.norm: ScaleNorm = norm
         self.smooth_l1_beta = float(smooth_l1_beta) if smooth_l1_beta is not None else 0.0
-        self._scales = [
-            (group.id, SliceIndex(sl, group.size))
-            for group in self.groups
-            for sl in group.norm_scales()
-        ]
+        self._scales = [(group.id, sl) for group in self.groups for sl in group.norm_scales()]
         scaled = {gid for gid, _ in self._scales}
         self.unscaled_group_ids = [g.id for g in self.groups if g.id not in scaled]
         self._mask: dict[int, torch.Tensor] | None = None
         self._mask_on_device: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
-        self._signs: list[tuple[int, SliceIndex, torch.Tensor]] = []
+        self._signs: list[tuple[int, ParamSlice, torch.Tensor]] = []
         self.set_mask(mask)
 
     @property
@@ -150,14 +145,14 @@ class BNScaleL1(Regularizer):
         throw-away copy.
         """
         for gid, index in self._scales:
-            gamma = index.tensor(model, leaf=True)
+            gamma = index.weight_in(model, leaf=True)
             if gamma is None:
                 continue
             grad = writable_grad(gamma)
             if grad is None:
                 continue
-            dim = index.dim(gamma)
-            positions, channels = index.on(gamma.device)
+            dim = index.axis(gamma)
+            positions, channels = index.positions_on(gamma.device)
             values = gamma.detach().index_select(dim, positions)
             term = self._grad_term(values)
             weight = self._channel_weight(gid, gamma.device, gamma.dtype)
@@ -170,11 +165,11 @@ class BNScaleL1(Regularizer):
         self._signs = []
         with torch.no_grad():
             for gid, index in self._scales:
-                gamma = index.tensor(model, leaf=True)
+                gamma = index.weight_in(model, leaf=True)
                 if gamma is None:
                     continue
-                dim = index.dim(gamma)
-                positions, _ = index.on(gamma.device)
+                dim = index.axis(gamma)
+                positions, _ = index.positions_on(gamma.device)
                 self._signs.append((gid, index, torch.sign(gamma.index_select(dim, positions))))
 
     def zero_the_crossed(self, model: nn.Module) -> None:
@@ -185,11 +180,11 @@ class BNScaleL1(Regularizer):
         crossing holds it at zero (budget mode only: the papers use the plain subgradient)."""
         with torch.no_grad():
             for gid, index, before in self._signs:
-                gamma = index.tensor(model, leaf=True)
+                gamma = index.weight_in(model, leaf=True)
                 if gamma is None:
                     continue
-                dim = index.dim(gamma)
-                positions, channels = index.on(gamma.device)
+                dim = index.axis(gamma)
+                positions, channels = index.positions_on(gamma.device)
                 now = gamma.index_select(dim, positions)
                 crossed = (torch.sign(now) != before) & (before != 0)
                 weight = self._channel_weight(gid, gamma.device, torch.bool)
@@ -202,11 +197,11 @@ class BNScaleL1(Regularizer):
         """The loss-term form (see the class docstring); differentiable in ``gamma``."""
         total: torch.Tensor | None = None
         for gid, index in self._scales:
-            gamma = index.tensor(model)
+            gamma = index.weight_in(model)
             if gamma is None:
                 continue
-            dim = index.dim(gamma)
-            positions, channels = index.on(gamma.device)
+            dim = index.axis(gamma)
+            positions, channels = index.positions_on(gamma.device)
             values = gamma.index_select(dim, positions)
             weight = self._channel_weight(gid, gamma.device, gamma.dtype)
             if weight is not None:
@@ -221,11 +216,11 @@ class BNScaleL1(Regularizer):
         counts = {"penalized": 0, "kept": 0}
         with torch.no_grad():
             for gid, index in self._scales:
-                gamma = index.tensor(model)
+                gamma = index.weight_in(model)
                 if gamma is None:
                     continue
-                dim = index.dim(gamma)
-                positions, channels = index.on(gamma.device)
+                dim = index.axis(gamma)
+                positions, channels = index.positions_on(gamma.device)
                 values = gamma.index_select(dim, positions).abs().movedim(dim, 0)
                 values = values.reshape(len(positions), -1)
                 weight = self._channel_weight(gid, gamma.device, torch.bool)

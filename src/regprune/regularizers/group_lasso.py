@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from regprune.graph.groups import ChannelGroup
-from regprune.regularizers._slices import SliceIndex, index_groups, sum_except, zero_like_model
+from regprune.regularizers._slices import index_groups, sum_except, zero_like_model
 from regprune.regularizers.protocol import Regularizer
 
 
@@ -51,9 +51,7 @@ class GroupLasso(Regularizer):
         self.groups, _ = index_groups(groups)
         self.lam = float(lam)
         self.eps = float(eps)
-        self._indices = [
-            (group, [SliceIndex(sl, group.size) for sl in group.slices]) for group in self.groups
-        ]
+        self._indices = [(group, [sl for sl in group.slices]) for group in self.groups]
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
         """The group-lasso loss term, differentiable in every grouped parameter."""
@@ -84,16 +82,16 @@ class GroupLasso(Regularizer):
         for group, indices in self._indices:
             squared: torch.Tensor | None = None
             for index in indices:
-                tensor = index.tensor(model)
+                tensor = index.weight_in(model)
                 if tensor is None:
                     continue
-                dim = index.dim(tensor)
-                key = (index.slice.module, index.slice.param, dim)
+                dim = index.axis(tensor)
+                key = (index.module, index.param, dim)
                 per_index = per_index_cache.get(key)
                 if per_index is None:
                     per_index = sum_except(tensor.square(), dim)
                     per_index_cache[key] = per_index
-                positions, channels = index.on(tensor.device)
+                positions, channels = index.positions_on(tensor.device)
                 if squared is None:
                     squared = per_index.new_zeros(group.size)
                 values = per_index.index_select(0, positions).to(squared.dtype)

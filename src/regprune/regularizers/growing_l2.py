@@ -19,7 +19,6 @@ from torch import nn
 
 from regprune.graph.groups import ChannelGroup
 from regprune.regularizers._slices import (
-    SliceIndex,
     along,
     index_groups,
     sum_except,
@@ -413,8 +412,8 @@ class _GroupTarget:
     def __init__(self, group: ChannelGroup) -> None:
         self.group = group
         self.shape: tuple[int, ...] = (group.size,)
-        self.penalized = [SliceIndex(s, group.size) for s in group.slices_with_role("out", "norm")]
-        self.ranked = [SliceIndex(s, group.size) for s in group.slices_with_role("out")]
+        self.penalized = [s for s in group.slices_with_role("out", "norm")]
+        self.ranked = [s for s in group.slices_with_role("out")]
         if not self.ranked:
             raise ValueError(
                 f"group {group.id} has no 'out' slice, so its channels have no magnitude to "
@@ -430,12 +429,12 @@ class _GroupTarget:
         count = torch.zeros(self.group.size, dtype=torch.float64)
         seen = False
         for index in self.ranked:
-            tensor = index.tensor(model)
+            tensor = index.weight_in(model)
             if tensor is None:
                 continue
             seen = True
-            dim = index.dim(tensor)
-            positions, channels = index.on(tensor.device)
+            dim = index.axis(tensor)
+            positions, channels = index.positions_on(tensor.device)
             per_index = sum_except(tensor.detach().abs(), dim).index_select(0, positions)
             entries = tensor.numel() // max(tensor.shape[dim], 1) if tensor.dim() else 1
             entries_per_index = torch.full_like(per_index, float(entries), dtype=torch.float64)
@@ -447,14 +446,14 @@ class _GroupTarget:
 
     def add_grad(self, model: nn.Module, layer: _LayerState, lams: tuple[float, float]) -> None:
         for index in self.penalized:
-            param = index.tensor(model, leaf=True)
+            param = index.weight_in(model, leaf=True)
             if param is None:
                 continue
             grad = writable_grad(param)
             if grad is None:
                 continue
-            dim = index.dim(param)
-            positions, channels = index.on(param.device)
+            dim = index.axis(param)
+            positions, channels = index.positions_on(param.device)
             weights = param.detach().index_select(dim, positions)
             grad.index_add_(
                 dim, positions, weights * self._lambdas_at(layer, lams, param, dim, channels)
@@ -465,11 +464,11 @@ class _GroupTarget:
     ) -> torch.Tensor | None:
         total: torch.Tensor | None = None
         for index in self.penalized:
-            param = index.tensor(model)
+            param = index.weight_in(model)
             if param is None:
                 continue
-            dim = index.dim(param)
-            positions, channels = index.on(param.device)
+            dim = index.axis(param)
+            positions, channels = index.positions_on(param.device)
             weights = param.index_select(dim, positions)
             lam = self._lambdas_at(layer, lams, param, dim, channels)
             term = 0.5 * (lam * weights.square()).sum()

@@ -25,8 +25,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from regprune.graph.groups import ChannelGroup
-from regprune.regularizers._slices import SliceIndex, index_groups, zero_like_model
+from regprune.graph.groups import ChannelGroup, ParamSlice
+from regprune.regularizers._slices import index_groups, zero_like_model
 from regprune.regularizers.protocol import Regularizer
 
 HGSRVariant = Literal["squared", "sqrt", "l1_2", "exclusive"]
@@ -100,8 +100,7 @@ class HierarchicalGroupSparsity(Regularizer):
         self.l1 = bool(l1)
         self.balance = float(balance)
         self._reads = [
-            (group, [SliceIndex(s, group.size) for s in group.slices if s.role == "in"])
-            for group in self.groups
+            (group, [s for s in group.slices if s.role == "in"]) for group in self.groups
         ]
         self._reads = [(group, reads) for group, reads in self._reads if reads]
         read = {group.id for group, _ in self._reads}
@@ -137,7 +136,7 @@ class HierarchicalGroupSparsity(Regularizer):
                 squared = torch.zeros(group.size, dtype=torch.float64)
                 for index in reads:
                     rows = _rows(index, model)
-                    positions, channels = index.on(rows.device)
+                    positions, channels = index.positions_on(rows.device)
                     per_position = rows.square().sum(dim=(1, 2)).index_select(0, positions)
                     squared.index_add_(0, channels.cpu(), per_position.double().cpu())
                 norms[group.id] = squared.sqrt()
@@ -158,7 +157,7 @@ class HierarchicalGroupSparsity(Regularizer):
         for group, reads in self._reads:
             for index in reads:
                 rows = _rows(index, model)
-                positions, channels = index.on(rows.device)
+                positions, channels = index.positions_on(rows.device)
                 inner = self._inner(rows.index_select(0, positions))  # [positions, out]
                 per_channel = inner.new_zeros(group.size).index_add(0, channels, inner.sum(1))
                 sums[key] = per_channel
@@ -177,21 +176,21 @@ class HierarchicalGroupSparsity(Regularizer):
         for _, reads in self._reads:
             for index in reads:
                 rows = _rows(index, model)
-                positions, _ = index.on(rows.device)
+                positions, _ = index.positions_on(rows.device)
                 term = rows.index_select(0, positions).abs().sum()
                 total = term if total is None else total + term
         assert total is not None
         return total
 
 
-def _rows(index: SliceIndex, model: nn.Module) -> torch.Tensor:
+def _rows(index: ParamSlice, model: nn.Module) -> torch.Tensor:
     """The consumer tensor as ``[in, out, kernel]``: the sliced dim first, then the next dim
     (a conv's or linear's outputs, a transposed conv's outputs after its inputs), the rest
     flattened into the kernel."""
-    tensor = index.tensor(model)
+    tensor = index.weight_in(model)
     if tensor is None:
-        raise ValueError(f"{index.slice.module}.{index.slice.param} is a buffer, not a weight")
-    moved = tensor.movedim(index.dim(tensor), 0)
+        raise ValueError(f"{index.module}.{index.param} is a buffer, not a weight")
+    moved = tensor.movedim(index.axis(tensor), 0)
     if moved.dim() == 1:
         return moved.reshape(-1, 1, 1)
     return moved.reshape(moved.shape[0], moved.shape[1], -1)

@@ -25,7 +25,7 @@ from torch.nn.utils import parametrize
 
 from regprune.graph.groups import ChannelGroup
 from regprune.layers import weight_layers
-from regprune.regularizers._slices import SliceIndex, index_groups
+from regprune.regularizers._slices import index_groups
 from regprune.regularizers.protocol import Regularizer
 
 BETA = 2.0 / 3.0
@@ -415,12 +415,11 @@ class L0Regularizer(Regularizer):
             size = torch.zeros(group.size, dtype=torch.float64)
             device = torch.device("cpu")
             for param_slice in group.slices:
-                index = SliceIndex(param_slice, group.size)
-                tensor = index.tensor(self.model)
+                tensor = param_slice.weight_in(self.model)
                 if tensor is None:
                     continue
-                dim = index.dim(tensor)
-                positions, channels = index.on(torch.device("cpu"))
+                dim = param_slice.axis(tensor)
+                positions, channels = param_slice.positions_on(torch.device("cpu"))
                 entries = tensor.numel() / tensor.shape[dim] if tensor.dim() else 1.0
                 size.index_add_(0, channels, torch.full((len(positions),), entries).double())
                 if param_slice.role != "in":
