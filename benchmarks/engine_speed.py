@@ -28,7 +28,6 @@ import gc
 import io
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,9 @@ from typing import Any
 
 import torch
 import torchvision
+
+from regprune.report import describe_machine
+from regprune.report import machine_info as shared_machine_info
 
 MODELS = [
     "resnet18",
@@ -313,23 +315,10 @@ def run_side(side: str, name: str, args: argparse.Namespace, source: str | None)
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    from importlib.metadata import version
-
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "threads": 1,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "torch_pruning": version("torch-pruning"),
-    }
+    """The shared machine description; ``threads`` is the workers' (one torch thread each)."""
+    info = shared_machine_info(["torchvision", "torch-pruning"])
+    info["threads"] = 1
+    return info
 
 
 def summarize_coverage(
@@ -408,10 +397,8 @@ def render(report: dict[str, Any]) -> str:
             else ""
         )
         + "  ",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores (shared), "
-        f"{machine['threads']} torch thread per process, Python {machine['python']}, "
-        f"torch {machine['torch']}, torchvision {machine['torchvision']}, "
-        f"torch-pruning {machine['torch_pruning']}.  ",
+        f"Machine: {describe_machine(machine)} (cores shared with other jobs; one torch "
+        "thread per worker process).  ",
         f"Load average (1/5/15 min) at start: {report['load_start']}, at end: "
         f"{report['load_end']}; per model below. Coverage job running during the run: "
         f"{report['coverage_job_running']}.",

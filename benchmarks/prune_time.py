@@ -56,6 +56,8 @@ from benchmarks.engine_speed import (
     worker_tp,
 )
 
+from regprune.report import describe_machine
+
 MODELS = (
     "resnet18",
     "resnet50",
@@ -153,9 +155,8 @@ def render(report: dict[str, Any]) -> str:
         f"Command: `{report['command']}`  ",
         f"Date: {report['date']}  ",
         f"regprune: {report['commit']}  ",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores (shared with other jobs), 1 torch "
-        f"thread per process, Python {machine['python']}, torch {machine['torch']}, "
-        f"torchvision {machine['torchvision']}, torch-pruning {machine['torch_pruning']}.  ",
+        f"Machine: {describe_machine(machine)} (cores shared with other jobs; one torch "
+        "thread per process).  ",
         f"Load average (1/5/15 min) at start: {report['load_start']}, at end: "
         f"{report['load_end']}.",
         "",
