@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from regprune.allocation import Plan
 from regprune.api import make_plan
 from regprune.graph import DependencyGraph
+from regprune.inputs import call_model, iter_tensors
+from regprune.structures import value_mismatch
 from regprune.surgery import apply_plan, zero_channels
 
 
@@ -21,7 +25,7 @@ def exact_only(graph: DependencyGraph, plan: Plan) -> Plan:
 
 def exact_plan(
     model: nn.Module,
-    x: torch.Tensor,
+    x: Any,
     ratio: float,
     importance: str = "random",
     seed: int = 0,
@@ -34,7 +38,7 @@ def exact_plan(
 
 def check_exact(
     model: nn.Module,
-    x: torch.Tensor,
+    x: Any,
     ratio: float,
     importance: str = "random",
     seed: int = 0,
@@ -42,6 +46,9 @@ def check_exact(
     atol: float = 1e-4,
 ) -> tuple[nn.Module, Plan]:
     """Prune ``model`` at ``ratio`` and assert the exactness contract; return the pruned model.
+
+    ``x`` is the model's example inputs (a tensor, a tuple of arguments, a CallArgs); outputs
+    of any structure are compared leaf by leaf, with a tolerance scaled by the largest output.
 
     The plan must drop at least one channel: with nothing dropped the check would compare the
     model with itself. Callers where that can legitimately happen (a tiny ratio, only
@@ -58,14 +65,11 @@ def check_exact(
     # model (a saturated ReLU6) would otherwise be folded, which the zeroed reference is not
     pruned = apply_plan(model, graph, plan, compensate=None)
     with torch.no_grad():
-        expected = reference(x)
-        got = pruned(x)
-    assert got.shape == expected.shape
-    scale = expected.abs().max().clamp(min=1.0)
-    assert torch.allclose(got, expected, atol=atol * float(scale), rtol=1e-4), (
-        f"max abs diff {(got - expected).abs().max():.3g} after dropping "
-        f"{plan.num_dropped()} channels"
-    )
+        expected = call_model(reference, x)
+        got = call_model(pruned, x)
+    scale = max([float(t.abs().max()) for t in iter_tensors(expected) if t.numel()] + [1.0])
+    problem = value_mismatch(got, expected, atol=atol * scale, rtol=1e-4)
+    assert problem is None, f"{problem} after dropping {plan.num_dropped()} channels"
     return pruned, plan
 
 

@@ -193,9 +193,30 @@ def test_prune_gives_what_its_steps_give_run_one_by_one(target: dict) -> None:
 
 def test_the_check_rejects_a_model_that_fails_or_changes_its_output_shapes() -> None:
     x = torch.randn(1, 4)
-    want = [torch.empty(1, 3, device="meta")]
+    want = torch.empty(1, 3, device="meta")
     check_runs(nn.Linear(4, 3), x, want)
-    with pytest.raises(RuntimeError, match="outputs have shapes"):
+    with pytest.raises(RuntimeError, match=r"at the output: shape \(1, 2\), expected \(1, 3\)"):
         check_runs(nn.Linear(4, 2), x, want)
     with pytest.raises(RuntimeError, match="fails on the example inputs"):
         check_runs(nn.Linear(5, 3), x, want)
+
+
+class _Heads(nn.Module):
+    """A dict of a varying number of boxes and a fixed-width map: what a detector returns."""
+
+    def __init__(self, width: int = 3) -> None:
+        super().__init__()
+        self.box = nn.Linear(4, width)
+
+    def forward(self, x: torch.Tensor, rows: int = 2) -> list[dict[str, torch.Tensor]]:
+        return [{"boxes": self.box(x).expand(rows, -1), "map": x}]
+
+
+def test_the_check_compares_structures_and_lets_the_number_of_boxes_vary() -> None:
+    x = torch.randn(1, 4)
+    want = [{"boxes": torch.empty(2, 3, device="meta"), "map": torch.empty(1, 4, device="meta")}]
+    check_runs(_Heads(), (x, 5), want)  # five boxes found instead of two: a detector's right
+    with pytest.raises(RuntimeError, match=r"at \[0\]\['boxes'\]: shape \(2, 2\), expected"):
+        check_runs(_Heads(width=2), x, want)
+    with pytest.raises(RuntimeError, match=r"at \[0\]: keys \['boxes', 'map'\], expected"):
+        check_runs(_Heads(), x, [{"boxes": want[0]["boxes"], "mask": want[0]["map"]}])

@@ -207,11 +207,6 @@ def test_keyword_and_nested_arguments_are_traced_into() -> None:
     assert rp.trace_graph(model, (X, {"bias": bias})).groups[0].size == 8
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="surgery.compensate.probe_inputs reads every positional argument as a tensor "
-    "(x.is_floating_point() on the image list); api.check_runs compares box counts",
-)
 def test_a_detector_is_pruned_and_runs_on_images_of_other_sizes() -> None:
     torch.manual_seed(0)
     model = TinyDetector().eval()

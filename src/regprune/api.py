@@ -14,9 +14,10 @@ from torch import nn
 from regprune.allocation import MacsModel, Plan, Target, allocate
 from regprune.graph import DependencyGraph, trace_graph
 from regprune.importance import Importance, get_importance
-from regprune.inputs import as_input_tuple, iter_tensors
+from regprune.inputs import call_model, map_tensors
 from regprune.metrics import MacsCounter, count
 from regprune.modes import eval_mode
+from regprune.structures import structure_mismatch
 from regprune.surgery import CompensationReport
 from regprune.surgery.apply import compensate_cuts, cut_model, kept_components
 from regprune.surgery.compensate import (
@@ -84,24 +85,31 @@ def make_plan(
 
 
 def check_runs(model: nn.Module, example_inputs: Any, expected: Any) -> None:
-    """Run the pruned model once; its outputs must have the shapes of ``expected``'s tensors
-    (the original outputs, or anything with their shapes: meta tensors will do)."""
+    """Run the pruned model once; its outputs must have the structure of ``expected`` (the
+    original outputs, or the same structure of meta tensors: only shapes are compared).
+
+    The same containers, keys and lengths, and at every tensor the same dtype and shape, except
+    the first dim: a detector returns as many boxes as its weights find, so a pruned detector's
+    count may differ (``rows_may_vary``); the pruned width shows in the other dims.
+
+    Raises:
+        RuntimeError: the pruned model fails on the example inputs, or its outputs differ in
+            structure, naming where (``at [0]['boxes']: shape (3, 5), expected (3, 4)``).
+    """
     try:
         with eval_mode(model), torch.no_grad():
-            output = model(*as_input_tuple(example_inputs))
+            output = call_model(model, example_inputs)
     except Exception as error:
         raise RuntimeError(
             f"the pruned model fails on the example inputs ({error}); please report this "
             "model, and pass ignore=[...] for the layer named in the error meanwhile"
         ) from error
-    got = [t.shape for t in _tensors(output)]
-    want = [t.shape for t in _tensors(expected)]
-    if got != want:
-        raise RuntimeError(f"the pruned model's outputs have shapes {got}, expected {want}")
-
-
-def _tensors(value: Any) -> list[torch.Tensor]:
-    return list(iter_tensors(value))
+    problem = structure_mismatch(output, expected, rows_may_vary=True)
+    if problem is not None:
+        raise RuntimeError(
+            f"the pruned model's outputs differ from the original's {problem}; please report "
+            "this model, and pass ignore=[...] for the layer that produces that output meanwhile"
+        )
 
 
 @dataclass
@@ -109,7 +117,7 @@ class _OriginalRun:
     """What the one forward of the original model on the example inputs told."""
 
     macs: int
-    outputs: list[torch.Tensor]  # on the meta device: the check needs their shapes only
+    outputs: Any  # the output's structure, tensors on the meta device: the check needs no values
     input_stats: dict[str, InputStats] | None
 
 
@@ -134,10 +142,10 @@ def _run_original(
         MacsCounter(model) as counter,
         observer or contextlib.nullcontext(),
     ):
-        output = model(*as_input_tuple(example_inputs))
+        output = call_model(model, example_inputs)
     return _OriginalRun(
         macs=counter.result().macs,
-        outputs=[t.to("meta") for t in iter_tensors(output)],
+        outputs=map_tensors(lambda t: t.to("meta"), output),
         input_stats=observer.stats if observer is not None else None,
     )
 
@@ -211,7 +219,12 @@ def prune(
 
     Args:
         model: the model to prune; it is left untouched.
-        example_inputs: a tensor or tuple of tensors the model accepts (batch 1 is enough).
+        example_inputs: the model's arguments, as ``torch.export`` takes them (batch 1 is
+            enough): a tensor for ``model(x)``; a tuple of positional arguments, each a tensor
+            or any nesting of lists, tuples and dicts of tensors (``(x, mask)``, or ``([img],)``
+            for a torchvision detector, whose one argument is a list of images);
+            ``CallArgs(x, mask=m)`` for keyword arguments. A bare list is refused: ``[x]``
+            could mean either of the first two. See :mod:`regprune.inputs`.
         ratio: fraction of channels to remove, in [0, 1).
         target_macs: fraction of the MACs to keep, in (0, 1]; met within 1%.
         importance: ``l1``, ``l2``, ``bn_scale``, ``fpgm``, ``random`` or an Importance.
@@ -227,7 +240,8 @@ def prune(
         calibration: batches (``inputs`` or ``(inputs, targets)``) for ``compensate="mean"``.
 
     Returns:
-        A new, physically smaller ``nn.Module`` with the same output shapes.
+        A new, physically smaller ``nn.Module`` whose outputs have the original's structure
+        and shapes (a detector's number of boxes may differ: it depends on the weights).
 
     Example:
         >>> small = regprune.prune(model, torch.randn(1, 3, 32, 32), target_macs=0.5)

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from regprune.inputs import ExampleInputs, as_input_tuple
+from regprune.inputs import CallArgs, ExampleInputs, as_call_args, iter_tensors
 from regprune.modes import eval_mode
 
 
@@ -52,9 +52,9 @@ def _outputs(value: Any) -> list[torch.Tensor]:
     raise TypeError(f"model outputs must be tensors, tuples, lists or dicts, got {type(value)}")
 
 
-def _eager_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+def _eager_outputs(model: nn.Module, call: CallArgs) -> list[torch.Tensor]:
     with eval_mode(model), torch.no_grad():
-        return [t.detach().cpu() for t in _outputs(model(*inputs))]
+        return [t.detach().cpu() for t in _outputs(model(*call.args, **call.kwargs))]
 
 
 @contextlib.contextmanager
@@ -101,13 +101,17 @@ def export_onnx(
     The export runs in eval mode (BN with running statistics, no dropout, as deployed); every
     module's train/eval flag is restored afterwards. Attention modules are exported through
     their composite path (the fused inference kernel has no ONNX form; see the module
-    docstring). Inputs are named ``input_0``, ``input_1``...,
-    outputs ``output_0``...; dimension 0 of each is the symbolic ``batch``, so the file accepts
-    any batch size, not only the example's.
+    docstring). The file's inputs are the tensors inside ``example_inputs`` in pytree order
+    (nested ones flattened, as the exporter does), named ``input_0``, ``input_1``...; outputs
+    ``output_0``.... Dimension 0 of every output and of every argument that is itself a tensor
+    is the symbolic ``batch``, so the file accepts any batch size, not only the example's;
+    tensors nested inside an argument (a detector's images, ``CHW``) are not batch-first and
+    keep their shapes.
 
     Args:
         model: the (pruned) model; left unchanged.
-        example_inputs: a tensor, or a tuple of tensors passed positionally.
+        example_inputs: the model's arguments as :func:`regprune.prune` takes them (a tensor,
+            a tuple of positional arguments of any nesting, or a CallArgs).
         path: the ``.onnx`` file to write (parent folders are created).
         opset: ONNX opset version.
 
@@ -119,13 +123,20 @@ def export_onnx(
         export_onnx(small, torch.randn(1, 3, 32, 32), "small.onnx")
         check_onnx(small, torch.randn(8, 3, 32, 32), "small.onnx")  # max abs diff
     """
-    inputs = as_input_tuple(example_inputs)
+    call = as_call_args(example_inputs)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    num_outputs = len(_eager_outputs(model, inputs))
-    input_names = [f"input_{i}" for i in range(len(inputs))]
+    num_outputs = len(_eager_outputs(model, call))
+    batch_first = {
+        id(x) for x in (*call.args, *call.kwargs.values()) if isinstance(x, torch.Tensor)
+    }
+    input_names, dynamic_axes = [], {}
+    for i, tensor in enumerate(iter_tensors(call)):
+        input_names.append(f"input_{i}")
+        if id(tensor) in batch_first:
+            dynamic_axes[f"input_{i}"] = {0: "batch"}
     output_names = [f"output_{i}" for i in range(num_outputs)]
-    dynamic_axes = {name: {0: "batch"} for name in input_names + output_names}
+    dynamic_axes.update({name: {0: "batch"} for name in output_names})
     with (
         eval_mode(model),
         torch.no_grad(),
@@ -138,8 +149,9 @@ def export_onnx(
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         torch.onnx.export(
             model,
-            inputs,
+            call.args,
             str(path),
+            kwargs=call.kwargs or None,
             input_names=input_names,
             output_names=output_names,
             dynamic_axes=dynamic_axes,
@@ -161,7 +173,7 @@ def check_onnx(
 
     Args:
         model: the PyTorch model the file was exported from.
-        example_inputs: inputs for both (a tensor or a tuple of tensors).
+        example_inputs: inputs for both, as :func:`export_onnx` takes them.
         path: the ``.onnx`` file.
         atol: largest acceptable absolute difference of any output element.
 
@@ -177,12 +189,12 @@ def check_onnx(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no ONNX file at {path}; write it with export_onnx first")
-    inputs = as_input_tuple(example_inputs)
-    expected = _eager_outputs(model, inputs)
+    call = as_call_args(example_inputs)
+    expected = _eager_outputs(model, call)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {
         spec.name: x.detach().cpu().numpy()
-        for spec, x in zip(session.get_inputs(), inputs, strict=True)
+        for spec, x in zip(session.get_inputs(), iter_tensors(call), strict=True)
     }
     got = [torch.from_numpy(array) for array in session.run(None, feeds)]
     return _max_abs_diff(expected, got, f"onnxruntime on {path}", atol)
@@ -199,7 +211,7 @@ def check_compile(
 
     Args:
         model: the (pruned) model.
-        example_inputs: a tensor, or a tuple of tensors passed positionally.
+        example_inputs: the model's arguments as :func:`regprune.prune` takes them.
         atol: largest acceptable absolute difference of any output element.
         backend: ``torch.compile`` backend; ``"inductor"`` is what deployment uses,
             ``"eager"`` / ``"aot_eager"`` isolate graph capture from code generation when
@@ -211,9 +223,9 @@ def check_compile(
     Raises:
         ExportCheckError: different outputs beyond ``atol``.
     """
-    inputs = as_input_tuple(example_inputs)
-    expected = _eager_outputs(model, inputs)
+    call = as_call_args(example_inputs)
+    expected = _eager_outputs(model, call)
     compiled = torch.compile(model, backend=backend)
     with eval_mode(model), torch.no_grad():
-        got = [t.detach().cpu() for t in _outputs(compiled(*inputs))]
+        got = [t.detach().cpu() for t in _outputs(compiled(*call.args, **call.kwargs))]
     return _max_abs_diff(expected, got, "torch.compile", atol)

@@ -525,11 +525,16 @@ def test_ignoring_the_model_itself_is_refused(entry: str) -> None:
         rp.prune(model, X, ratio=0.5, ignore=[model if entry == "model" else ""])
 
 
-def test_a_list_of_tensors_works_and_the_message_says_so() -> None:
+def test_a_tuple_of_tensors_works_and_a_list_is_refused_as_ambiguous() -> None:
+    """``[x]`` could be the model's arguments or its one argument, a list (a detector's
+    images): a wrong guess would fail deep in the model, so the message names both tuples."""
     model = small_cnn()
-    assert rp.prune(model, [X], ratio=0.5)(X).shape == model(X).shape
-    with pytest.raises(TypeError, match="a non-empty tuple or list of tensors"):
+    assert rp.prune(model, (X,), ratio=0.5)(X).shape == model(X).shape
+    with pytest.raises(TypeError, match=r"a list is ambiguous, so write a tuple: \(x, y\)"):
+        rp.prune(model, [X], ratio=0.5)
+    with pytest.raises(TypeError, match=r"got a dict; pass \(\{\.\.\.\},\) .* CallArgs"):
         rp.prune(model, {"x": X}, ratio=0.5)
+    assert not has_hooks(model)
 
 
 def test_an_empty_batch_is_named_not_blamed_on_a_layer() -> None:

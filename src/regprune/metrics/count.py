@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from regprune.inputs import ExampleInputs, as_input_tuple
+from regprune.inputs import ExampleInputs, as_call_args
 from regprune.layers import MacsFormula, macs_formula_for
 from regprune.modes import eval_mode
 
@@ -167,7 +167,8 @@ def count(model: nn.Module, example_inputs: ExampleInputs, per_layer: bool = Fal
 
     Args:
         model: any ``nn.Module``; may be on any device, including ``meta``.
-        example_inputs: a tensor, or a tuple of tensors passed positionally.
+        example_inputs: the model's arguments as :func:`regprune.prune` takes them: a tensor,
+            a tuple of positional arguments of any nesting (``([img],)``), or a CallArgs.
         per_layer: also return a :class:`LayerCount` for every counted module that ran.
 
     Returns:
@@ -178,9 +179,9 @@ def count(model: nn.Module, example_inputs: ExampleInputs, per_layer: bool = Fal
         cost = count(torchvision.models.resnet18(), torch.randn(1, 3, 224, 224))
         format_count(cost.macs), format_count(cost.params)  # ('1.81 G', '11.69 M')
     """
-    inputs = as_input_tuple(example_inputs)
+    call = as_call_args(example_inputs)
     with eval_mode(model), torch.no_grad(), MacsCounter(model) as counter:
-        model(*inputs)
+        model(*call.args, **call.kwargs)
     return counter.result(per_layer=per_layer)
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from regprune.inputs import ExampleInputs, as_input_tuple
+from regprune.inputs import CallArgs, ExampleInputs, as_call_args, iter_tensors
 from regprune.modes import eval_mode
 
 
@@ -31,7 +31,9 @@ class Latency:
         std_ms: sample standard deviation (0 for a single repeat).
         p90_ms: 90th percentile (linear interpolation between order statistics).
         repeats: number of timed calls.
-        batch_size: leading dimension of the first input (1 for a scalar input).
+        batch_size: samples per call: the length of the first argument if it is a list (a
+            detector's list of images), else the leading dimension of its first tensor (1 for
+            a scalar).
     """
 
     median_ms: float
@@ -54,14 +56,15 @@ def measure_latency(
     repeats: int = 20,
     threads: int | None = None,
 ) -> Latency:
-    """Time ``model(*example_inputs)``.
+    """Time the model's forward on ``example_inputs``.
 
     The model and inputs are used where they are (move both to the device to measure first).
     Every module's train/eval flag and the torch thread count are restored afterwards.
 
     Args:
         model: the module to time.
-        example_inputs: a tensor, or a tuple of tensors passed positionally.
+        example_inputs: the model's arguments as :func:`regprune.prune` takes them: a tensor,
+            a tuple of positional arguments of any nesting (``([img],)``), or a CallArgs.
         warmup: untimed calls before timing (>= 0).
         repeats: timed calls (>= 1).
         threads: CPU threads for intra-op parallelism while timing (``torch.set_num_threads``);
@@ -82,8 +85,8 @@ def measure_latency(
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1 or None, got {threads}")
-    inputs = as_input_tuple(example_inputs)
-    synchronize = _synchronizer(inputs, model)
+    call = as_call_args(example_inputs)
+    synchronize = _synchronizer(call, model)
 
     previous_threads = torch.get_num_threads()
     times_ms: list[float] = []
@@ -92,30 +95,37 @@ def measure_latency(
             torch.set_num_threads(threads)
         with eval_mode(model), torch.inference_mode():
             for _ in range(warmup):
-                model(*inputs)
+                model(*call.args, **call.kwargs)
             synchronize()
             for _ in range(repeats):
                 start = time.perf_counter()
-                model(*inputs)
+                model(*call.args, **call.kwargs)
                 synchronize()
                 times_ms.append((time.perf_counter() - start) * 1e3)
     finally:
         torch.set_num_threads(previous_threads)
 
-    first = inputs[0]
     return Latency(
         median_ms=statistics.median(times_ms),
         mean_ms=statistics.fmean(times_ms),
         std_ms=statistics.stdev(times_ms) if len(times_ms) > 1 else 0.0,
         p90_ms=_percentile(times_ms, 0.9),
         repeats=repeats,
-        batch_size=first.shape[0] if first.dim() > 0 else 1,
+        batch_size=_batch_size(call),
     )
 
 
-def _synchronizer(inputs: tuple[torch.Tensor, ...], model: nn.Module) -> Callable[[], None]:
+def _batch_size(call: CallArgs) -> int:
+    first = call.args[0] if call.args else next(iter(call.kwargs.values()))
+    if isinstance(first, list):
+        return len(first)
+    tensor = next(iter_tensors(first), None)
+    return tensor.shape[0] if tensor is not None and tensor.dim() > 0 else 1
+
+
+def _synchronizer(call: CallArgs, model: nn.Module) -> Callable[[], None]:
     """A no-op on CPU; ``torch.cuda.synchronize`` for every CUDA device in use."""
-    devices = {x.device for x in inputs}
+    devices = {x.device for x in iter_tensors(call)}
     devices.update(p.device for p in model.parameters())
     cuda = sorted({d for d in devices if d.type == "cuda"}, key=str)
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from regprune.inputs import as_input_tuple
+from regprune.inputs import CallArgs, as_call_args, map_tensors
 from regprune.modes import eval_mode
 
 if TYPE_CHECKING:
@@ -144,30 +144,40 @@ class InputStats:
         return torch.where(spread > 0, torch.inf, 0.0).double()
 
 
-def probe_inputs(example_inputs: Any, seed: int = 0) -> list[tuple[tuple[torch.Tensor, ...], None]]:
+def probe_inputs(example_inputs: Any, seed: int = 0) -> list[tuple[CallArgs, None]]:
     """The example inputs and a perturbed copy, as ``(inputs, None)`` batches: enough to tell a
-    constant from a signal."""
-    inputs = as_input_tuple(example_inputs)
+    constant from a signal.
+
+    Every floating tensor inside the arguments is perturbed, wherever it is nested (a
+    detector's list of images); integer tensors (token ids, labels) and constants are kept.
+    """
+    call = as_call_args(example_inputs)
     generator = torch.Generator().manual_seed(seed)
-    perturbed = []
-    for x in inputs:
+
+    def perturb(x: torch.Tensor) -> torch.Tensor:
         if not x.is_floating_point():
-            perturbed.append(x)
-            continue
+            return x
         std = float(x.std()) if x.numel() > 1 else 0.0
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-        perturbed.append(x + noise * (std if std > 0 else 1.0))
-    return [(inputs, None), (tuple(perturbed), None)]
+        return x + noise * (std if std > 0 else 1.0)
+
+    return [(call, None), (map_tensors(perturb, call), None)]
 
 
-def _batch_inputs(batch: Any) -> tuple[torch.Tensor, ...]:
+def _batch_inputs(batch: Any) -> CallArgs:
     """A calibration batch is an input tensor, or ``(inputs, targets)`` as the training data
-    yields it (CalibrationData), where ``inputs`` is a tensor or a tuple of the model's
-    positional tensors (``((x1, x2), y)`` for a model of two inputs)."""
+    yields it (CalibrationData), where ``inputs`` is what :func:`regprune.prune` takes as
+    example inputs (``((x1, x2), y)`` for a model of two inputs, ``(CallArgs(...), y)``)."""
     if isinstance(batch, torch.Tensor):
-        return (batch,)
+        return as_call_args(batch)
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return as_input_tuple(batch[0])
+        inputs = batch[0]
+        # PyTorch's default DataLoader collation turns every tuple into a list, so
+        # ``((x1, x2), y)`` arrives as ``[[x1, x2], y]``; a list here can only be that tuple
+        # (example inputs refuse bare lists as ambiguous, but a loader cannot yield anything else)
+        if isinstance(inputs, list):
+            inputs = tuple(inputs)
+        return as_call_args(inputs)
     raise TypeError(
         "calibration batches must be input tensors or (inputs, targets) pairs, got "
         f"{type(batch).__name__}"
@@ -255,8 +265,8 @@ def measure_inputs(
         observer.stats = {name: stats[name] for name in names}
     with eval_mode(model), torch.no_grad(), observer:
         for batch in batches:
-            inputs = tuple(x.to(device) for x in _batch_inputs(batch))
-            model(*inputs)
+            call = map_tensors(lambda x: x.to(device), _batch_inputs(batch))
+            model(*call.args, **call.kwargs)
     return observer.stats
 
 
