@@ -10,10 +10,13 @@ so anything ``torch.export`` can flatten is compared the same way.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
+from torch import nn
 
 
 def flatten_with_paths(value: Any) -> list[tuple[str, Any]]:
@@ -92,6 +95,36 @@ def value_mismatch(got: Any, want: Any, *, atol: float = 1e-5, rtol: float = 1e-
         elif g != w:
             return f"{where}: {g!r}, expected {w!r}"
     return None
+
+
+@contextlib.contextmanager
+def recorded_outputs(model: nn.Module, names: Iterable[str]) -> Iterator[dict[str, list[Any]]]:
+    """Record what the named submodules return while the caller runs ``model``: name -> one
+    output per call (a head shared across pyramid levels is called once per level).
+
+    Why: a detector's final outputs pass through score thresholds, top-k and NMS, so two models
+    that compute the same features up to rounding may still return different boxes; the
+    outputs of its backbone and of its heads' raw predictions come before any of that and can
+    be compared with :func:`value_mismatch`. Hooks are removed on exit.
+
+    Example:
+        >>> with recorded_outputs(detector, ["backbone", "rpn.head"]) as outputs:
+        ...     detector([image])
+        >>> outputs["rpn.head"][0]  # (objectness per level, box deltas per level)
+    """
+    outputs: dict[str, list[Any]] = {name: [] for name in names}
+    handles = []
+    try:
+        for name in outputs:
+            handles.append(
+                model.get_submodule(name).register_forward_hook(
+                    lambda module, args, output, calls=outputs[name]: calls.append(output)
+                )
+            )
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _spec_difference(got: pytree.TreeSpec, want: pytree.TreeSpec, path: str) -> str:

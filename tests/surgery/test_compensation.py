@@ -17,6 +17,7 @@ from regprune.surgery import (
     rebuild_optimizer,
     silence_channels,
 )
+from regprune.surgery.compensate import probe_inputs
 from tests.exactness import exact_plan
 from tests.zoo import ZOO, randomize_norms
 
@@ -188,6 +189,23 @@ def test_calibration_batches_of_a_two_input_model_and_bad_batches() -> None:
         assert torch.allclose(mean(x, scale).mean(0), model(x, scale).mean(0), atol=1e-5)
     with pytest.raises(TypeError, match="calibration batches must be input tensors or"):
         apply_plan(model, graph, plan, compensate="mean", calibration=[3])
+    # a DataLoader's default collation yields ((x, scale), y) as [[x, scale], y]
+    samples = [((x[i], scale[i]), 0) for i in range(32)]
+    loader = torch.utils.data.DataLoader(samples, batch_size=32)
+    collated = apply_plan(model, graph, plan, compensate="mean", calibration=loader)
+    assert torch.equal(collated.b.bias, mean.b.bias)
+
+
+def test_the_probe_perturbs_every_floating_tensor_wherever_it_is_nested() -> None:
+    """A detector's images sit in a list inside the first argument; token ids and constants
+    must reach the model as they were."""
+    image, ids = torch.rand(3, 8, 8), torch.arange(4)
+    (first, _), (perturbed, _) = probe_inputs(([image], ids, 2.0))
+    assert first.args[0][0] is image and first.args[1] is ids
+    assert (
+        not torch.equal(perturbed.args[0][0], image) and perturbed.args[0][0].shape == image.shape
+    )
+    assert perturbed.args[1] is ids and perturbed.args[2] == 2.0
 
 
 def test_a_stride_one_transposed_conv_takes_the_fold() -> None:

@@ -1,0 +1,187 @@
+"""Models beyond classifiers, as torchvision builds them and users call them: a detector on a list
+of images, segmenters returning a dict of maps, video networks, and RAFT on two frames returning
+a list of flows. Each is pruned with the defaults (no ignore list); the widths the task fixes
+(classes, box coordinates, anchors per location, flow) stay; and removing channels is checked
+against zeroing them, where the outputs are deterministic functions of the weights."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models import detection, optical_flow, segmentation, video
+
+import regprune as rp
+from regprune.inputs import call_model, iter_tensors
+from regprune.structures import recorded_outputs, value_mismatch
+from regprune.surgery import apply_plan, zero_channels
+from tests.exactness import check_exact, exact_only
+
+
+def check_exact_at(model: nn.Module, example: Any, names: list[str], ratio: float) -> None:
+    """The exactness contract on the outputs of submodules ``names``.
+
+    Why not the final outputs: a detector's boxes pass through score thresholds, top-k and NMS,
+    which may pick other boxes from scores equal up to rounding. Its heads' raw outputs (class
+    logits and box deltas per anchor or proposal) come before that, and their widths are fixed by
+    the task, so the pruned model's and the zeroed reference's can be compared value by value.
+    """
+    graph, plan = rp.make_plan(model, example, ratio=ratio, importance="random")
+    plan = exact_only(graph, plan)
+    assert plan.num_dropped() > 0
+    reference = zero_channels(model, graph, plan)
+    pruned = apply_plan(model, graph, plan, compensate=None)
+    recorded = []
+    for candidate in (reference, pruned):
+        with torch.no_grad(), recorded_outputs(candidate, names) as outputs:
+            call_model(candidate, example)
+        recorded.append(outputs)
+    want, got = recorded
+    assert all(want[name] for name in names), "a compared module was not called"
+    scale = max(float(t.abs().max()) for t in iter_tensors(want) if t.numel())
+    assert scale > 0
+    problem = value_mismatch(got, want, atol=1e-4 * scale, rtol=1e-4)
+    assert problem is None, f"{problem} after dropping {plan.num_dropped()} channels"
+
+
+# ---- detection --------------------------------------------------------------------------------
+
+
+def test_a_detector_keeps_its_task_widths_and_detects_on_other_image_sizes() -> None:
+    torch.manual_seed(0)
+    model = detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None)
+    model.eval()
+    example = ([torch.rand(3, 320, 320)],)
+    result = rp.prune_with_result(model, example, ratio=0.5)
+    small = result.model
+    assert result.macs_after < 0.8 * result.macs_before
+    assert small.rpn.head.cls_logits.out_channels == 15  # anchors per location
+    assert small.rpn.head.bbox_pred.out_channels == 60  # 4 coordinates per anchor
+    assert small.roi_heads.box_predictor.cls_score.out_features == 91  # COCO classes
+    assert small.roi_heads.box_predictor.bbox_pred.out_features == 364
+    assert small.roi_heads.box_head.fc6.out_features < 1024
+    assert model.roi_heads.box_head.fc6.out_features == 1024  # the caller's model untouched
+    with torch.no_grad():
+        detections = small([torch.rand(3, 320, 320), torch.rand(3, 256, 300)])
+    assert len(detections) == 2
+    for found in detections:
+        assert sorted(found) == ["boxes", "labels", "scores"]
+        assert found["boxes"].shape[1:] == (4,) and found["scores"].dim() == 1
+
+
+def test_a_detector_s_head_outputs_are_exact_with_zeroed_channels() -> None:
+    torch.manual_seed(0)
+    model = detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None)
+    example = ([torch.rand(3, 320, 320)],)
+    check_exact_at(model.eval(), example, ["rpn.head", "roi_heads.box_predictor"], ratio=0.5)
+
+
+# ---- segmentation -----------------------------------------------------------------------------
+
+
+def test_a_segmenter_keeps_its_classes_and_is_exact() -> None:
+    torch.manual_seed(0)
+    model = segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None).eval()
+    x = torch.rand(1, 3, 96, 96)
+    small, _ = check_exact(model, x, ratio=0.5)
+    assert small.classifier.low_classifier.out_channels == 21
+    assert small.classifier.high_classifier.out_channels == 21
+    pruned = rp.prune(model, x, ratio=0.5)
+    with torch.no_grad():
+        out = pruned(torch.rand(2, 3, 64, 80))
+    assert list(out) == ["out"] and out["out"].shape == (2, 21, 64, 80)
+
+
+# ---- video ------------------------------------------------------------------------------------
+
+
+def test_a_video_network_keeps_its_classes_and_is_exact() -> None:
+    torch.manual_seed(0)
+    model = video.r3d_18(weights=None).eval()
+    x = torch.rand(1, 3, 4, 56, 56)
+    small, _ = check_exact(model, x, ratio=0.5)
+    assert small.fc.out_features == 400
+    assert small.stem[0].out_channels < 64
+    result = rp.prune_with_result(model, x, ratio=0.5)
+    assert result.macs_after < 0.4 * result.macs_before
+
+
+# ---- optical flow -----------------------------------------------------------------------------
+
+
+def test_raft_takes_two_frames_returns_its_flows_and_is_exact() -> None:
+    torch.manual_seed(0)
+    model = optical_flow.raft_small(weights=None).eval()
+    frames = (torch.rand(1, 3, 128, 128), torch.rand(1, 3, 128, 128))  # RAFT's smallest
+    small, _ = check_exact(model, frames, ratio=0.5)
+    assert small.update_block.flow_head.conv2.out_channels == 2  # a flow is (dx, dy)
+    with torch.no_grad():
+        flows = small(*frames, num_flow_updates=3)
+    assert len(flows) == 3 and all(f.shape == (1, 2, 128, 128) for f in flows)
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+# ---- the rest of torchvision's tasks (slow: tens of seconds each) -------------------------------
+
+IMAGE = ([torch.rand(3, 320, 320)],)
+CLIP = torch.rand(1, 3, 8, 112, 112)
+HEADS = ["head"]
+TWO_STAGE_HEADS = ["rpn.head", "roi_heads.box_predictor"]
+SMALL_IMAGES = {"weights": None, "weights_backbone": None, "min_size": 320, "max_size": 320}
+"""Without min_size / max_size, these detectors' transform upscales every image to 800."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("build", "example", "compare_at"),
+    [
+        (
+            lambda: detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None),
+            IMAGE,
+            HEADS,
+        ),
+        (lambda: detection.retinanet_resnet50_fpn(**SMALL_IMAGES), IMAGE, HEADS),
+        (lambda: detection.fcos_resnet50_fpn(**SMALL_IMAGES), IMAGE, HEADS),
+        (lambda: detection.maskrcnn_resnet50_fpn(**SMALL_IMAGES), IMAGE, TWO_STAGE_HEADS),
+        (lambda: detection.keypointrcnn_resnet50_fpn(**SMALL_IMAGES), IMAGE, TWO_STAGE_HEADS),
+        (
+            lambda: segmentation.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None),
+            torch.rand(1, 3, 224, 224),
+            None,
+        ),
+        (
+            lambda: segmentation.fcn_resnet50(weights=None, weights_backbone=None),
+            torch.rand(1, 3, 224, 224),
+            None,
+        ),
+        (lambda: video.swin3d_t(weights=None), CLIP, None),
+        (lambda: video.mvit_v2_s(weights=None), torch.rand(1, 3, 16, 224, 224), None),
+    ],
+    ids=[
+        "ssdlite320",
+        "retinanet",
+        "fcos",
+        "maskrcnn",
+        "keypointrcnn",
+        "deeplabv3",
+        "fcn",
+        "swin3d_t",
+        "mvit_v2_s",
+    ],
+)
+def test_torchvision_task_models_prune_and_removal_is_exact(
+    build: Any, example: Any, compare_at: list[str] | None
+) -> None:
+    """Pruned with the defaults at 0.3 and 0.5 (``rp.prune`` checks the outputs' structure),
+    and exact where the outputs are deterministic: a detector's head outputs, else the output."""
+    torch.manual_seed(0)
+    model = build().eval()
+    for ratio in (0.3, 0.5):
+        result = rp.prune_with_result(model, example, ratio=ratio)
+        assert result.macs_after < result.macs_before
+    if compare_at is None:
+        check_exact(model, example, ratio=0.5)
+    else:
+        check_exact_at(model, example, compare_at, ratio=0.5)
