@@ -6,14 +6,13 @@ and the allowed range, and a section is read and checked in one place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 from regprune.allocation import Target
 from regprune.pipeline.typed import ConfigError
-from regprune.train import TrainConfig
-from regprune.train.optim import OPTIMIZERS, SCHEDULES
+from regprune.train import TrainConfig, TrainSettings
 
 if TYPE_CHECKING:
     from regprune.data import DataSplits
@@ -93,71 +92,22 @@ class ModelSection:
             check(key not in self.kwargs, f"{where}.kwargs.{key}", "is set from the data set")
 
 
-@dataclass
-class TrainSection:
-    """Settings of one training phase (``TrainConfig``); ``epochs: 0`` skips the phase."""
+@dataclass(kw_only=True)
+class TrainSection(TrainSettings):
+    """Settings of one training phase (:class:`regprune.train.TrainSettings`, the trainer's own
+    fields and rules); ``epochs: 0`` skips the phase."""
 
     epochs: int = 0
-    lr: float = 0.1
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    milestones: list[int] | None = None
-    gamma: float = 0.1
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None
-    amp: bool = False
 
     def validate(self, where: str) -> None:
         check(self.epochs >= 0, f"{where}.epochs", f"must be >= 0, got {self.epochs}")
-        check(self.lr > 0, f"{where}.lr", f"must be > 0, got {self.lr}")
-        check(
-            self.schedule in SCHEDULES,
-            f"{where}.schedule",
-            f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}",
-        )
-        check(
-            0.0 <= self.label_smoothing < 1.0,
-            f"{where}.label_smoothing",
-            f"must be in [0, 1), got {self.label_smoothing}",
-        )
-        check(
-            self.grad_clip is None or self.grad_clip > 0,
-            f"{where}.grad_clip",
-            f"must be > 0 or null, got {self.grad_clip}",
-        )
-        check(
-            self.optimizer in OPTIMIZERS,
-            f"{where}.optimizer",
-            f"must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}",
-        )
-        check(
-            not self.nesterov or (self.momentum > 0 and self.optimizer == "sgd"),
-            f"{where}.nesterov",
-            "needs optimizer sgd with momentum > 0",
-        )
+        for name, problem in self.problems():
+            check(False, f"{where}.{name}", problem)
 
     def train_config(self, device: str | None, progress: bool) -> TrainConfig:
         """The trainer's settings for this phase (only meaningful when ``epochs >= 1``)."""
-        milestones = tuple(self.milestones) if self.milestones is not None else None
-        return TrainConfig(
-            epochs=self.epochs,
-            lr=self.lr,
-            optimizer=self.optimizer,
-            momentum=self.momentum,
-            nesterov=self.nesterov,
-            weight_decay=self.weight_decay,
-            schedule=self.schedule,
-            milestones=milestones,
-            gamma=self.gamma,
-            label_smoothing=self.label_smoothing,
-            amp=self.amp,
-            grad_clip=self.grad_clip,
-            device=device,
-            progress=progress,
-        )
+        settings = {f.name: getattr(self, f.name) for f in fields(TrainSettings)}
+        return TrainConfig(epochs=self.epochs, device=device, progress=progress, **settings)
 
 
 @dataclass

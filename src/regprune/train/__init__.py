@@ -36,7 +36,7 @@ from regprune.train.engine import NonFiniteLossError, evaluate, train_one_epoch
 from regprune.train.metrics_log import MetricsLog
 from regprune.train.optim import build_optimizer, build_scheduler
 from regprune.train.seeding import seed_everything
-from regprune.train.trainer import TrainConfig, Trainer
+from regprune.train.trainer import TrainConfig, Trainer, TrainSettings
 
 __all__ = [
     "FORMAT_VERSION",
@@ -45,6 +45,7 @@ __all__ = [
     "MetricsLog",
     "NonFiniteLossError",
     "TrainConfig",
+    "TrainSettings",
     "Trainer",
     "barrier",
     "broadcast_object",

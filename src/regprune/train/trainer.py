@@ -47,53 +47,76 @@ logger = logging.getLogger(__name__)
 _RUNTIME_ONLY = {"device", "progress"}
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Plain training settings, as a YAML config spells them.
+@dataclass(kw_only=True)
+class TrainSettings:
+    """How one training phase optimizes: shared by :class:`TrainConfig` and the pipeline's phase
+    sections, so the fields and their rules are written once.
 
     Attributes:
-        epochs: run length.
         lr: peak learning rate.
         optimizer: ``sgd`` (default), ``adam`` or ``adamw``.
-        momentum, nesterov: SGD settings (``nesterov`` needs ``sgd``).
+        momentum, nesterov: SGD settings (``nesterov`` needs ``sgd`` with momentum).
         weight_decay: L2 (decoupled for ``adamw``).
         schedule: ``cosine``, ``step`` or ``constant`` (per iteration).
         milestones, gamma: ``step`` schedule: drop epochs (default 1/2 and 3/4) and factor.
         label_smoothing: cross-entropy label smoothing (training loss only).
         amp: float16 mixed precision; CUDA only, ignored with a warning elsewhere.
         grad_clip: max global gradient norm, None for no clipping.
-        device: ``cuda``, ``cpu``, ``cuda:1``...; None picks CUDA when available.
-        progress: tqdm bar on a TTY.
     """
 
-    epochs: int
     lr: float = 0.1
     optimizer: str = "sgd"
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
     schedule: str = "cosine"
-    milestones: tuple[int, ...] | None = None
+    milestones: list[int] | None = None
     gamma: float = 0.1
     label_smoothing: float = 0.0
     amp: bool = False
     grad_clip: float | None = None
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Every invalid setting as ``(field, what is wrong)``; empty when all are valid."""
+        found = []
+        if not self.lr > 0:
+            found.append(("lr", f"must be > 0, got {self.lr}"))
+        if self.optimizer not in OPTIMIZERS:
+            found.append(
+                ("optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+            )
+        if self.schedule not in SCHEDULES:
+            found.append(
+                ("schedule", f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+            )
+        if not 0.0 <= self.label_smoothing < 1.0:
+            found.append(("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}"))
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            found.append(("grad_clip", f"must be > 0 or None (null), got {self.grad_clip}"))
+        if self.nesterov and not (self.momentum > 0 and self.optimizer == "sgd"):
+            found.append(("nesterov", "needs optimizer sgd with momentum > 0"))
+        return found
+
+
+@dataclass(kw_only=True)
+class TrainConfig(TrainSettings):
+    """Plain training settings: :class:`TrainSettings` plus the run length and where it runs.
+
+    Attributes:
+        epochs: run length (>= 1).
+        device: ``cuda``, ``cpu``, ``cuda:1``...; None picks CUDA when available.
+        progress: tqdm bar on a TTY.
+    """
+
+    epochs: int
     device: str | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(
-                f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
-            )
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        for name, problem in self.problems():
+            raise ValueError(f"{name} {problem}")
 
 
 def _format_epoch(record: Mapping[str, Any], epochs: int) -> str:
