@@ -351,10 +351,15 @@ def run_side(side: str, name: str, ratios: list[float], timeout_s: float) -> dic
     return rows
 
 
-def run_tasks(names: list[str], ratios: list[float], timeout_s: float) -> list[dict]:
+def run_tasks(
+    names: list[str], ratios: list[float], timeout_s: float, tp_timeout_s: float
+) -> list[dict]:
     rows = []
     for name in names:
-        sides = {side: run_side(side, name, ratios, timeout_s) for side in ("ours", "tp")}
+        sides = {
+            "ours": run_side("ours", name, ratios, timeout_s),
+            "tp": run_side("tp", name, ratios, tp_timeout_s),
+        }
         for ratio in ratios:
             row = {"task": task_of(name), "model": name, "ratio": ratio}
             row.update(ours=sides["ours"][ratio], tp=sides["tp"][ratio])
@@ -481,7 +486,8 @@ def main() -> None:
     parser.add_argument(
         "--tasks", nargs="+", choices=list(TASK_MODELS), help="these tasks instead of classifiers"
     )
-    parser.add_argument("--timeout-s", type=float, default=900.0, help="per model and side")
+    parser.add_argument("--timeout-s", type=float, default=900.0, help="per model, ours")
+    parser.add_argument("--tp-timeout-s", type=float, default=300.0, help="per model, TP")
     parser.add_argument("--worker", choices=["ours", "tp"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -490,9 +496,10 @@ def main() -> None:
     if args.tasks:
         torch.set_num_threads(1)  # as the workers run, so that the machine line says so
         names = args.models or [name for task in args.tasks for name in TASK_MODELS[task]]
-        rows = run_tasks(names, args.ratios, args.timeout_s)
+        rows = run_tasks(names, args.ratios, args.timeout_s, args.tp_timeout_s)
         command = "python benchmarks/coverage.py --tasks " + " ".join(args.tasks)
         command += " --ratios " + " ".join(map(str, args.ratios))
+        command += f" --tp-timeout-s {args.tp_timeout_s:g}"
         if args.models:
             command += " --models " + " ".join(args.models)
         write_tasks_block(args.out, render_tasks(rows, command))

@@ -15,6 +15,7 @@ from torchvision.models import VisionTransformer
 
 import regprune
 from regprune.export import ExportCheckError, check_compile, check_onnx, export_onnx
+from regprune.inputs import CallArgs
 from regprune.models import create_model
 
 EXAMPLE = torch.randn(1, 1, 28, 28)
@@ -84,6 +85,34 @@ def test_check_compile_graph_capture_is_exact(pruned: nn.Module) -> None:
     model = copy.deepcopy(pruned).train()
     assert check_compile(model, torch.randn(2, 1, 28, 28), backend="eager") == 0.0
     assert model.training
+
+
+def test_nested_and_keyword_inputs_export_with_only_the_arguments_batch_first(
+    tmp_path: Path,
+) -> None:
+    """A list argument's tensors and keyword arguments become ONNX inputs too; the batch axis is
+    symbolic on the arguments that are tensors themselves, not on tensors inside a list."""
+
+    class Masked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x: torch.Tensor, extra: list[torch.Tensor], mask: torch.Tensor):
+            return self.conv(x + extra[0]) * mask
+
+    model = Masked().eval()
+    extra = [torch.randn(1, 3, 4, 4)]
+    example = CallArgs(torch.randn(1, 3, 4, 4), extra, mask=torch.ones(1, 4, 4, 4))
+    path = export_onnx(model, example, tmp_path / "masked.onnx")
+    assert check_onnx(model, example, path) <= 1e-5
+    batch_of_three = CallArgs(torch.randn(3, 3, 4, 4), extra, mask=torch.rand(3, 4, 4, 4))
+    assert check_onnx(model, batch_of_three, path) <= 1e-5
+    inputs = onnx.load(str(path)).graph.input
+    first_dims = [i.type.tensor_type.shape.dim[0] for i in inputs]
+    dims = [d.dim_param or d.dim_value for d in first_dims]
+    assert dims == ["batch", 1, "batch"]
+    assert check_compile(model, example, backend="eager") == 0.0
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import torchvision
 from torch import nn
 from torchvision.models import get_model, get_model_weights
 
+from regprune.inputs import CallArgs
 from regprune.layers import macs_formula_for, rule_for
 from regprune.metrics import LayerCount, MacsCounter, ModelCount, count, format_count
 from regprune.models import create_model
@@ -257,6 +258,27 @@ def test_two_positional_inputs() -> None:
             return self.a(x) + self.b(y)
 
     assert count(Pair(), (torch.randn(1, 3), torch.randn(1, 5))).macs == 3 * 2 + 5 * 2
+
+
+def test_nested_and_keyword_inputs_reach_the_model() -> None:
+    """A list of images (a detector's argument) and keyword arguments are passed as given: each
+    image is counted, and the keyword input changes the count as it changes the forward."""
+
+    class PerImage(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1, bias=False)
+
+        def forward(self, images: list[torch.Tensor], twice: bool = False) -> list[torch.Tensor]:
+            outputs = [self.conv(image[None]) for image in images]
+            if twice:
+                outputs = [o + self.conv(i[None]) for o, i in zip(outputs, images, strict=True)]
+            return outputs
+
+    model = PerImage()
+    images = [torch.randn(3, 2, 2), torch.randn(3, 4, 4)]
+    assert count(model, (images,)).macs == 12 * (4 + 16)
+    assert count(model, CallArgs(images, twice=True)).macs == 2 * 12 * (4 + 16)
 
 
 def test_callers_mixed_train_eval_modes_are_restored_and_hooks_removed() -> None:

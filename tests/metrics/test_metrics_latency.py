@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from regprune.inputs import CallArgs
 from regprune.metrics import Latency, measure_latency
 
 
@@ -72,3 +73,14 @@ def test_cuda_model_is_timed() -> None:
     model = nn.Linear(64, 64).cuda()
     result = measure_latency(model, torch.randn(32, 64, device="cuda"), warmup=1, repeats=3)
     assert result.median_ms > 0 and result.repeats == 3
+
+
+def test_a_list_of_images_and_keyword_inputs_are_passed_and_the_list_is_the_batch() -> None:
+    class Detector(nn.Module):
+        def forward(self, images: list[torch.Tensor], scale: float = 1.0) -> list[torch.Tensor]:
+            assert scale == 2.0
+            return [image * scale for image in images]
+
+    images = [torch.randn(3, 4, 4), torch.randn(3, 6, 5)]
+    result = measure_latency(Detector(), CallArgs(images, scale=2.0), warmup=0, repeats=2)
+    assert result.batch_size == 2
