@@ -9,7 +9,7 @@ from torch import nn
 
 from regprune.graph.dependency import DependencyGraph, Unprunable, build_dependency_graph
 from regprune.graph.groups import ChannelGroup, ParamSlice
-from regprune.graph.tracer import TraceError, Tracer
+from regprune.graph.tracer import ATTENTION_UNITS, TraceError, Tracer
 from regprune.inputs import as_call_args
 from regprune.modes import eval_mode
 
@@ -63,6 +63,7 @@ def trace_graph(
     example_inputs: Any,
     ignore: Iterable[nn.Module | str] = (),
     on_meta: bool = True,
+    attention: str = "heads",
 ) -> DependencyGraph:
     """Trace ``model`` once on ``example_inputs`` and return its channel groups.
 
@@ -76,27 +77,30 @@ def trace_graph(
     attempt; its parameters are not modified. By default the forward runs on the ``meta`` device
     (shapes only, no arithmetic); a model whose forward needs real values (data-dependent
     control flow, an op without a meta kernel) is traced for real.
+
+    ``attention`` is the removable unit where a channel dim is reshaped into (heads,
+    head_dim): ``"heads"`` or ``"head_dim"`` (:data:`~regprune.graph.tracer.ATTENTION_UNITS`).
     """
     ignored = resolve_ignore(model, ignore)
     as_call_args(example_inputs)  # reject bad inputs before anything touches the model
     if on_meta:
         try:
-            graph = _trace_once(model, example_inputs, ignored, on_meta=True)
+            graph = _trace_once(model, example_inputs, ignored, True, attention)
         except (TraceError, NotImplementedError, RuntimeError):
             graph = None  # fall back to a real forward, which also gives the real error
         if graph is not None:
             return graph
-    return _trace_once(model, example_inputs, ignored, on_meta=False)
+    return _trace_once(model, example_inputs, ignored, False, attention)
 
 
 def _trace_once(
-    model: nn.Module, example_inputs: Any, ignored: list[str], on_meta: bool
+    model: nn.Module, example_inputs: Any, ignored: list[str], on_meta: bool, attention: str
 ) -> DependencyGraph:
     """One traced forward, the model restored after it: a meta attempt that fails after caching
     meta tensors in the model must not hand them to the real attempt (a head that caches its
     grid per input shape would find the shape unchanged and reuse a meta grid)."""
     with eval_mode(model):
-        tracer = Tracer(model, ignored, on_meta=on_meta)
+        tracer = Tracer(model, ignored, on_meta=on_meta, attention=attention)
         tracer.run(example_inputs)
         graph = build_dependency_graph(model, tracer)
     graph.example_inputs = example_inputs
@@ -104,6 +108,7 @@ def _trace_once(
 
 
 __all__ = [
+    "ATTENTION_UNITS",
     "ChannelGroup",
     "DependencyGraph",
     "ParamSlice",

@@ -35,6 +35,22 @@ class LockReason:
 
 
 @dataclass
+class FixedDimCheck:
+    """A dim of a label that must never shrink: checked once the components are known.
+
+    Why deferred: whether a dim can shrink depends on how its atoms end up coupled, which is
+    known only after the whole forward (a head_dim written as a literal in a ``view`` is fine when
+    whole heads are the unit, and must lock when head_dim positions are). Tracing records the
+    requirement; :meth:`AtomTable.check_fixed_dims` locks the atoms where it does not hold.
+    """
+
+    label: torch.Tensor
+    dim: int
+    where: str
+    reason: str
+
+
+@dataclass
 class AtomTable:
     """Allocates atoms and collects the coupling edges recorded while tracing."""
 
@@ -44,6 +60,8 @@ class AtomTable:
     lock_reasons: list[LockReason] = field(default_factory=list)
     _inexact: list[torch.Tensor] = field(default_factory=list)
     _reason_of: torch.Tensor = field(default_factory=lambda: torch.full((1024,), -1))
+    _fixed_dims: list[FixedDimCheck] = field(default_factory=list)
+    _split: torch.Tensor = field(default_factory=lambda: torch.zeros(1024, dtype=torch.bool))
 
     def new(self, n: int) -> torch.Tensor:
         """Allocate ``n`` fresh atoms and return their ids."""
@@ -53,6 +71,9 @@ class AtomTable:
             grown = torch.full((max(self.count, 2 * self._reason_of.numel()),), -1)
             grown[: self._reason_of.numel()] = self._reason_of
             self._reason_of = grown
+            split = torch.zeros(grown.numel(), dtype=torch.bool)
+            split[: self._split.numel()] = self._split
+            self._split = split
         return ids
 
     def couple(self, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -85,6 +106,32 @@ class AtomTable:
         atom = self.new(1)
         self.lock(atom, where, reason)
         return atom
+
+    def mark_split(self, atoms: torch.Tensor) -> None:
+        """These atoms were reshaped into a grid (heads x head_dim)."""
+        atoms = atoms[atoms >= 0]
+        self._split[atoms] = True
+
+    def is_split(self, atoms: torch.Tensor) -> bool:
+        """Whether any of these atoms was reshaped into a grid."""
+        atoms = atoms[atoms >= 0]
+        return bool(self._split[atoms].any())
+
+    def require_fixed(self, label: torch.Tensor, dim: int, where: str, reason: str) -> None:
+        """Require that removing channels never shrinks ``dim`` of ``label``: every slice along
+        it must hold the same channels, position by position (a head_dim given as a literal,
+        the q/k/v dim of a packed projection selected by ``unbind``)."""
+        if label.dim() and label.size(dim) > 1 and bool((label >= 0).any()):
+            self._fixed_dims.append(FixedDimCheck(label, dim, where, reason))
+
+    def check_fixed_dims(self, component: torch.Tensor) -> None:
+        """Lock the atoms of every label whose required-fixed dim would shrink."""
+        for check in self._fixed_dims:
+            label = check.label
+            comps = torch.where(label >= 0, component[label.clamp(min=0)], -1)
+            first = comps.narrow(check.dim, 0, 1).expand_as(comps)
+            if not bool((comps == first).all()):
+                self.lock(label, check.where, check.reason)
 
     def mark_inexact(self, atoms: torch.Tensor) -> None:
         """Removing these atoms changes the output even when they are zero (LayerNorm, mean)."""

@@ -88,6 +88,7 @@ def build_dependency_graph(model: nn.Module, tracer: Tracer) -> DependencyGraph:
     atoms = tracer.atoms
     records = list(tracer.records.values())
     component = atoms.components()
+    atoms.check_fixed_dims(component)
     num_components = int(component.max()) + 1 if component.numel() else 0
     reason_of_atom = atoms.reason_of_atoms()
     locked_atoms = reason_of_atom >= 0

@@ -17,6 +17,7 @@ its output gets a fresh locked atom, with the function's name as the reason. Not
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -343,6 +344,7 @@ def merge_operands(tracer: Tracer, operands: list[torch.Tensor], shape: torch.Si
     """
     ndim = len(shape)
     labels = [_pad_dims(compact(tracer.label(t)), ndim) for t in operands]
+    labels = _unshare_from_heads(tracer, labels)
     sizes = [(1,) * (ndim - t.dim()) + tuple(t.shape) for t in operands]
     broadcast = torch.broadcast_shapes(*(tuple(lbl.shape) for lbl in labels))
     expanded = [lbl.expand(broadcast) for lbl in labels]
@@ -357,6 +359,37 @@ def merge_operands(tracer: Tracer, operands: list[torch.Tensor], shape: torch.Si
     return compact(merged.contiguous())
 
 
+def unit_dim(tracer: Tracer, label: torch.Tensor) -> int | None:
+    """The dim whose slices are the removable units of a head grid, None if not a head grid.
+
+    A head grid is a label whose channels a reshape split into (..., heads, head_dim); its
+    unit dim is the heads dim (the next-to-last varying one) or, with
+    ``attention="head_dim"``, the last varying one.
+    """
+    varying = varying_dims(label)
+    if len(varying) < 2 or not tracer.atoms.is_split(label.reshape(-1)):
+        return None
+    return varying[-2] if tracer.attention == "heads" else varying[-1]
+
+
+def _unshare_from_heads(tracer: Tracer, labels: list[torch.Tensor]) -> list[torch.Tensor]:
+    """An operand that every unit of a head grid reads alike (RoPE's cos/sin over head_dim, a
+    per-head_dim scale) must not couple the units: it is read as a fixed-size constant
+    (which pins the dims it spans) and its own channels are locked."""
+    for grid in labels:
+        unit = unit_dim(tracer, grid)
+        if unit is None:
+            continue
+        grid_varying = set(varying_dims(grid))
+        for i, label in enumerate(labels):
+            varying = set(varying_dims(label))
+            if varying and unit not in varying and varying <= grid_varying - {unit}:
+                reason = "it is read alike by every head (heads are the removable unit)"
+                tracer.atoms.lock(atoms_in(label), tracer.where, reason)
+                labels[i] = torch.full_like(label, -1)
+    return labels
+
+
 def _pad_dims(label: torch.Tensor, ndim: int) -> torch.Tensor:
     return label.reshape((1,) * (ndim - label.dim()) + tuple(label.shape))
 
@@ -367,7 +400,16 @@ def _lock_against_constant(
     exposed = (label >= 0) & (other < 0)
     if not bool(exposed.any()):
         return
-    if any(other_size[d] > 1 for d in varying_dims(compact(label.contiguous()))):
+    varying = varying_dims(compact(label.contiguous()))
+    pinned = [d for d in varying if other_size[d] > 1]
+    if pinned and len(varying) > 1:
+        # a grid: the constant spans these dims only (RoPE's cos/sin span head_dim), so they
+        # must not shrink; the others may
+        for d in pinned:
+            tracer.atoms.require_fixed(
+                compact(label.contiguous()), d, tracer.where, "it meets a fixed-size constant"
+            )
+    elif pinned:
         tracer.atoms.lock(label[exposed], tracer.where, "it meets a fixed-size constant")
 
 
@@ -447,8 +489,8 @@ def _check_reshape(
     vout = varying_dims(compact(label_out.contiguous()))
     atoms = atoms_in(compact(label_in))
     if len(vin) > 1 or len(vout) > 1:
-        if tuple(compact(label_in).shape) != tuple(compact(label_out.contiguous()).shape):
-            tracer.atoms.lock(atoms, tracer.where, f"'{name}' splits or merges channel dims")
+        sizes = _requested_sizes(name, args, label_in.dim(), label_out.dim())
+        _check_grid_reshape(tracer, name, label_in, label_out.contiguous(), sizes)
         return
     if name not in ("view", "reshape") or not vout:
         return
@@ -460,6 +502,137 @@ def _check_reshape(
             tracer.where,
             f"'{name}' fixes the channel dim to {sizes[vout[0]]}; use -1 or flatten()",
         )
+
+
+def _requested_sizes(name: str, args: tuple, ndim_in: int, ndim_out: int) -> list[int | None]:
+    """Per output dim, the size the call writes as a number, or None where the size follows
+    the input (``-1``, ``flatten``, the dims ``unflatten`` leaves alone)."""
+    if name == "flatten":
+        return [None] * ndim_out
+    if name in ("view_as", "reshape_as"):
+        return [int(n) for n in args[1].shape]
+    if name == "unflatten":
+        dim = args[1] % ndim_in
+        new = [None if int(n) == -1 else int(n) for n in args[2]]
+        return [None] * dim + new + [None] * (ndim_out - dim - len(new))
+    sizes = args[1:] if len(args) > 2 or not isinstance(args[1], (tuple, list)) else args[1]
+    return [None if int(n) == -1 else int(n) for n in sizes]
+
+
+def _reshape_blocks(
+    in_shape: tuple[int, ...], out_shape: tuple[int, ...]
+) -> list[tuple[list[int], list[int]]]:
+    """Pair each run of input dims with the run of output dims holding the same values.
+
+    A reshape only ever splits or merges runs of adjacent dims; the runs end where the
+    running products of both shapes agree.
+    """
+    if 0 in in_shape:
+        raise ValueError("reshape of an empty tensor")
+    ends_in = [math.prod(in_shape[: d + 1]) for d in range(len(in_shape))]
+    ends_out = [math.prod(out_shape[: d + 1]) for d in range(len(out_shape))]
+    common = sorted(set(ends_in) & set(ends_out))
+    blocks: dict[int, tuple[list[int], list[int]]] = {end: ([], []) for end in common}
+    for dims, ends in ((0, ends_in), (1, ends_out)):
+        for d, end in enumerate(ends):
+            blocks[next(c for c in common if c >= end)][dims].append(d)
+    return list(blocks.values())
+
+
+def _check_grid_reshape(
+    tracer: Tracer,
+    name: str,
+    label_in: torch.Tensor,
+    label_out: torch.Tensor,
+    sizes: list[int | None],
+) -> None:
+    """Channels split into a grid (heads x head_dim) or merged back from one.
+
+    A split keeps attention computable only if removals keep the grid rectangular: the tracer
+    makes whole slices along one dim the unit (``Tracer.attention``: the heads dim, the one
+    before the last, for ``"heads"``; the last for ``"head_dim"``), so every other dim of the
+    grid never shrinks. A size written as a number must stay true after removal: it is
+    required fixed (checked once the components are known) and locks otherwise, naming the fix
+    (write ``-1``). A merge back (``reshape(b, n, -1)``) follows when it is ``-1``.
+    """
+    varying_in = set(varying_dims(compact(label_in)))
+    out_compact = compact(label_out)
+    in_compact = compact(label_in)
+    for ins, outs in _reshape_blocks(tuple(label_in.shape), tuple(label_out.shape)):
+        moved = [d for d in ins if d in varying_in]
+        if not moved:
+            continue
+        big_in = [d for d in ins if label_in.size(d) > 1]
+        big_out = [d for d in outs if label_out.size(d) > 1]
+        if len(big_in) == 1:
+            if len(big_out) > 1:
+                unit = big_out[-2] if tracer.attention == "heads" else big_out[-1]
+                whole_slices(tracer, out_compact, unit)
+                tracer.atoms.mark_split(out_compact.reshape(-1))
+            for d in big_out:
+                if sizes[d] is not None:
+                    tracer.atoms.require_fixed(
+                        out_compact,
+                        d,
+                        tracer.where,
+                        f"'{name}' fixes a channel dim to {sizes[d]}; write it as -1",
+                    )
+        elif len(big_out) == 1:
+            if sizes[big_out[0]] is not None:
+                for d in moved:
+                    tracer.atoms.require_fixed(
+                        in_compact,
+                        d,
+                        tracer.where,
+                        f"'{name}' fixes merged channel dims to {sizes[big_out[0]]}; "
+                        "write it as -1",
+                    )
+        else:
+            tracer.atoms.lock(
+                atoms_in(in_compact), tracer.where, f"'{name}' splits and merges channel dims"
+            )
+
+
+def whole_slices(tracer: Tracer, label: torch.Tensor, dim: int) -> torch.Tensor:
+    """Couple every atom of each slice along ``dim``: the slices become the removable units.
+
+    Returns one representative atom per slice, shaped to broadcast against ``label``.
+    """
+    moved = label.movedim(dim, 0).reshape(label.size(dim), -1)
+    representative = moved.max(dim=1).values
+    tracer.atoms.couple(representative.unsqueeze(1).expand_as(moved), moved)
+    shape = [1] * label.dim()
+    shape[dim] = label.size(dim)
+    return representative.reshape(shape)
+
+
+def fix_dim(tracer: Tracer, label: torch.Tensor, dim: int) -> None:
+    """Couple the slices along ``dim`` position by position: the dim can never shrink."""
+    tracer.atoms.couple(label.narrow(dim, 0, 1).expand_as(label), label)
+
+
+def _selected_dims(name: str, args: tuple, kwargs: dict, ndim: int) -> list[int] | None:
+    """The dims a selecting op cuts at fixed positions, or None when it cannot be told."""
+    if name == "getitem":
+        items = args[1] if isinstance(args[1], tuple) else (args[1],)
+        consumed = [i for i in items if i is not None]
+        dims, position = [], 0
+        for item in items:
+            if item is None:
+                continue
+            if item is Ellipsis:
+                position += ndim - (len(consumed) - 1)
+            elif isinstance(item, slice) and item == slice(None):
+                position += 1
+            elif isinstance(item, (int, slice)):
+                dims.append(position)
+                position += 1
+            else:
+                return None
+        return dims
+    position = {"unbind": 1, "select": 1, "narrow": 1, "index_select": 1}.get(name, 2)
+    dim = kwargs.get("dim", args[position] if len(args) > position else 0)
+    return [dim % ndim] if isinstance(dim, int) else None
 
 
 def _check_selection(
@@ -483,6 +656,19 @@ def _check_selection(
     rolls_channels = name == "roll" and _rolled_dims(args, compact_in.dim()) & set(
         varying_dims(compact_in)
     )
+    if partial and not (name in SHUFFLING or tensor_index or rolls_channels):
+        dims = _selected_dims(name, args, {}, compact_in.dim())
+        if len(varying_dims(compact_in)) > 1 and dims is not None:
+            # a grid (heads x head_dim): cutting a dim that never shrinks is fine (unbind of a
+            # packed q/k/v, rotate_half over head_dim when whole heads are the unit)
+            for dim in set(dims) & set(varying_dims(compact_in)):
+                tracer.atoms.require_fixed(
+                    compact_in,
+                    dim,
+                    tracer.where,
+                    f"'{name}' selects or reorders channels at fixed positions",
+                )
+            return
     if name in SHUFFLING or tensor_index or partial or rolls_channels:
         tracer.atoms.lock(
             atoms, tracer.where, f"'{name}' selects or reorders channels at fixed positions"
@@ -670,7 +856,142 @@ def _identity_like(tracer: Tracer, name: str, args: tuple, kwargs: dict, out: An
         tracer.set_label(tensor, tracer.label(args[0]))
 
 
+# ---- attention: batched products --------------------------------------------------------------
+def _padded(tracer: Tracer, tensor: torch.Tensor, ndim: int) -> torch.Tensor:
+    return _pad_dims(compact(tracer.label(tensor)), ndim)
+
+
+def _pin_against_constant(
+    tracer: Tracer, label: torch.Tensor, other: torch.Tensor, other_size: tuple, dims: list[int]
+) -> None:
+    """Dims where ``label`` carries channels and the other operand is a full-size constant
+    cannot shrink (the constant keeps its size)."""
+    for d in dims:
+        if label.size(d) > 1 and other_size[d] > 1 and bool((other < 0).any()):
+            tracer.atoms.require_fixed(
+                label, d, tracer.where, "it meets a fixed-size constant in a product"
+            )
+
+
+def product_label(
+    tracer: Tracer,
+    la: torch.Tensor,
+    lb: torch.Tensor,
+    size_a: tuple[int, ...],
+    size_b: tuple[int, ...],
+) -> torch.Tensor:
+    """Couple and label a batched product ``(..., M, K) @ (..., K, N)`` (labels of equal ndim).
+
+    * The contracted dim K: position k of both operands goes together (removing it from one
+      would break the product); a zero channel contributes nothing, so the product is exact.
+    * The batch dims (the heads of ``q @ k^T`` and ``attn @ v``) must shrink alike in both
+      operands and the output. With ``attention="heads"`` each head's channels are coupled
+      into one unit and that unit is coupled across operands (and, through the output label,
+      with the next product's operand: q, k, v and the output of a head go together); with
+      ``"head_dim"`` the batch dims are fixed instead.
+    * The output carries what varies along M or N; a contraction over channels leaves no
+      atom (like ``sum``), except under ``"heads"`` where the head's unit stands for its
+      channels so that ``softmax(q k^T) @ v`` couples the head of q with the head of v.
+    """
+    la, lb = compact(la.contiguous()), compact(lb.contiguous())
+    ndim = la.dim()
+    batch_dims = list(range(ndim - 2))
+    _pin_against_constant(tracer, la, lb, size_b, [*batch_dims, ndim - 1])
+    _pin_against_constant(tracer, lb, la, size_a, [*batch_dims, ndim - 2])
+    if la.size(-1) > 1 or lb.size(-2) > 1:
+        a, b = la.unsqueeze(-1), lb.unsqueeze(-3)
+        shape = torch.broadcast_shapes(tuple(a.shape), tuple(b.shape))
+        tracer.atoms.couple(a.expand(shape), b.expand(shape))
+    varying_batch = [d for d in batch_dims if la.size(d) > 1 or lb.size(d) > 1]
+    for d in varying_batch:
+        if tracer.attention == "heads":
+            units = [whole_slices(tracer, lbl, d) for lbl in (la, lb) if lbl.size(d) > 1]
+            if len(units) == 2:
+                shape = torch.broadcast_shapes(tuple(units[0].shape), tuple(units[1].shape))
+                tracer.atoms.couple(units[0].expand(shape), units[1].expand(shape))
+        else:
+            for lbl in (la, lb):
+                if lbl.size(d) > 1:
+                    fix_dim(tracer, lbl, d)
+
+    def contracted(label: torch.Tensor, dim: int) -> torch.Tensor:
+        if label.size(dim) == 1:
+            return label
+        if tracer.attention == "heads" and any(label.size(d) > 1 for d in batch_dims):
+            return label.narrow(dim, 0, 1)  # the head's unit: all its channels are coupled
+        return torch.full_like(label.narrow(dim, 0, 1), -1)
+
+    ra, rb = contracted(la, ndim - 1), contracted(lb, ndim - 2)
+    if ra.size(-2) > 1 and rb.size(-1) > 1:
+        raise ValueError("both operands carry channels on the product's output dims")
+    shape = torch.broadcast_shapes(tuple(ra.shape), tuple(rb.shape))
+    ra, rb = ra.expand(shape), rb.expand(shape)
+    tracer.atoms.couple(ra, rb)
+    merged = torch.where(rb >= 0, rb, ra) if lb.size(-1) > 1 else torch.where(ra >= 0, ra, rb)
+    return compact(merged.contiguous())
+
+
+def _matmul(tracer: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+    """``a @ b`` / ``bmm``: the explicit ``softmax(q k^T) v`` path of attention."""
+    a, b = args[0], args[1]
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+        raise ValueError("product with a non-tensor operand")
+    if a.dim() < 2 or b.dim() < 2:
+        raise ValueError("product with a vector")
+    ndim = out.dim()
+    la, lb = _padded(tracer, a, ndim), _padded(tracer, b, ndim)
+    size_a = (1,) * (ndim - a.dim()) + tuple(a.shape)
+    size_b = (1,) * (ndim - b.dim()) + tuple(b.shape)
+    if tracer.attention == "head_dim" and (la.size(-1) > 1 or lb.size(-2) > 1):
+        # the scale of q k^T is a Python number the tracer cannot see: if it is computed
+        # from q.size(-1), removing head_dim positions changes it (our choice: inexact)
+        tracer.atoms.mark_inexact(torch.cat([atoms_in(la), atoms_in(lb)]))
+    tracer.set_label(out, product_label(tracer, la, lb, size_a, size_b))
+
+
+def _scaled_dot_product_attention(
+    tracer: Tracer, name: str, args: tuple, kwargs: dict, out: Any
+) -> None:
+    """``F.scaled_dot_product_attention``: ``softmax(q k^T * scale + mask) @ v``, per head.
+
+    Grouped-query attention (``enable_gqa``, fewer key/value heads) reads kv head ``j`` from
+    query heads ``j * r ... (j + 1) * r - 1``: the kv labels are repeated that way, so a kv
+    head is removable only with every query head reading it.
+    """
+    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
+    values = [kwargs.get(n, args[i] if i < len(args) else None) for i, n in enumerate(names)]
+    query, key, value, mask, scale = values[0], values[1], values[2], values[3], values[6]
+    ndim = out.dim()
+    lq, lk, lv = (_padded(tracer, t, ndim) for t in (query, key, value))
+    if any(lbl.size(-2) > 1 for lbl in (lq, lk, lv)):
+        raise ValueError("attention inputs whose channels differ from token to token")
+    size_k, size_v = tuple(key.shape), tuple(value.shape)
+    if ndim >= 3 and key.shape[-3] != query.shape[-3]:
+        repeat = query.shape[-3] // key.shape[-3]
+        lk = lk.expand(*key.shape[:-2], 1, lk.size(-1)).repeat_interleave(repeat, dim=-3)
+        lv = lv.expand(*value.shape[:-2], 1, lv.size(-1)).repeat_interleave(repeat, dim=-3)
+        size_k = (*key.shape[:-3], query.shape[-3], *key.shape[-2:])
+        size_v = (*value.shape[:-3], query.shape[-3], *value.shape[-2:])
+    if scale is None and tracer.attention == "head_dim" and lq.size(-1) > 1:
+        # the default scale 1/sqrt(head_dim) changes when head_dim positions go
+        tracer.atoms.mark_inexact(torch.cat([atoms_in(lq), atoms_in(lk)]))
+    size_kt = (*size_k[:-2], size_k[-1], size_k[-2])
+    scores = product_label(tracer, lq, lk.transpose(-2, -1), tuple(query.shape), size_kt)
+    if isinstance(mask, torch.Tensor):
+        lm = _padded(tracer, mask, ndim)
+        mask_size = (1,) * (ndim - mask.dim()) + tuple(mask.shape)
+        _pin_against_constant(tracer, scores, lm, mask_size, list(range(ndim - 2)))
+        shape = torch.broadcast_shapes(tuple(scores.shape), tuple(lm.shape))
+        tracer.atoms.couple(scores.expand(shape), lm.expand(shape))
+        scores = compact(torch.where(scores.expand(shape) >= 0, scores.expand(shape), lm))
+    scores_size = (*query.shape[:-1], size_k[-2])
+    tracer.set_label(out, product_label(tracer, scores, lv, scores_size, size_v))
+
+
 _HANDLERS: dict[str, Callable[[Tracer, str, tuple, dict, Any], None]] = {
+    "matmul": _matmul,
+    "bmm": _matmul,
+    "scaled_dot_product_attention": _scaled_dot_product_attention,
     "pad": _pad,
     "batch_norm": _batch_norm,
     "instance_norm": _instance_norm,

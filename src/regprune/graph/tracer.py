@@ -27,6 +27,20 @@ from regprune.graph.ops import record_function
 from regprune.inputs import as_call_args, iter_tensors, map_tensors
 from regprune.layers.rules import LayerRecord, LayerRule, opaque_reason, rule_for
 
+ATTENTION_UNITS = ("heads", "head_dim")
+"""How a channel dim reshaped into (heads, head_dim) may shrink; one per trace, because a
+position belongs to one removable channel and whole heads and head_dim positions cut the same
+grid two ways.
+
+* ``"heads"`` (the default, our choice: it removes whole attention matmuls and needs no
+  literal ``head_dim`` to change): one channel is one head: its head_dim rows in q, k and v
+  and its columns of the output projection; under grouped-query attention a kv head with
+  every query head that reads it.
+* ``"head_dim"``: one channel is one head_dim position, removed alike in every head: of q and
+  k together, and separately of v and the output projection. Exact only where the attention
+  scale does not follow head_dim (an explicit ``scale``); groups are marked inexact otherwise.
+"""
+
 
 class TraceError(RuntimeError, ValueError):
     """The model's forward failed while being traced: most often example inputs the model does
@@ -72,10 +86,19 @@ class Tracer(TorchFunctionMode):
     """Records atoms, coupling edges, layer records and free parameters during one forward."""
 
     def __init__(
-        self, model: nn.Module, ignored: Iterable[str] = (), on_meta: bool = False
+        self,
+        model: nn.Module,
+        ignored: Iterable[str] = (),
+        on_meta: bool = False,
+        attention: str = "heads",
     ) -> None:
         super().__init__()
+        if attention not in ATTENTION_UNITS:
+            raise ValueError(f"attention must be one of {ATTENTION_UNITS}, got {attention!r}")
         self.model = model
+        self.attention = attention
+        """The removable unit of a channel dim split into (heads, head_dim): see
+        :data:`ATTENTION_UNITS`."""
         self.on_meta = on_meta
         self.atoms = AtomTable()
         self.labels: WeakIdKeyDictionary = WeakIdKeyDictionary()
