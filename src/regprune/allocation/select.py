@@ -197,10 +197,7 @@ def allocate(
             low = mid + 1
     counts = _drop_counts(graph, order, low, round_to)
     if low > 0 and round_to == 1:
-        counts = _closest_below(graph, ranked, macs_model, order, low, target, counts)
-        counts = _fill_back(graph, ranked, macs_model, target, counts)
-        counts = _exhaustive_if_small(graph, ranked, macs_model, order, target, counts)
-        counts = _swap_search(graph, ranked, macs_model, order, target, counts)
+        counts = _CountSearch(graph, ranked, macs_model, order, target).refine(counts, low)
     achieved = macs_model.macs(_keep_mask(graph, ranked, counts))
     if target - achieved > BUDGET_TOLERANCE * target:
         message = (
@@ -222,158 +219,141 @@ EXHAUSTIVE_LIMIT = 4096
 """Small models (few, narrow groups) are searched over every combination of drop counts."""
 
 
-def _exhaustive_if_small(
-    graph: DependencyGraph,
-    ranked: dict[int, torch.Tensor],
-    macs_model: MacsModel,
-    order: _Order,
-    target: float,
-    counts: torch.Tensor,
-) -> torch.Tensor:
-    """Where greedy steps are too coarse (a 4-channel residual stream), try every count vector.
+@dataclass
+class _CountSearch:
+    """The refinement of a MACs allocation: how many channels each group loses.
 
-    Only when the greedy plan misses the tolerance and the space is small; within a group the
-    importance order is kept, so only *how many* channels each group loses is searched.
+    Why a class: every stage reads the same graph, within-group ranking, MACs model, drop order
+    and target; holding them once keeps each stage about its own rule. Within a group the
+    importance order is always kept; the stages only move *how many* channels go.
     """
-    current = macs_model.macs(_keep_mask(graph, ranked, counts))
-    if target - current <= BUDGET_TOLERANCE * target:
-        return counts
-    droppable = torch.zeros(len(graph.groups), dtype=torch.long)
-    droppable.index_add_(0, order.group, torch.ones_like(order.group))
-    if math.prod(int(d) + 1 for d in droppable) > EXHAUSTIVE_LIMIT:
-        return counts
-    best, best_macs = counts, current
-    for combination in itertools.product(*(range(int(d) + 1) for d in droppable)):
-        candidate = torch.tensor(combination, dtype=torch.long)
-        macs = macs_model.macs(_keep_mask(graph, ranked, candidate))
-        if best_macs < macs <= target:
-            best, best_macs = candidate, macs
-    return best
 
+    graph: DependencyGraph
+    ranked: dict[int, torch.Tensor]
+    macs_model: MacsModel
+    order: _Order
+    target: float
 
-def _swap_search(
-    graph: DependencyGraph,
-    ranked: dict[int, torch.Tensor],
-    macs_model: MacsModel,
-    order: _Order,
-    target: float,
-    counts: torch.Tensor,
-    rounds: int = 8,
-) -> torch.Tensor:
-    """Trade one costly channel for several cheap ones when single steps cannot get closer.
+    def __post_init__(self) -> None:
+        self.droppable = torch.zeros(len(self.graph.groups), dtype=torch.long)
+        self.droppable.index_add_(0, self.order.group, torch.ones_like(self.order.group))
 
-    From a plan still short of the tolerance, drop one more channel of some group and fill
-    back greedily; keep the best result. Bounded (``rounds`` x groups fill-backs) and only run
-    when the plan misses the tolerance, which happens on small models with uneven groups.
-    """
-    current = macs_model.macs(_keep_mask(graph, ranked, counts))
-    droppable = torch.zeros(len(graph.groups), dtype=torch.long)
-    droppable.index_add_(0, order.group, torch.ones_like(order.group))
-    for _ in range(rounds):
-        if target - current <= BUDGET_TOLERANCE * target or len(graph.groups) > 64:
-            break
-        best, best_macs = None, current
-        for gid in range(len(graph.groups)):
-            moves = []
-            if counts[gid] < droppable[gid]:  # one more here, then give back elsewhere
-                candidate = counts.clone()
-                candidate[gid] += 1
-                moves.append(_fill_back(graph, ranked, macs_model, target, candidate))
-            if counts[gid] > 0:  # give one back here, then trim elsewhere in small steps
+    def macs(self, counts: torch.Tensor) -> float:
+        return self.macs_model.macs(_keep_mask(self.graph, self.ranked, counts))
+
+    def within_tolerance(self, macs: float) -> bool:
+        return self.target - macs <= BUDGET_TOLERANCE * self.target
+
+    def refine(self, counts: torch.Tensor, k: int) -> torch.Tensor:
+        """All stages in order, from the plan that drops the first ``k`` of the order."""
+        counts = self.closest_below(counts, k)
+        counts = self.fill_back(counts)
+        counts = self.exhaustive_if_small(counts)
+        return self.swap_search(counts)
+
+    def closest_below(self, counts: torch.Tensor, k: int) -> torch.Tensor:
+        """Land closer to the target than the drop order alone can.
+
+        The k-th channel of the order may carry a lot of MACs (one channel of a residual stream
+        touches many layers) and overshoot the target. Starting from the first k-1 drops, which
+        are still above the target, try one more channel from each group instead and keep the
+        choice that lands closest below the target.
+        """
+        base = _drop_counts(self.graph, self.order, k - 1, round_to=1)
+        best, best_macs = counts, self.macs(counts)
+        for gid in range(len(self.graph.groups)):
+            if int(base[gid]) >= int(self.droppable[gid]):
+                continue
+            candidate = base.clone()
+            candidate[gid] += 1
+            macs = self.macs(candidate)
+            if best_macs < macs <= self.target:
+                best, best_macs = candidate, macs
+        return best
+
+    def fill_back(self, counts: torch.Tensor) -> torch.Tensor:
+        """Give channels back while the target still holds, largest gain first.
+
+        From a plan below the target, restoring the most important dropped channel of one
+        group at a time climbs back towards the target; each step takes the restore that lands
+        closest below it. Stops within a tenth of the tolerance, or when no restore fits.
+        """
+        current = self.macs(counts)
+        while self.target - current > 0.1 * BUDGET_TOLERANCE * self.target:
+            best, best_macs = None, current
+            for gid in torch.nonzero(counts > 0).reshape(-1).tolist():
                 candidate = counts.clone()
                 candidate[gid] -= 1
-                trimmed = _trim_down(graph, ranked, macs_model, droppable, target, candidate)
-                if trimmed is not None:
-                    moves.append(trimmed)
-            for candidate in moves:
-                macs = macs_model.macs(_keep_mask(graph, ranked, candidate))
-                if best_macs < macs <= target:
+                macs = self.macs(candidate)
+                if best_macs < macs <= self.target:
                     best, best_macs = candidate, macs
-        if best is None:
-            break
-        counts, current = best, best_macs
-    return counts
+            if best is None:
+                break
+            counts, current = best, best_macs
+        return counts
 
-
-def _trim_down(
-    graph: DependencyGraph,
-    ranked: dict[int, torch.Tensor],
-    macs_model: MacsModel,
-    droppable: torch.Tensor,
-    target: float,
-    counts: torch.Tensor,
-    max_steps: int = 512,
-) -> torch.Tensor | None:
-    """Drop channels until the target holds, always taking the smallest step, so the plan
-    lands just below the target rather than one coarse step below it."""
-    for _ in range(max_steps):
-        if macs_model.macs(_keep_mask(graph, ranked, counts)) <= target:
+    def exhaustive_if_small(self, counts: torch.Tensor) -> torch.Tensor:
+        """Where greedy steps are too coarse (a 4-channel residual stream), try every count
+        vector; only when the greedy plan misses the tolerance and the space is small."""
+        current = self.macs(counts)
+        if self.within_tolerance(current):
             return counts
-        options = []
-        for gid in torch.nonzero(counts < droppable).reshape(-1).tolist():
-            candidate = counts.clone()
-            candidate[gid] += 1
-            options.append((macs_model.macs(_keep_mask(graph, ranked, candidate)), candidate))
-        if not options:
-            return None
-        counts = max(options, key=lambda o: o[0])[1]
-    return None
-
-
-def _fill_back(
-    graph: DependencyGraph,
-    ranked: dict[int, torch.Tensor],
-    macs_model: MacsModel,
-    target: float,
-    counts: torch.Tensor,
-) -> torch.Tensor:
-    """Give channels back while the target still holds, largest gain first.
-
-    From a plan below the target, restoring the most important dropped channel of one group at
-    a time climbs back towards the target; each step takes the restore that lands closest
-    below it. Stops within a tenth of the tolerance, or when no restore fits.
-    """
-    current = macs_model.macs(_keep_mask(graph, ranked, counts))
-    while target - current > 0.1 * BUDGET_TOLERANCE * target:
-        best, best_macs = None, current
-        for gid in torch.nonzero(counts > 0).reshape(-1).tolist():
-            candidate = counts.clone()
-            candidate[gid] -= 1
-            macs = macs_model.macs(_keep_mask(graph, ranked, candidate))
-            if best_macs < macs <= target:
+        if math.prod(int(d) + 1 for d in self.droppable) > EXHAUSTIVE_LIMIT:
+            return counts
+        best, best_macs = counts, current
+        for combination in itertools.product(*(range(int(d) + 1) for d in self.droppable)):
+            candidate = torch.tensor(combination, dtype=torch.long)
+            macs = self.macs(candidate)
+            if best_macs < macs <= self.target:
                 best, best_macs = candidate, macs
-        if best is None:
-            break
-        counts, current = best, best_macs
-    return counts
+        return best
 
+    def swap_search(self, counts: torch.Tensor, rounds: int = 8) -> torch.Tensor:
+        """Trade one costly channel for several cheap ones when single steps cannot get closer.
 
-def _closest_below(
-    graph: DependencyGraph,
-    ranked: dict[int, torch.Tensor],
-    macs_model: MacsModel,
-    order: _Order,
-    k: int,
-    target: float,
-    counts: torch.Tensor,
-) -> torch.Tensor:
-    """Land closer to the target than the drop order alone can.
+        From a plan still short of the tolerance, drop one more channel of some group and fill
+        back greedily; keep the best result. Bounded (``rounds`` x groups fill-backs) and only
+        run when the plan misses the tolerance, which happens on small models with uneven
+        groups.
+        """
+        current = self.macs(counts)
+        for _ in range(rounds):
+            if self.within_tolerance(current) or len(self.graph.groups) > 64:
+                break
+            best, best_macs = None, current
+            for gid in range(len(self.graph.groups)):
+                moves = []
+                if counts[gid] < self.droppable[gid]:  # one more here, then give back elsewhere
+                    candidate = counts.clone()
+                    candidate[gid] += 1
+                    moves.append(self.fill_back(candidate))
+                if counts[gid] > 0:  # give one back here, then trim elsewhere in small steps
+                    candidate = counts.clone()
+                    candidate[gid] -= 1
+                    trimmed = self.trim_down(candidate)
+                    if trimmed is not None:
+                        moves.append(trimmed)
+                for candidate in moves:
+                    macs = self.macs(candidate)
+                    if best_macs < macs <= self.target:
+                        best, best_macs = candidate, macs
+            if best is None:
+                break
+            counts, current = best, best_macs
+        return counts
 
-    The k-th channel of the order may carry a lot of MACs (one channel of a residual stream
-    touches many layers) and overshoot the target. Starting from the first k-1 drops, which are
-    still above the target, try one more channel from each group instead and keep the choice
-    that lands closest below the target. Importance order is kept within every group.
-    """
-    base = _drop_counts(graph, order, k - 1, round_to=1)
-    best, best_macs = counts, macs_model.macs(_keep_mask(graph, ranked, counts))
-    droppable = torch.zeros(len(graph.groups), dtype=torch.long)
-    droppable.index_add_(0, order.group, torch.ones_like(order.group))
-    for gid in range(len(graph.groups)):
-        if int(base[gid]) >= int(droppable[gid]):
-            continue
-        candidate = base.clone()
-        candidate[gid] += 1
-        macs = macs_model.macs(_keep_mask(graph, ranked, candidate))
-        if best_macs < macs <= target:
-            best, best_macs = candidate, macs
-    return best
+    def trim_down(self, counts: torch.Tensor, max_steps: int = 512) -> torch.Tensor | None:
+        """Drop channels until the target holds, always taking the smallest step, so the plan
+        lands just below the target rather than one coarse step below it."""
+        for _ in range(max_steps):
+            if self.macs(counts) <= self.target:
+                return counts
+            options = []
+            for gid in torch.nonzero(counts < self.droppable).reshape(-1).tolist():
+                candidate = counts.clone()
+                candidate[gid] += 1
+                options.append((self.macs(candidate), candidate))
+            if not options:
+                return None
+            counts = max(options, key=lambda o: o[0])[1]
+        return None
