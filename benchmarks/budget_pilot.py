@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import warnings
 
 import torch
@@ -22,7 +23,7 @@ import regprune as rp
 from regprune.data import build_datasets
 from regprune.models import create_model
 from regprune.report import describe_machine, markdown_table
-from regprune.train import train_one_epoch
+from regprune.train import build_optimizer, train_one_epoch
 
 
 def tensors(subset: int = 2000) -> tuple[torch.Tensor, ...]:
@@ -42,12 +43,26 @@ def batches(x, y, seed: int, size: int = 100):
 
 def train(model, x, y, steps: int, method=None) -> None:
     """``steps`` SGD steps over reshuffled passes of the data, through the library's loop."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    groups = method.optimizer_groups() if method is not None else ()
+    optimizer = build_optimizer(model, lr=0.05, momentum=0.9, weight_decay=1e-4, groups=groups)
     order: list = []
     while len(order) < steps:
         order += batches(x, y, seed=len(order))
     train_one_epoch(
         model, order[:steps], optimizer, F.cross_entropy, method, device="cpu", progress=False
+    )
+
+
+def gate_summary(method) -> str:
+    """For L0 in budget mode: the closed share of the gates and the expected MACs share the
+    constraint saw last (does the Lagrangian meet the target by itself?)."""
+    constraint = getattr(method.regularizer, "constraint", None)
+    if constraint is None:
+        return "-"
+    stats = method.regularizer.stats(method.model)
+    return (
+        f"closed {stats['gates/closed']:.2f}, E[MACs] {stats['l0/expected_share']:.3f}, "
+        f"lambda_1 {stats['l0/lambda_1']:.2g}"
     )
 
 
@@ -61,6 +76,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("methods", nargs="+")
     parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument(
+        "--kwargs", type=json.loads, default={}, help='extra method arguments, JSON: {"lr": 1}'
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     x, y, x_test, y_test = tensors()
@@ -72,7 +90,9 @@ def main() -> None:
     for name in args.methods:
         model = copy.deepcopy(baseline)
         budget = {} if name == "oneshot" else {"total_steps": args.steps}
-        method = rp.methods.get(name, model, x[:1], target_macs=0.5, max_ratio=0.7, **budget)
+        method = rp.methods.get(
+            name, model, x[:1], target_macs=0.5, max_ratio=0.7, **budget, **args.kwargs
+        )
         train(model, x, y, args.steps, method)
         before = accuracy(model, x_test, y_test)
         with warnings.catch_warnings(record=True):
@@ -89,6 +109,8 @@ def main() -> None:
                 f"{after:.3f}",
                 f"{report['silent_inputs']}/{report['removed_inputs']}",
                 str((report.get("budget") or {}).get("strength", "-")),
+                f"{rp.count(small, x[:1]).macs / rp.count(model, x[:1]).macs:.3f}",
+                gate_summary(method),
             ]
         )
         print(f"{name}: done", flush=True)
@@ -100,6 +122,8 @@ def main() -> None:
         "right after prune",
         "silent / removed inputs",
         "strength",
+        "MACs kept",
+        "L0 gates",
     ]
     print(f"Machine: {describe_machine()}\n\n{markdown_table(header, rows)}")
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from regprune.models import create_model
+from regprune.train import build_optimizer
 from tests.real_data import needs_fashion_mnist
 
 needs_fmnist = needs_fashion_mnist
@@ -43,8 +44,10 @@ def accuracy(model: nn.Module, subset: int = 2000) -> float:
 
 
 def fit(model: nn.Module, epochs: int, lr: float, method=None, seed: int = 0) -> None:
-    """Plain SGD with the method's hooks in the one life-cycle order."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    """Plain SGD with the method's hooks in the one life-cycle order (its own parameters, L0's
+    gates, in their optimizer group)."""
+    groups = method.optimizer_groups() if method is not None else ()
+    optimizer = build_optimizer(model, lr=lr, momentum=0.9, weight_decay=1e-4, groups=groups)
     model.train()
     for epoch in range(epochs):
         for x, y in train_batches(seed=seed + epoch):

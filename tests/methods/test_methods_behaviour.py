@@ -115,3 +115,18 @@ def test_channel_l0_closes_gates_and_removes_those_channels_exactly() -> None:
         assert torch.allclose(small(x), gated, atol=1e-4)
     assert rp.count(small, X).macs < 0.9 * rp.count(model, X).macs
     assert rp.count(small, X).params < rp.count(model, X).params
+
+
+def test_channel_l0_in_budget_mode_meets_the_macs_target_by_itself() -> None:
+    """No lam: the Lagrangian on the expected MACs closes the gates to the target within the
+    budget (100 steps), and removing what they closed costs nothing."""
+    model = pretrained_resnet20()
+    method = methods.get("l0_channel", model, X, target_macs=0.5, max_ratio=0.7, total_steps=100)
+    fit(model, epochs=5, lr=0.05, method=method)  # 5 x 20 batches: the whole budget
+    assert method.regularizer.constraint.last_share <= 0.5 + 0.02
+    small = method.prune()
+    report = method.removal_report()
+    assert report["strength_mode"] == "budget"
+    assert report["silent_inputs"] >= 0.9 * report["removed_inputs"]
+    assert accuracy(small) >= accuracy(model) - 0.02
+    assert rp.count(small, X).macs <= 0.5 * rp.count(model, X).macs

@@ -60,6 +60,25 @@ class MacsModel:
         )
         return float((per_layer * self.unit).sum())
 
+    def expected(self, keep_prob: torch.Tensor) -> torch.Tensor:
+        """Expected MACs when each component is kept with probability ``keep_prob`` (float64,
+        one per component), differentiable in it: the L0 gates' MACs constraint.
+
+        A layer's expected MACs take its inputs and outputs as independent (they are different
+        groups' gates, except a depthwise layer's, whose MACs are linear in its kept channels
+        anyway); a grouped layer costs ``in_kept * out_total / groups`` as in :meth:`macs`.
+        """
+        n = len(self.graph.records)
+        unread = self.in_component < 0
+        in_p = torch.where(unread, 1.0, keep_prob[self.in_component.clamp(min=0)])
+        in_kept = keep_prob.new_zeros(n).index_add(0, self.in_record, in_p)
+        out_kept = keep_prob.new_zeros(n).index_add(
+            0, self.out_record, keep_prob[self.out_component]
+        )
+        grouped = self.groups > 1
+        per_layer = torch.where(grouped, in_kept * self.out_total / self.groups, in_kept * out_kept)
+        return (per_layer * self.unit).sum() + self.other
+
     def macs(self, keep: torch.Tensor) -> float:
         """Total MACs with ``keep`` (bool per component) applied."""
         return self._traced(keep) + self.other

@@ -31,12 +31,19 @@ from regprune.methods.unstructured import (
     prunable_weights,
 )
 from regprune.regularizers import L0Regularizer
+from regprune.regularizers.lagrangian import ExpectedCostConstraint
 
 
 def _check_scale(scale: float) -> float:
     if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
         raise ValueError(f"gate_lr_scale must be a number > 0, got {scale!r}")
     return float(scale)
+
+
+BUDGET_GATE_LR_SCALE = 50.0
+"""Budget mode's default ``gate_lr_scale`` (our choice, from the pilot in docs/methods.md): the
+constraint's pull on a gate is a MACs share times a sigmoid slope, ~1e-4, which gates at the
+weights' SGD rate cannot follow within a short budget; under Adam it is a 50x step size."""
 
 
 @register_method("l0_channel")
@@ -52,9 +59,18 @@ class L0Channel(GraphMethod):
             Adam, whose steps do not depend on the gradient's scale; with SGD the expected-L0
             gradient, ``lam / N`` times a sigmoid slope, moves ``log_alpha`` too slowly to close
             gates in a short schedule, and weight decay would pull it towards keep-prob 0.5).
-        **target: optional. Without a target the channels whose test gate is 0 are removed
-            (at least one channel per group is kept); with ``ratio`` / ``target_macs`` the
-            channels are ranked by ``log_alpha`` and allocated like any other criterion.
+            Default 1, or :data:`BUDGET_GATE_LR_SCALE` in budget mode.
+        total_steps: the sparsify budget. Given without ``lam``, the gates meet the target by
+            themselves (**budget mode**): no per-gate penalty, a Lagrangian constraint on the
+            expected MACs (``target_macs``) or the expected kept channels (``ratio``) instead,
+            its target warmed up to be reached at half of ``silence_at`` of the budget
+            (:mod:`regprune.regularizers.lagrangian`; Wang et al. 2020, CoFi 2022).
+        silence_at: share of the budget by which the removed set should be silent (0.8).
+        constraint_lr: the multipliers' Adam learning rate (default: sized to the budget).
+        **target: optional (required in budget mode). Without a target the channels whose test
+            gate is 0 are removed (at least one channel per group is kept); with ``ratio`` /
+            ``target_macs`` the channels are ranked by ``log_alpha`` and allocated like any
+            other criterion.
     """
 
     name = "l0_channel"
@@ -67,14 +83,23 @@ class L0Channel(GraphMethod):
         model: nn.Module,
         example_inputs: Any,
         *,
-        lam: float = 0.1,
+        lam: float | None = None,
         num_samples: int = 50000,
         init_keep_prob: float = 0.9,
-        gate_lr_scale: float = 1.0,
+        gate_lr_scale: float | None = None,
+        total_steps: int | None = None,
+        silence_at: float = 0.8,
+        constraint_lr: float | None = None,
         **target: Any,
     ) -> None:
         super().__init__(model, example_inputs, **target)
+        budget = lam is None and total_steps is not None
+        if gate_lr_scale is None:
+            gate_lr_scale = BUDGET_GATE_LR_SCALE if budget else 1.0
         self.regularizer_lr_scale = _check_scale(gate_lr_scale)
+        if lam is None:
+            lam = 0.0 if budget else 0.1
+        self.strength_mode = "budget" if budget else ("paper" if lam == 0.1 else "explicit")
         self.regularizer: L0Regularizer = L0Regularizer(
             model,
             self.groups,
@@ -83,7 +108,44 @@ class L0Channel(GraphMethod):
             granularity="channel",
             init_keep_prob=init_keep_prob,
         )
+        if budget:
+            assert total_steps is not None
+            self.regularizer.constraint = self._cost_constraint(
+                total_steps, silence_at, constraint_lr
+            )
         self._gates_at_prune: dict[int, torch.Tensor] = {}
+
+    def _cost_constraint(
+        self, total_steps: int, silence_at: float, lr: float | None
+    ) -> ExpectedCostConstraint:
+        """The Lagrangian of budget mode, on the expected MACs share or kept-channel share."""
+        if self.target is None:
+            raise ValueError(
+                "l0_channel: budget mode (total_steps without lam) needs a target to constrain "
+                "the gates to: give target_macs= or ratio=, or give lam= for the plain penalty"
+            )
+        if self.target.is_macs:
+            model = self.macs_model
+            components = {g.id: self.graph.group_components(g.id) for g in self.groups}
+            count = self.graph.group_of_component.numel()
+
+            def kept_share(keep_prob):
+                prob = torch.ones(count, dtype=torch.float64)
+                for gid, p in keep_prob.items():
+                    prob = prob.index_copy(0, components[int(gid)], p.double().cpu())
+                return model.expected(prob) / model.total
+
+            share = float(self.target.target_macs)
+        else:
+            channels = float(sum(g.size for g in self.groups))
+
+            def kept_share(keep_prob):
+                return sum(p.double().cpu().sum() for p in keep_prob.values()) / channels
+
+            share = 1.0 - float(self.target.ratio)
+        return ExpectedCostConstraint(
+            kept_share, share, total_steps, reach_at=0.5 * silence_at, lr=lr
+        )
 
     def prune(self, data: CalibrationData | None = None) -> nn.Module:
         gates = {int(k): v for k, v in self.regularizer.test_gates().items()}

@@ -26,6 +26,7 @@ from torch.nn.utils import parametrize
 from regprune.graph.groups import ChannelGroup
 from regprune.layers import weight_layers
 from regprune.regularizers._slices import index_groups
+from regprune.regularizers.lagrangian import ExpectedCostConstraint
 from regprune.regularizers.protocol import Regularizer
 
 BETA = 2.0 / 3.0
@@ -245,6 +246,8 @@ class L0Regularizer(Regularizer):
             self._install_weight_gates(targets, init_keep_prob)  # type: ignore[arg-type]
         if not self.gates:
             raise ValueError("nothing to gate: the targets select no parameter")
+        self.constraint: ExpectedCostConstraint | None = None
+        """Optional Lagrangian on the expected cost of channel gates (budget mode)."""
         self._hooks: list[Any] = []
         self._install_hooks()
 
@@ -264,7 +267,14 @@ class L0Regularizer(Regularizer):
     def penalty(self, model: nn.Module) -> torch.Tensor:
         """``lam / N * sum_g expected_l0_g * |g|``, differentiable in every ``log_alpha``."""
         self._check_model(model)
-        return self.lam / self.num_samples * self.expected_nonzero()
+        total = self.lam / self.num_samples * self.expected_nonzero()
+        if self.constraint is not None:
+            total = total + self.constraint.term(self.keep_probabilities())
+        return total
+
+    def keep_probabilities(self) -> dict[int | str, torch.Tensor]:
+        """``P(z != 0)`` of every gate, differentiable in ``log_alpha``."""
+        return {key: gate.expected_l0() for key, gate in self.gates.items()}
 
     def parameters(self) -> list[nn.Parameter]:
         """The gates' ``log_alpha`` (train them without weight decay)."""
@@ -286,6 +296,8 @@ class L0Regularizer(Regularizer):
         self._check_model(model)
         for gate in self.gates.values():
             gate.clamp_()
+        if self.constraint is not None:
+            self.constraint.update()
 
     def test_gates(self) -> dict[int | str, torch.Tensor]:
         """Deterministic gates, detached: by group id (channel) or module name (weight)."""
@@ -312,7 +324,8 @@ class L0Regularizer(Regularizer):
     def stats(self, model: nn.Module) -> dict[str, float]:
         with torch.no_grad():
             expected = float(self.expected_nonzero())
-        return {"gates/closed": self.sparsity(), "l0/expected": expected}
+        stats = {"gates/closed": self.sparsity(), "l0/expected": expected}
+        return stats | (self.constraint.stats() if self.constraint is not None else {})
 
     def baked_copy(self) -> nn.Module:
         """A plain copy of the model with the test gates written into its weights; the gated
@@ -360,9 +373,12 @@ class L0Regularizer(Regularizer):
     def state_dict(self) -> dict[str, Any]:
         """``lam`` and ``log_alpha`` of every gate (also in ``model.state_dict()``; kept here
         so the regularizer restores on its own)."""
-        return super().state_dict() | {
+        state = super().state_dict() | {
             "log_alpha": {key: gate.log_alpha.detach().clone() for key, gate in self.gates.items()}
         }
+        if self.constraint is not None:
+            state["constraint"] = self.constraint.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
@@ -375,6 +391,8 @@ class L0Regularizer(Regularizer):
         with torch.no_grad():
             for key, gate in self.gates.items():
                 gate.log_alpha.copy_(saved[key])
+        if self.constraint is not None:
+            self.constraint.load_state_dict(state["constraint"])
 
     def _hold_gates(self, module: nn.Module, args: Any) -> None:
         for gate in self.gates.values():
