@@ -40,7 +40,12 @@ from regprune.inputs import call_model
 from regprune.io import atomic_write_text
 from regprune.metrics import format_count
 from regprune.report import describe_machine, machine_info, markdown_table
-from regprune.structures import flatten_with_paths, recorded_outputs, structure_mismatch
+from regprune.structures import (
+    flatten_with_paths,
+    recorded_outputs,
+    replayed_outputs,
+    structure_mismatch,
+)
 from regprune.surgery import apply_plan, zero_channels
 
 SPECIAL_INPUTS = {"inception_v3": 299}
@@ -186,6 +191,9 @@ deltas per anchor; for the R-CNNs also per proposal), which come before score th
 and NMS. A detector's final boxes pass through those, so outputs equal up to rounding may still
 select different boxes. Their widths are fixed by the task, so the pruned model's and the
 zeroed reference's have the same shapes. Other tasks compare the whole output."""
+REPLAY = {name: ("rpn",) for name, at in EXACT_AT.items() if "rpn.head" in at}
+"""An R-CNN's box head runs on the proposals its RPN selects by top-k and NMS, which a change in
+the last bit of a score may reorder: the pruned model is handed the reference's proposals."""
 UPSCALING_DETECTORS = ("retinanet", "fcos", "maskrcnn", "keypointrcnn")
 RESULT_PREFIX = "COVERAGE_RESULT "
 
@@ -233,16 +241,19 @@ def exactness_error(
     plan = exact_groups_only(graph, plan)
     zeroed = zero_channels(model, graph, plan)
     pruned = apply_plan(model, graph, plan, compensate=None)
-    outputs = []
-    for candidate in (zeroed, pruned):
-        with torch.no_grad():
-            if name in EXACT_AT:
-                with recorded_outputs(candidate, EXACT_AT[name]) as recorded:
-                    call_model(candidate, example)
-                outputs.append(recorded)
-            else:
-                outputs.append(call_model(candidate, example))
-    want, got = outputs
+    replay = REPLAY.get(name, ())
+    with torch.no_grad():
+        if name in EXACT_AT:
+            with recorded_outputs(zeroed, [*EXACT_AT[name], *replay]) as want:
+                call_model(zeroed, example)
+            proposals = {stage: want.pop(stage) for stage in replay}
+            with (
+                replayed_outputs(pruned, proposals),
+                recorded_outputs(pruned, EXACT_AT[name]) as got,
+            ):
+                call_model(pruned, example)
+        else:
+            want, got = call_model(zeroed, example), call_model(pruned, example)
     problem = structure_mismatch(got, want)
     if problem is not None:
         return problem
@@ -378,13 +389,12 @@ def _fmt_error(value: float | str | None) -> str:
     return "" if value is None else f"{value:.1e}"
 
 
-def render_tasks(rows: list[dict], command: str) -> str:
-    machine = describe_machine(machine_info(["torchvision", "torch_pruning"]))
+def render_tasks(rows: list[dict], command: str, machine: str) -> str:
     lines = [
         "# Detection, segmentation, video, optical flow",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {machine}, load average at the end {os.getloadavg()[0]:.1f} (shared).",
+        f"Machine: {machine}.",
         "",
         "`rp.prune_with_result(model, example, ratio=r)` with its defaults (L1, local scope, no "
         "ignore list, constant compensation), models built with `weights=None, "
@@ -405,7 +415,9 @@ def render_tasks(rows: list[dict], command: str) -> str:
         "thresholds, top-k and NMS (those may pick other boxes from values equal up to "
         "rounding): "
         + ", ".join(f"{name}: `{', '.join(at)}`" for name, at in EXACT_AT.items())
-        + "; the other tasks on the whole output.",
+        + "; the R-CNNs' box predictors run on the reference's proposals (the RPN's output is "
+        "replayed into the pruned model: its top-k and NMS may order near-equal proposals "
+        "otherwise); the other tasks on the whole output.",
     ]
     for task, title in TASK_TITLES.items():
         task_rows = [r for r in rows if r["task"] == task]
@@ -489,9 +501,18 @@ def main() -> None:
     parser.add_argument("--timeout-s", type=float, default=900.0, help="per model, ours")
     parser.add_argument("--tp-timeout-s", type=float, default=300.0, help="per model, TP")
     parser.add_argument("--worker", choices=["ours", "tp"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--from-json", type=Path, help="re-render the task sections from a run's results"
+    )
     args = parser.parse_args()
     if args.worker:
         worker_main(args.worker, args.models[0], args.ratios)
+        return
+    if args.from_json:
+        report = json.loads(args.from_json.read_text())
+        write_tasks_block(
+            args.out, render_tasks(report["rows"], report["command"], report["machine"])
+        )
         return
     if args.tasks:
         torch.set_num_threads(1)  # as the workers run, so that the machine line says so
@@ -502,8 +523,11 @@ def main() -> None:
         command += f" --tp-timeout-s {args.tp_timeout_s:g}"
         if args.models:
             command += " --models " + " ".join(args.models)
-        write_tasks_block(args.out, render_tasks(rows, command))
-        atomic_write_text(args.out.with_name("coverage_tasks.json"), json.dumps(rows, indent=1))
+        machine = describe_machine(machine_info(["torchvision", "torch_pruning"]))
+        machine += f", load average at the end {os.getloadavg()[0]:.1f} (shared)"
+        report = {"command": command, "machine": machine, "rows": rows}
+        atomic_write_text(args.out.with_name("coverage_tasks.json"), json.dumps(report, indent=1))
+        write_tasks_block(args.out, render_tasks(rows, command, machine))
         return
     names = args.models or torchvision.models.list_models(module=torchvision.models)
     rows = []

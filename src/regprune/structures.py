@@ -127,6 +127,44 @@ def recorded_outputs(model: nn.Module, names: Iterable[str]) -> Iterator[dict[st
             handle.remove()
 
 
+@contextlib.contextmanager
+def replayed_outputs(model: nn.Module, outputs: dict[str, list[Any]]) -> Iterator[None]:
+    """Make the named submodules return ``outputs`` (as :func:`recorded_outputs` recorded them,
+    one per call, in order) instead of what they compute, while the caller runs ``model``.
+
+    Why: a two-stage detector's second stage runs on the proposals the first one selects by
+    top-k and NMS, so a change in the last bit of an objectness score may hand it other
+    proposals. Replaying another model's proposals (``{"rpn": ...}``) compares both second
+    stages on the same ones. The submodules still run (whatever they record is recorded);
+    only their results are replaced. Hooks are removed on exit.
+
+    Raises:
+        RuntimeError: a submodule is called more often than it was recorded.
+    """
+    handles = []
+
+    def replay(calls: list[Any], name: str) -> Any:
+        remaining = iter(calls)
+
+        def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+            try:
+                return next(remaining)
+            except StopIteration:
+                raise RuntimeError(
+                    f"{name} was called more than the {len(calls)} times recorded"
+                ) from None
+
+        return hook
+
+    try:
+        for name, calls in outputs.items():
+            handles.append(model.get_submodule(name).register_forward_hook(replay(calls, name)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _spec_difference(got: pytree.TreeSpec, want: pytree.TreeSpec, path: str) -> str:
     where = f"at {path or 'the output'}"
     if got.is_leaf() or want.is_leaf() or got.type is not want.type:
