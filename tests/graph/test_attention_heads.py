@@ -325,3 +325,22 @@ def test_hugging_face_heads_prune_exactly(name: str) -> None:
     pruned, _ = check_exact(model, x, 0.5)
     q_rows = pruned.get_submodule(query).out_features
     assert q_rows == kv_heads // 2 * heads_per_channel * 16  # head_dim 16, half the kv heads
+
+
+def test_gpt2_conv1d_layers_prune_and_split_heads_stay_whole_with_the_reason() -> None:
+    """GPT-2's projections are HF Conv1D layers (weight stored (in, out), applied by addmm);
+    its q/k/v come from one projection cut by ``split(self.split_size)``, a size surgery
+    does not update, so its heads stay whole and say why."""
+    config = transformers.GPT2Config(
+        n_embd=64, n_head=4, n_layer=2, vocab_size=100, n_positions=32, use_cache=False
+    )
+    torch.manual_seed(0)
+    model = transformers.GPT2Model(config).eval()
+    ids = (torch.randint(0, 100, (1, 12), generator=torch.Generator().manual_seed(0)),)
+    graph = trace_graph(model, ids)
+    assert [g.producers for g in graph.groups] == [["h.0.mlp.c_fc"], ["h.1.mlp.c_fc"]]
+    reasons = {u.layer: u.reason for u in graph.unprunable}
+    assert "'split' selects or reorders channels" in reasons["h.0.attn.c_attn"]
+    pruned, _ = check_exact(model, ids, 0.5)
+    assert pruned.h[0].mlp.c_fc.weight.shape == (64, 128)
+    assert pruned.h[0].mlp.c_proj.weight.shape == (128, 64)

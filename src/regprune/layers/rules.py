@@ -13,6 +13,7 @@ A rule applies to a module when it is an instance of the rule's type *and* does 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -243,11 +244,65 @@ class EmbeddingRule(LayerRule):
         module.embedding_dim = int(keep_out.sum())
 
 
+def _hf_conv1d_type() -> type[nn.Module] | None:
+    """Hugging Face's ``Conv1D`` class if transformers is loaded, without importing it: a model
+    holding one was built by transformers, so the module is already in ``sys.modules``."""
+    module = sys.modules.get("transformers.pytorch_utils")
+    return getattr(module, "Conv1D", None)
+
+
+class HFConv1DRule(LayerRule):
+    """Hugging Face's ``Conv1D`` (GPT-2's projections): a linear layer whose weight is stored
+    transposed, ``(in_features, out_features)``, applied with ``addmm``."""
+
+    in_dim = 0
+    out_dim = 1
+
+    def applies_to(self, module: nn.Module) -> bool:
+        conv1d = _hf_conv1d_type()
+        return (
+            conv1d is not None
+            and isinstance(module, conv1d)
+            and type(module).forward is conv1d.forward
+        )
+
+    def input_channels(self, module: nn.Module) -> int:
+        return module.weight.shape[0]
+
+    def output_channels(self, module: nn.Module) -> int:
+        return module.nf
+
+    def output_channel_dim(self, y: torch.Tensor) -> int:
+        return y.dim() - 1
+
+    def input_channel_dim(self, x: torch.Tensor) -> int:
+        return x.dim() - 1
+
+    def macs_unit(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+        return float(x.numel() // module.weight.shape[0])
+
+    def slice_(self, module: nn.Module, keep_in: torch.Tensor, keep_out: torch.Tensor) -> None:
+        _replace(module, "weight", module.weight[keep_in][:, keep_out])
+        if module.bias is not None:
+            _replace(module, "bias", module.bias[keep_out])
+        module.nf = int(keep_out.sum())
+        if hasattr(module, "nx"):
+            module.nx = int(keep_in.sum())
+
+    def response_to_constant_input(
+        self, module: nn.Module, values: torch.Tensor
+    ) -> torch.Tensor | None:
+        used = torch.nonzero(values).reshape(-1)
+        weight = module.weight.detach().index_select(0, used.to(module.weight.device))
+        return weight.t().to(values.dtype) @ values[used]
+
+
 LAYER_RULES: tuple[LayerRule, ...] = (
     ConvRule(),
     ConvTransposeRule(),
     LinearRule(),
     EmbeddingRule(),
+    HFConv1DRule(),
 )
 
 OPAQUE_LAYERS: dict[type[nn.Module], str] = {
