@@ -575,7 +575,8 @@ def _check_grid_reshape(
                         out_compact,
                         d,
                         tracer.where,
-                        f"'{name}' fixes a channel dim to {sizes[d]}; write it as -1",
+                        f"'{name}' writes the size of a channel dim that would shrink "
+                        f"(dim {d}: {sizes[d]}); write it as -1",
                     )
         elif len(big_out) == 1:
             if sizes[big_out[0]] is not None:
