@@ -57,6 +57,8 @@ class DependencyGraph:
         unprunable: what was kept whole, and why.
         model_type: the traced model's class name (plans check it before they apply).
         example_inputs: what the model was traced with (surgery probes constant channels with it).
+        attention: the removable unit of a channel dim split into (heads, head_dim) in this
+            trace (surgery refreshes head counts or head sizes by it).
     """
 
     groups: list[ChannelGroup]
@@ -68,6 +70,7 @@ class DependencyGraph:
     unprunable: list[Unprunable] = field(default_factory=list)
     model_type: str = ""
     example_inputs: Any = None
+    attention: str = "heads"
 
     def group_components(self, group_id: int) -> torch.Tensor:
         """Component id of each channel of a group, in channel order."""
@@ -117,6 +120,7 @@ def build_dependency_graph(model: nn.Module, tracer: Tracer) -> DependencyGraph:
         channel_of_component=channel_of,
         free_slicings=slicings,
         model_type=type(model).__name__,
+        attention=tracer.attention,
     )
     slices = _all_slices(model, graph, slicings)
     for group in groups:

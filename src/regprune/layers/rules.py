@@ -445,6 +445,157 @@ def refresh_attributes(module: nn.Module) -> None:
             return
 
 
+@dataclass(frozen=True)
+class HeadLayout:
+    """Where an attention module keeps the sizes its forward reads as numbers.
+
+    Such a module writes ``view(b, n, self.num_heads, self.head_dim)`` or
+    ``split(self.split_size)``: literals for the tracer, but attributes that surgery can set
+    after slicing. A layout names the query projection (a child; ``packed`` query-sized blocks
+    in its rows: 3 for one q/k/v projection), the key projection when separate, and the
+    attributes holding the head count, the kv head count, the head size, the query width and
+    the query heads per kv head. Matched by these names, without importing the library that
+    defines the module (our choice: HF and timm spell them alike across their models).
+    """
+
+    query: str
+    head_dim: str
+    key: str | None = None
+    value: str | None = None
+    packed: int = 1
+    heads: tuple[str, ...] = ()
+    kv_heads: tuple[str, ...] = ()
+    width: tuple[str, ...] = ()
+    kv_groups: str | None = None
+
+    def applies_to(self, module: nn.Module) -> bool:
+        query = getattr(module, self.query, None)
+        key_ok = self.key is None or isinstance(getattr(module, self.key, None), nn.Module)
+        return (
+            isinstance(query, nn.Module)
+            and rule_for(query) is not None
+            and key_ok
+            and isinstance(getattr(module, self.head_dim, None), int)
+        )
+
+
+HEAD_LAYOUTS: tuple[HeadLayout, ...] = (
+    # HF Llama, Mistral, Qwen2, ViT, ... (q_proj / k_proj, head_dim)
+    HeadLayout(
+        "q_proj",
+        "head_dim",
+        key="k_proj",
+        value="v_proj",
+        heads=("num_heads", "num_attention_heads"),
+        kv_heads=("num_key_value_heads",),
+        kv_groups="num_key_value_groups",
+    ),
+    # HF BERT, RoBERTa, ... (query / key, attention_head_size)
+    HeadLayout(
+        "query",
+        "attention_head_size",
+        key="key",
+        value="value",
+        heads=("num_attention_heads",),
+        width=("all_head_size",),
+    ),
+    # timm Attention (one qkv projection, reshape(B, N, 3, num_heads, head_dim), attn_dim)
+    HeadLayout("qkv", "head_dim", packed=3, heads=("num_heads",), width=("attn_dim",)),
+    # HF GPT-2 (one c_attn Conv1D cut by split(split_size))
+    HeadLayout("c_attn", "head_dim", packed=3, heads=("num_heads",), width=("split_size",)),
+)
+"""The attention modules whose head sizes surgery refreshes (:func:`refresh_head_sizes`)."""
+
+
+def head_projections(module: nn.Module) -> tuple[str, ...]:
+    """The children of a known attention module whose rows are heads (q, k, v projections)."""
+    layout = head_layout_for(module)
+    if layout is None:
+        return ()
+    names = (layout.query, layout.key, layout.value)
+    return tuple(n for n in names if n is not None and hasattr(module, n))
+
+
+def head_layout_for(module: nn.Module) -> HeadLayout | None:
+    """The layout of an attention module whose head sizes surgery refreshes, or None."""
+    if getattr(module, "is_cross_attention", False):
+        return None  # GPT-2's cross attention packs k/v only; not covered
+    for layout in HEAD_LAYOUTS:
+        if layout.applies_to(module):
+            return layout
+    return None
+
+
+def _rows(module: nn.Module, child: str) -> int:
+    layer = module.get_submodule(child)
+    return rule_for(layer).output_channels(layer)  # type: ignore[union-attr]
+
+
+def head_sizes(module: nn.Module) -> dict[str, int] | None:
+    """``heads``, ``kv_heads``, ``head_dim`` and ``width`` (heads x head_dim) of a module with a
+    known :class:`HeadLayout`, read from its projections' rows and its ``head_dim`` attribute."""
+    layout = head_layout_for(module)
+    if layout is None:
+        return None
+    head_dim = getattr(module, layout.head_dim)
+    width = _rows(module, layout.query) // layout.packed
+    kv_width = _rows(module, layout.key) if layout.key else width
+    return {
+        "heads": width // head_dim,
+        "kv_heads": kv_width // head_dim,
+        "head_dim": head_dim,
+        "width": width,
+    }
+
+
+def refreshed_head_sizes(module: nn.Module) -> dict[str, int]:
+    """The sizes a known attention module's forward may write as numbers that surgery refreshes
+    (``{"heads": 3, "width": 192}``); empty for any other module. The tracer lets such a literal
+    follow removed heads."""
+    layout = head_layout_for(module)
+    if layout is None:
+        return {}
+    sizes = head_sizes(module)
+    return {"heads": sizes["heads"], "width": sizes["width"]}  # type: ignore[index]
+
+
+def refresh_head_sizes(module: nn.Module, unit: str = "heads") -> None:
+    """After surgery sliced an attention module's projections, make its head attributes agree.
+
+    With ``unit="heads"`` the head size is unchanged and the head counts follow the rows of the
+    projections; with ``"head_dim"`` the counts are unchanged and the head size follows. The
+    attention scale (``scaling``, ``scale``) is left as it was (our choice): the pruned module
+    computes the same function, whatever a constructor would derive from the new sizes.
+    """
+    layout = head_layout_for(module)
+    if layout is None:
+        return
+    head_dim = getattr(module, layout.head_dim)
+    width = _rows(module, layout.query) // layout.packed
+    kv_width = _rows(module, layout.key) if layout.key else width
+    if unit == "head_dim":
+        heads = next(
+            (getattr(module, a) for a in layout.heads if isinstance(getattr(module, a, None), int)),
+            None,
+        )
+        if heads is None:
+            return  # nothing stored but head_dim, and the head count is not known here
+        head_dim = width // heads
+        setattr(module, layout.head_dim, head_dim)
+    heads, kv_heads = width // head_dim, kv_width // head_dim
+    for attr in layout.heads:
+        if isinstance(getattr(module, attr, None), int):
+            setattr(module, attr, heads)
+    for attr in layout.kv_heads:
+        if isinstance(getattr(module, attr, None), int):
+            setattr(module, attr, kv_heads)
+    for attr in layout.width:
+        if isinstance(getattr(module, attr, None), int):
+            setattr(module, attr, width)
+    if layout.kv_groups and isinstance(getattr(module, layout.kv_groups, None), int):
+        setattr(module, layout.kv_groups, heads // kv_heads)
+
+
 WEIGHT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 """The layers whose weights unstructured methods and weight gates act on."""
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import copy
 import itertools
+import warnings
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from regprune.layers.rules import refresh_attributes
+from regprune.layers.hf_config import refresh_hf_config
+from regprune.layers.rules import refresh_attributes, refresh_head_sizes
 from regprune.surgery.compensate import (
     CompensationReport,
     InputStats,
@@ -186,6 +188,7 @@ def cut_model(model: nn.Module, graph: DependencyGraph, plan: Plan) -> tuple[nn.
     pruned = _copy_sharing_tensors(model)
     touched: dict[str, nn.Module] = {}
     cuts: Cuts = {}
+    sliced: set[str] = set()
     for record in graph.records:
         module = pruned.get_submodule(record.name)
         keep_in = atoms_kept(graph, keep, record.in_atoms)
@@ -196,6 +199,7 @@ def cut_model(model: nn.Module, graph: DependencyGraph, plan: Plan) -> tuple[nn.
         if record.groups == 1 and keep_in.numel() and not keep_in.all() and keep_in.any():
             cuts[record.name] = (~keep_in, keep_out)
         record.rule.slice_(module, keep_in, keep_out)
+        sliced.add(record.name)
     for slicing in graph.free_slicings:
         kept_index = (slicing.component < 0) | keep[slicing.component.clamp(min=0)]
         if bool(kept_index.all()):
@@ -212,9 +216,38 @@ def cut_model(model: nn.Module, graph: DependencyGraph, plan: Plan) -> tuple[nn.
         touched[owner_name] = owner
     for owner in touched.values():
         refresh_attributes(owner)
+    _refresh_sizes_read_by_forward(model, pruned, sliced, graph.attention)
     _own_the_rest(model, pruned)
     _retie(model, pruned)
     return pruned, cuts
+
+
+def _refresh_sizes_read_by_forward(
+    model: nn.Module, pruned: nn.Module, sliced: set[str], unit: str
+) -> None:
+    """Head counts and widths that forwards and configs state as numbers follow the slicing.
+
+    An attention module holding a sliced projection gets its head attributes refreshed (the
+    rule table's :func:`~regprune.layers.rules.refresh_head_sizes`); a Hugging Face model gets
+    its ``config`` refreshed so that ``save_pretrained`` / ``from_pretrained`` rebuild it, with
+    a warning naming what the config cannot state (per-layer counts, a head size BERT derives
+    from ``hidden_size``): such a model saves with :func:`regprune.surgery.save_pruned`.
+    """
+    if not sliced:
+        return
+    parents = {name.rpartition(".")[0] for name in sliced}
+    for name in sorted(parents):
+        refresh_head_sizes(pruned.get_submodule(name), unit)
+    problems = refresh_hf_config(model, pruned, unit)
+    if problems:
+        warnings.warn(
+            f"the pruned {type(pruned).__name__}'s config cannot state its new sizes, so "
+            "from_pretrained would not rebuild it from save_pretrained: "
+            + "; ".join(problems)
+            + ". Keep heads and widths equal across layers (scope='local' with a ratio), or "
+            "save with regprune.surgery.save_pruned / load_pruned",
+            stacklevel=3,
+        )
 
 
 def _retie(original: nn.Module, pruned: nn.Module) -> None:

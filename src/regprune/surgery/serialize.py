@@ -30,8 +30,20 @@ SIZE_ATTRIBUTES = (
     "normalized_shape",
     "num_parameters",
     "embedding_dim",
+    "nf",
+    "nx",
+    "num_heads",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "num_key_value_groups",
+    "head_dim",
+    "attention_head_size",
+    "all_head_size",
+    "attn_dim",
+    "split_size",
 )
-"""Module attributes that surgery changes; everything else comes from the constructor."""
+"""Module attributes that surgery changes (the last ones: head sizes an attention forward reads,
+``layers.rules.HEAD_LAYOUTS``); everything else comes from the constructor."""
 
 
 def _size_attributes(model: nn.Module) -> dict[str, dict[str, Any]]:

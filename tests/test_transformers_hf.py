@@ -1,0 +1,165 @@
+"""Hugging Face models pruned end to end: exact, saved and reloaded, generating.
+
+Tiny configs built in code (nothing downloaded). A pruned model is only useful to HF users if
+``save_pretrained`` / ``from_pretrained`` rebuild it and ``generate`` runs: surgery refreshes the
+attention modules' head attributes and the config, and warns, naming the cause, where the config
+cannot state the pruned sizes (BERT derives its head size from ``hidden_size``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import regprune as rp
+from regprune.api import make_plan
+from regprune.surgery import apply_plan, load_pruned, save_pruned, zero_channels
+from tests.exactness import check_exact, exact_plan
+
+transformers = pytest.importorskip("transformers")
+
+
+def _ids() -> tuple[torch.Tensor]:
+    return (torch.randint(0, 100, (1, 12), generator=torch.Generator().manual_seed(0)),)
+
+
+def _model(name: str) -> tuple[torch.nn.Module, tuple]:
+    torch.manual_seed(0)
+    if name == "bert":
+        config = transformers.BertConfig(
+            hidden_size=64,
+            num_attention_heads=4,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            vocab_size=100,
+        )
+        return transformers.BertModel(config).eval(), _ids()
+    if name == "llama":
+        config = transformers.LlamaConfig(
+            hidden_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            vocab_size=100,
+        )
+        return transformers.LlamaForCausalLM(config).eval(), _ids()
+    if name == "gpt2":
+        config = transformers.GPT2Config(
+            n_embd=64, n_head=4, n_layer=2, vocab_size=100, n_positions=32, bos_token_id=0
+        )
+        config.eos_token_id = 0
+        return transformers.GPT2LMHeadModel(config).eval(), _ids()
+    config = transformers.ViTConfig(
+        hidden_size=64,
+        num_attention_heads=4,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        image_size=32,
+        patch_size=8,
+    )
+    image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    return transformers.ViTModel(config).eval(), (image,)
+
+
+def _first(output) -> torch.Tensor:
+    return output[0]
+
+
+def _prune(model, inputs) -> torch.nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a config that cannot state it fails here
+        return rp.prune(model, inputs, ratio=0.5)
+
+
+@pytest.mark.parametrize("name", ["vit", "llama", "gpt2"])
+def test_save_pretrained_and_from_pretrained_rebuild_the_pruned_model(name, tmp_path) -> None:
+    model, inputs = _model(name)
+    pruned = _prune(model, inputs)
+    assert sum(p.numel() for p in pruned.parameters()) < sum(
+        p.numel() for p in model.parameters()
+    )
+    pruned.save_pretrained(tmp_path)
+    reloaded = type(pruned).from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(_first(reloaded(*inputs)), _first(pruned(*inputs)))
+    # the caller's model and its config are untouched
+    assert model.config.num_attention_heads == 4
+    assert model.config.to_dict() != pruned.config.to_dict()
+
+
+def test_the_config_states_the_pruned_sizes() -> None:
+    model, inputs = _model("llama")
+    pruned = _prune(model, inputs)
+    attention = pruned.model.layers[0].self_attn
+    q_heads = attention.q_proj.out_features // attention.head_dim
+    kv_heads = attention.k_proj.out_features // attention.head_dim
+    assert (q_heads, kv_heads) == (2, 1)
+    assert pruned.config.num_attention_heads == q_heads
+    assert pruned.config.num_key_value_heads == kv_heads
+    assert attention.num_key_value_groups == q_heads // kv_heads == 2  # the GQA ratio kept
+    assert pruned.config.head_dim == attention.head_dim == 16
+    assert pruned.config.intermediate_size == pruned.model.layers[0].mlp.up_proj.out_features
+    assert pruned.config.hidden_size == pruned.model.embed_tokens.embedding_dim
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_generate_runs_after_pruning(name) -> None:
+    model, inputs = _model(name)
+    pruned = _prune(model, inputs)
+    greedy = pruned.generate(inputs[0], max_new_tokens=6, do_sample=False, min_new_tokens=6)
+    assert greedy.shape == (1, 18)
+    # with the kv cache and without it, the pruned decoder predicts the same tokens
+    uncached = pruned.generate(
+        inputs[0], max_new_tokens=6, do_sample=False, min_new_tokens=6, use_cache=False
+    )
+    assert torch.equal(greedy, uncached)
+
+
+def test_bert_warns_that_its_config_derives_the_head_size_and_saves_with_regprune(
+    tmp_path,
+) -> None:
+    """BertConfig has no head size: BertSelfAttention takes hidden_size / num_attention_heads,
+    so 2 heads of 16 in a 64-wide model cannot be stated. Surgery says so; save_pruned works."""
+    model, inputs = _model("bert")
+    with pytest.warns(UserWarning, match="derives the head size from hidden_size"):
+        pruned = rp.prune(model, inputs, ratio=0.5)
+    attention = pruned.encoder.layer[0].attention.self
+    assert (attention.num_attention_heads, attention.all_head_size) == (2, 32)
+    save_pruned(pruned, tmp_path / "bert.pt")
+    fresh, _ = _model("bert")
+    reloaded = load_pruned(fresh, tmp_path / "bert.pt").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(_first(reloaded(*inputs)), _first(pruned(*inputs)))
+
+
+def test_per_layer_counts_warn_that_the_config_holds_one_value() -> None:
+    model, inputs = _model("vit")
+    graph, plan = make_plan(model, inputs, ratio=0.5)
+    heads = [g.id for g in graph.groups if "layers.0.attention.q_proj" in g.producers]
+    plan.drop[heads[0]] = plan.drop[heads[0]][:1]  # layer 0 keeps 3 heads, layer 1 keeps 2
+    with pytest.warns(UserWarning, match=r"heads differ between layers \(\[3, 2\]\)"):
+        apply_plan(model, graph, plan, compensate=None)
+
+
+@pytest.mark.parametrize("name", ["bert", "vit", "llama", "gpt2"])
+@pytest.mark.parametrize("seed", range(3))
+def test_removed_heads_match_zeroed_heads_and_keep_the_gqa_ratio(name, seed) -> None:
+    model, inputs = _model(name)
+    # exact groups only: Llama's residual stream is also prunable, through an RMSNorm (inexact)
+    graph, plan = exact_plan(model, inputs, 0.5, importance="random", seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # BERT's config (tested above)
+        pruned = apply_plan(model, graph, plan, compensate=None)
+    reference = zero_channels(model, graph, plan)
+    with torch.no_grad():
+        expected, got = _first(reference(*inputs)), _first(pruned(*inputs))
+    torch.testing.assert_close(got, expected, atol=1e-4 * float(expected.abs().max()), rtol=0)
+    if name == "llama":
+        for layer in pruned.model.layers:
+            attention = layer.self_attn
+            q_heads = attention.q_proj.out_features // attention.head_dim
+            kv_heads = attention.k_proj.out_features // attention.head_dim
+            assert q_heads == 2 * kv_heads
