@@ -220,3 +220,16 @@ def test_the_check_compares_structures_and_lets_the_number_of_boxes_vary() -> No
         check_runs(_Heads(width=2), x, want)
     with pytest.raises(RuntimeError, match=r"at \[0\]: keys \['boxes', 'map'\], expected"):
         check_runs(_Heads(), x, [{"boxes": want[0]["boxes"], "mask": want[0]["map"]}])
+
+
+def test_attention_unit_is_passed_through_prune_and_make_plan() -> None:
+    """``attention="head_dim"`` removes positions of every head instead of whole heads."""
+    from tests.graph.test_attention_heads import HEAD_DIM, HEADS, Net, tokens
+
+    model, x = Net(free="head_dim", path="explicit", scale=0.3).eval(), tokens()
+    graph, _ = rp.make_plan(model, (x,), ratio=0.5, attention="head_dim")
+    assert graph.attention == "head_dim"
+    small = rp.prune(model, (x,), ratio=0.5, attention="head_dim")
+    assert small.blocks[0].attention.q.out_features == HEADS * HEAD_DIM // 2
+    with pytest.raises(ValueError, match="attention must be one of"):
+        rp.prune(model, (x,), ratio=0.5, attention="rows")

@@ -70,17 +70,23 @@ def _first(output) -> torch.Tensor:
 
 def _prune(model, inputs) -> torch.nn.Module:
     with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)  # a config that cannot state it fails here
+        warnings.simplefilter("ignore", UserWarning)  # GPT-2's config (tested below)
         return rp.prune(model, inputs, ratio=0.5)
+
+
+def _gpt2_mlp_only(model) -> list[str]:
+    """GPT-2's config derives head_dim from n_embd / n_head: its heads stay whole to round-trip."""
+    return [n for n, _ in model.named_modules() if n.endswith("attn.c_attn")]
 
 
 @pytest.mark.parametrize("name", ["vit", "llama", "gpt2"])
 def test_save_pretrained_and_from_pretrained_rebuild_the_pruned_model(name, tmp_path) -> None:
     model, inputs = _model(name)
-    pruned = _prune(model, inputs)
-    assert sum(p.numel() for p in pruned.parameters()) < sum(
-        p.numel() for p in model.parameters()
-    )
+    ignore = _gpt2_mlp_only(model) if name == "gpt2" else []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a config that cannot state it fails here
+        pruned = rp.prune(model, inputs, ratio=0.5, ignore=ignore)
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
     pruned.save_pretrained(tmp_path)
     reloaded = type(pruned).from_pretrained(tmp_path).eval()
     with torch.no_grad():
@@ -118,6 +124,18 @@ def test_generate_runs_after_pruning(name) -> None:
     assert torch.equal(greedy, uncached)
 
 
+def test_gpt2_heads_are_removed_and_its_attributes_follow() -> None:
+    """GPT-2 cuts q/k/v by ``split(self.split_size)`` and writes ``self.head_dim``: literals
+    surgery refreshes, so whole heads go; its config derives head_dim, and says so."""
+    model, inputs = _model("gpt2")
+    model.config.use_cache = False  # compare logits, not caches
+    with pytest.warns(UserWarning, match="derives the head size from hidden_size"):
+        pruned, _ = check_exact(model, inputs, 0.5)
+    attention = pruned.transformer.h[0].attn
+    assert attention.c_attn.nf == 3 * 32
+    assert (attention.num_heads, attention.split_size, attention.head_dim) == (2, 32, 16)
+
+
 def test_bert_warns_that_its_config_derives_the_head_size_and_saves_with_regprune(
     tmp_path,
 ) -> None:
@@ -151,7 +169,7 @@ def test_removed_heads_match_zeroed_heads_and_keep_the_gqa_ratio(name, seed) -> 
     # exact groups only: Llama's residual stream is also prunable, through an RMSNorm (inexact)
     graph, plan = exact_plan(model, inputs, 0.5, importance="random", seed=seed)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # BERT's config (tested above)
+        warnings.simplefilter("ignore", UserWarning)  # BERT's, GPT-2's configs (tested above)
         pruned = apply_plan(model, graph, plan, compensate=None)
     reference = zero_channels(model, graph, plan)
     with torch.no_grad():

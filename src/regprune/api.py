@@ -63,18 +63,22 @@ def make_plan(
     scores: dict[int, torch.Tensor] | None = None,
     graph: DependencyGraph | None = None,
     macs_model: MacsModel | None = None,
+    attention: str = "heads",
 ) -> tuple[DependencyGraph, Plan]:
     """Trace, score and allocate: the plan a one-shot prune would apply (nothing is modified).
 
-    ``scores`` overrides the importance criterion (one score per channel of every group of
-    ``graph``, which must then be given too). ``graph`` and ``macs_model`` reuse a trace and a
-    count already made (:func:`prune_with_result` does, to count the model once).
+    ``attention`` is what a channel of a dim split into (heads, head_dim) is: ``"heads"``
+    (whole heads, the default) or ``"head_dim"`` (:data:`regprune.graph.ATTENTION_UNITS`);
+    ignored when ``graph`` is given. ``scores`` overrides the importance criterion (one score
+    per channel of every group of ``graph``, which must then be given too). ``graph`` and
+    ``macs_model`` reuse a trace and a count already made (:func:`prune_with_result` does, to
+    count the model once).
     """
     target = Target(ratio, target_macs, scope, round_to, max_ratio)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an integer, got {type(seed).__name__} {seed!r}")
     if graph is None:
-        graph = trace_graph(model, example_inputs, ignore=ignore)
+        graph = trace_graph(model, example_inputs, ignore=ignore, attention=attention)
     criterion = get_importance(importance, seed=seed)
     if scores is None:
         scores = criterion(model, graph)
@@ -179,7 +183,12 @@ def prune_with_result(
         phase_s[name] = now - start
         start = now
 
-    graph = trace_graph(model, example_inputs, ignore=kwargs.pop("ignore", ()))
+    graph = trace_graph(
+        model,
+        example_inputs,
+        ignore=kwargs.pop("ignore", ()),
+        attention=kwargs.pop("attention", "heads"),
+    )
     phase("trace")
     original = _run_original(model, graph, example_inputs, observe_inputs=mode != "mean")
     macs_model = MacsModel(graph, original.macs)
@@ -214,6 +223,7 @@ def prune(
     seed: int = 0,
     compensate: str | None = "constant",
     calibration: Iterable[Any] | None = None,
+    attention: str = "heads",
 ) -> nn.Module:
     """One-shot structural pruning of any traceable model.
 
@@ -238,6 +248,10 @@ def prune(
             constant, ``"mean"`` for every removed channel's mean over ``calibration`` (mean
             replacement), ``"none"`` / None to drop them as they are.
         calibration: batches (``inputs`` or ``(inputs, targets)``) for ``compensate="mean"``.
+        attention: where a channel dim is split into (heads, head_dim), what one removable
+            channel is: ``"heads"`` (whole heads; under grouped-query attention a kv head with
+            the query heads reading it; the default) or ``"head_dim"`` (one position of every
+            head). See docs/transformers.md.
 
     Returns:
         A new, physically smaller ``nn.Module`` whose outputs have the original's structure
@@ -259,4 +273,5 @@ def prune(
         seed=seed,
         compensate=compensate,
         calibration=calibration,
+        attention=attention,
     ).model

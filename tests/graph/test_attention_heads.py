@@ -327,10 +327,10 @@ def test_hugging_face_heads_prune_exactly(name: str) -> None:
     assert q_rows == kv_heads // 2 * heads_per_channel * 16  # head_dim 16, half the kv heads
 
 
-def test_gpt2_conv1d_layers_prune_and_split_heads_stay_whole_with_the_reason() -> None:
+def test_gpt2_split_by_a_refreshed_size_prunes_whole_heads_exactly() -> None:
     """GPT-2's projections are HF Conv1D layers (weight stored (in, out), applied by addmm);
     its q/k/v come from one projection cut by ``split(self.split_size)``, a size surgery
-    does not update, so its heads stay whole and say why."""
+    refreshes: the three chunks lose the same heads, and the attributes follow."""
     config = transformers.GPT2Config(
         n_embd=64, n_head=4, n_layer=2, vocab_size=100, n_positions=32, use_cache=False
     )
@@ -338,9 +338,43 @@ def test_gpt2_conv1d_layers_prune_and_split_heads_stay_whole_with_the_reason() -
     model = transformers.GPT2Model(config).eval()
     ids = (torch.randint(0, 100, (1, 12), generator=torch.Generator().manual_seed(0)),)
     graph = trace_graph(model, ids)
-    assert [g.producers for g in graph.groups] == [["h.0.mlp.c_fc"], ["h.1.mlp.c_fc"]]
-    reasons = {u.layer: u.reason for u in graph.unprunable}
-    assert "'split' selects or reorders channels" in reasons["h.0.attn.c_attn"]
-    pruned, _ = check_exact(model, ids, 0.5)
+    sizes = {tuple(g.producers): g.size for g in graph.groups}
+    assert sizes[("h.0.attn.c_attn",)] == 4  # one channel per head, across q, k and v
+    assert sizes[("h.0.mlp.c_fc",)] == 256
+    with pytest.warns(UserWarning, match="derives the head size"):
+        pruned, _ = check_exact(model, ids, 0.5)
+    attention = pruned.h[0].attn
+    assert (attention.num_heads, attention.split_size) == (2, 32)
     assert pruned.h[0].mlp.c_fc.weight.shape == (64, 128)
     assert pruned.h[0].mlp.c_proj.weight.shape == (128, 64)
+
+
+def test_gpt2_split_stays_locked_with_head_dim_as_the_unit() -> None:
+    """A refreshed ``head_dim`` would have to serve q/k and v, which ``"head_dim"`` prunes
+    apart: literal sizes are only followed with whole heads as the unit."""
+    config = transformers.GPT2Config(n_embd=64, n_head=4, n_layer=1, vocab_size=100)
+    model = transformers.GPT2Model(config).eval()
+    graph = trace_graph(model, (torch.zeros(1, 6, dtype=torch.long),), attention="head_dim")
+    assert not [g for g in graph.groups if "h.0.attn.c_attn" in g.producers]
+    reasons = {u.layer: u.reason for u in graph.unprunable}
+    assert "'split' selects or reorders channels" in reasons["h.0.attn.c_attn"]
+
+
+timm = pytest.importorskip("timm")
+
+
+def test_timm_attention_heads_prune_exactly_and_refresh_num_heads() -> None:
+    """timm's Attention writes ``reshape(B, N, 3, self.num_heads, self.head_dim)`` and
+    ``reshape(B, N, self.attn_dim)``: literals surgery refreshes."""
+    torch.manual_seed(0)
+    model = timm.models.VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=5
+    ).eval()
+    x = (torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)),)
+    graph = trace_graph(model, x)
+    assert {tuple(g.producers): g.size for g in graph.groups}[("blocks.0.attn.qkv",)] == 4
+    pruned, _ = check_exact(model, x, 0.5)
+    attention = pruned.blocks[0].attn
+    assert (attention.num_heads, attention.head_dim, attention.attn_dim) == (2, 16, 32)
+    assert attention.qkv.out_features == 3 * 32
+    assert model.blocks[0].attn.num_heads == 4  # the caller's model

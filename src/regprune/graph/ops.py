@@ -465,7 +465,7 @@ def _movement(tracer: Tracer, name: str, args: tuple, kwargs: dict, out: Any) ->
     if name in RESHAPES or name == "flatten":
         _check_reshape(tracer, name, data[0], label_args[0], label_outputs[0], args)
     if name in SELECTING or name in SHUFFLING:
-        _check_selection(tracer, name, label_args[0], label_outputs, args)
+        _check_selection(tracer, name, label_args[0], label_outputs, args, kwargs)
     for tensor, label in zip(outputs, label_outputs, strict=True):
         tracer.set_label(tensor, compact(label.contiguous()))
 
@@ -564,12 +564,16 @@ def _check_grid_reshape(
             continue
         big_in = [d for d in ins if label_in.size(d) > 1]
         big_out = [d for d in outs if label_out.size(d) > 1]
+        refreshed = tracer.refreshed_sizes()
         if len(big_in) == 1:
+            unit = None
             if len(big_out) > 1:
                 unit = big_out[-2] if tracer.attention == "heads" else big_out[-1]
                 whole_slices(tracer, out_compact, unit)
                 tracer.atoms.mark_split(out_compact.reshape(-1))
             for d in big_out:
+                if d == unit and sizes[d] is not None and sizes[d] == refreshed.get("heads"):
+                    continue  # self.num_heads of a module whose heads surgery refreshes
                 if sizes[d] is not None:
                     tracer.atoms.require_fixed(
                         out_compact,
@@ -579,7 +583,7 @@ def _check_grid_reshape(
                         f"(dim {d}: {sizes[d]}); write it as -1",
                     )
         elif len(big_out) == 1:
-            if sizes[big_out[0]] is not None:
+            if sizes[big_out[0]] is not None and sizes[big_out[0]] != refreshed.get("width"):
                 for d in moved:
                     tracer.atoms.require_fixed(
                         in_compact,
@@ -636,8 +640,34 @@ def _selected_dims(name: str, args: tuple, kwargs: dict, ndim: int) -> list[int]
     return [dim % ndim] if isinstance(dim, int) else None
 
 
+def _split_of_refreshed_width(
+    tracer: Tracer, name: str, label: torch.Tensor, args: tuple, kwargs: dict
+) -> bool:
+    """``split(self.split_size)`` of a packed q/k/v projection whose width surgery refreshes
+    (GPT-2): the chunks are coupled position by position, so each loses the same heads and the
+    refreshed size stays true for all. True when handled so."""
+    if name != "split" or len(varying_dims(label)) != 1:
+        return False
+    size = args[1] if len(args) > 1 else kwargs.get("split_size")
+    width = tracer.refreshed_sizes().get("width")
+    dim = kwargs.get("dim", args[2] if len(args) > 2 else 0) % label.dim()
+    total = label.size(dim)
+    if not isinstance(size, int) or size != width or dim not in varying_dims(label):
+        return False
+    if total % size or total == size:
+        return False
+    chunks = label.movedim(dim, -1).unflatten(-1, (total // size, size))
+    fix_dim(tracer, chunks, chunks.dim() - 2)
+    return True
+
+
 def _check_selection(
-    tracer: Tracer, name: str, label_in: torch.Tensor, label_outputs: list, args: tuple
+    tracer: Tracer,
+    name: str,
+    label_in: torch.Tensor,
+    label_outputs: list,
+    args: tuple,
+    kwargs: dict | None = None,
 ) -> None:
     """Lock channels when an op keeps only part of a channel dim, or reorders it by index.
 
@@ -647,6 +677,8 @@ def _check_selection(
     """
     compact_in = compact(label_in)
     if not varying_dims(compact_in):
+        return
+    if _split_of_refreshed_width(tracer, name, compact_in, args, kwargs or {}):
         return
     atoms = atoms_in(compact_in)
     tensor_index = name == "getitem" and any(

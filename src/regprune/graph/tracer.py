@@ -25,7 +25,13 @@ from regprune.graph.labels import atoms_in, channel_label, channel_vector, const
 from regprune.graph.meta_shortcuts import shape_only_result
 from regprune.graph.ops import record_function
 from regprune.inputs import as_call_args, iter_tensors, map_tensors
-from regprune.layers.rules import LayerRecord, LayerRule, opaque_reason, rule_for
+from regprune.layers.rules import (
+    LayerRecord,
+    LayerRule,
+    opaque_reason,
+    refreshed_head_sizes,
+    rule_for,
+)
 
 ATTENTION_UNITS = ("heads", "head_dim")
 """How a channel dim reshaped into (heads, head_dim) may shrink; one per trace, because a
@@ -186,6 +192,16 @@ class Tracer(TorchFunctionMode):
     @property
     def where(self) -> str:
         return self.module_stack[-1] or "<model>"
+
+    def refreshed_sizes(self) -> dict[str, int]:
+        """Sizes the running module's forward may write as numbers because surgery refreshes
+        them (``{"heads": 4, "width": 256}`` in timm's ``Attention``, GPT-2's attention; see
+        ``layers.rules.HEAD_LAYOUTS``): such a literal follows removed heads. Only with whole
+        heads as the unit (our choice): a refreshed ``head_dim`` would have to serve q/k and v,
+        which ``"head_dim"`` prunes apart."""
+        if self.attention != "heads" or not self.module_stack[-1]:
+            return {}
+        return refreshed_head_sizes(self.model.get_submodule(self.module_stack[-1]))
 
     def is_ignored(self, name: str) -> bool:
         return any(name == i or name.startswith(i + ".") for i in self.ignored)

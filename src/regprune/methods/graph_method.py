@@ -63,6 +63,7 @@ class GraphMethod(PruningMethod):
         max_ratio: float = 1.0,
         ignore: Iterable[nn.Module | str] = (),
         compensate: str | None = "constant",
+        attention: str = "heads",
     ) -> None:
         super().__init__(model)
         check_compensate(compensate, has_data=True)
@@ -73,7 +74,11 @@ class GraphMethod(PruningMethod):
         if not (self.target_optional and ratio is None and target_macs is None):
             self.target = Target(ratio, target_macs, self.scope, round_to, max_ratio)
         self.example_inputs = example_inputs
-        self.graph: DependencyGraph = trace_graph(model, example_inputs, ignore=ignore)
+        # attention: what one removable channel of a (heads, head_dim) split is (heads or
+        # head_dim positions: regprune.graph.ATTENTION_UNITS)
+        self.graph: DependencyGraph = trace_graph(
+            model, example_inputs, ignore=ignore, attention=attention
+        )
         if not self.graph.groups:
             raise ValueError(
                 f"{type(self).__name__}: the model has no prunable channel group; "

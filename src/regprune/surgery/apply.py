@@ -244,8 +244,10 @@ def _refresh_sizes_read_by_forward(
             f"the pruned {type(pruned).__name__}'s config cannot state its new sizes, so "
             "from_pretrained would not rebuild it from save_pretrained: "
             + "; ".join(problems)
-            + ". Keep heads and widths equal across layers (scope='local' with a ratio), or "
-            "save with regprune.surgery.save_pruned / load_pruned",
+            + ". Sizes that differ between layers: prune with scope='local' and a ratio (the "
+            "same count in every layer); a head size the config derives from hidden_size "
+            "(BERT, GPT-2): keep the heads whole (ignore= the q/k/v projections). Or save "
+            "with regprune.surgery.save_pruned / load_pruned",
             stacklevel=3,
         )
 
