@@ -1,0 +1,214 @@
+"""Prune ultralytics YOLO models built from their yaml (random weights, nothing downloaded).
+
+    YOLO_OFFLINE=1 python -m benchmarks.yolo_coverage --out docs/yolo_coverage.json
+
+Per model (BatchNorm statistics set from two random batches first: with the initial ones,
+YOLOv8n's outputs hardly depend on its input, see ``calibrate_norms``):
+``rp.prune_with_result(yolo.model, torch.rand(1, 3, 320, 320), ratio=0.3)`` with no
+ignore list; MACs before and after; the layers kept whole and why; exactness (the plan
+restricted to exact groups, applied without compensation, against the same model with those
+channels zeroed, every leaf of the eval-mode outputs compared on its own scale); whether the
+pruned model runs at 256x256 with outputs of the original's structure; whether ultralytics'
+own ``YOLO.predict`` runs it; and the two ways to save it: ultralytics' (the whole module
+pickled, ``torch.save({"model": ...})``, loaded by ``YOLO(path)``, and with
+``weights_only=True`` through ultralytics' allow-list) and regprune's (``rp.save_pruned``,
+weights only, then ``rp.load_pruned`` into a model rebuilt from the yaml).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("YOLO_OFFLINE", "1")  # before ultralytics is imported: no online checks
+
+import numpy as np
+import torch
+from benchmarks.timm_coverage import calibrate_norms, exact_only
+
+import regprune as rp
+from regprune.graph import DependencyGraph
+from regprune.io import atomic_write_text
+from regprune.report import describe_machine, machine_info
+from regprune.structures import flatten_with_paths, structure_mismatch
+from regprune.surgery import apply_plan, zero_channels
+
+MODELS = [
+    "yolov8n.yaml",
+    "yolov8n-seg.yaml",
+    "yolov8n-pose.yaml",
+    "yolo11n.yaml",
+    "yolo11n-seg.yaml",
+    "yolo11n-pose.yaml",
+]
+RATIO = 0.3
+SIZE = 320
+EXACT_RTOL = 1e-4
+
+
+def leaf_errors(got: Any, want: Any) -> dict[str, float]:
+    """Per output leaf (``[1]['scores']``), the largest difference relative to the leaf's
+    largest value: decoded boxes are in pixels, scores in [0, 1], so one scale would hide one."""
+    errors = {}
+    for (path, g), (_, w) in zip(flatten_with_paths(got), flatten_with_paths(want), strict=True):
+        if isinstance(w, torch.Tensor) and w.numel():
+            scale = max(float(w.abs().max()), 1e-12)
+            errors[path] = float((g.double() - w.double()).abs().max()) / scale
+    return errors
+
+
+def exactness(model: torch.nn.Module, x: torch.Tensor, graph: DependencyGraph, plan: Any) -> dict:
+    plan = exact_only(graph, plan)
+    zeroed = zero_channels(model, graph, plan).eval()
+    pruned = apply_plan(model, graph, plan, compensate=None).eval()
+    with torch.no_grad():
+        want, got = zeroed(x), pruned(x)
+    problem = structure_mismatch(got, want)
+    if problem is not None:
+        return {"exact": False, "exactness_problem": problem}
+    errors = leaf_errors(got, want)
+    return {
+        "exact": max(errors.values()) <= EXACT_RTOL,
+        "exactness_error": max(errors.values()),
+        "exactness_by_leaf": errors,
+        "exact_channels_dropped": plan.num_dropped(),
+    }
+
+
+def check_predict(yolo: Any, pruned: torch.nn.Module) -> dict:
+    """``yolo.model = pruned; yolo.predict(image)`` on a 320x320 numpy image (HWC, BGR)."""
+    yolo.model = pruned
+    image = (np.random.default_rng(0).random((SIZE, SIZE, 3)) * 255).astype(np.uint8)
+    results = yolo.predict(image, imgsz=SIZE, conf=0.0, verbose=False)
+    return {"predict": "ok", "predict_boxes": len(results[0].boxes)}
+
+
+def check_saving(yaml: str, pruned: torch.nn.Module, x: torch.Tensor) -> dict:
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import torch_safe_load
+
+    row: dict[str, Any] = {}
+    with torch.no_grad():
+        want = pruned(x)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "pruned.pt"
+        torch.save({"model": pruned, "train_args": {}}, path)  # as ultralytics pickles modules
+        try:  # first: ultralytics' safe load below registers its allow-list process-wide
+            torch.load(path, weights_only=True)
+            row["torch_weights_only"] = "ok"
+        except Exception as error:
+            row["torch_weights_only"] = f"FAIL: {type(error).__name__}: {str(error)[:150]}"
+        try:
+            loaded = YOLO(str(path)).model.eval()
+            with torch.no_grad():
+                got = loaded(x)
+            row["ultralytics_load"] = _same(got, want)
+        except Exception as error:
+            row["ultralytics_load"] = f"FAIL: {type(error).__name__}: {error}"[:300]
+        try:
+            torch_safe_load(str(path), safe_only=True)
+            row["ultralytics_weights_only"] = "ok"
+        except Exception as error:
+            row["ultralytics_weights_only"] = f"FAIL: {type(error).__name__}: {error}"[:300]
+        path = Path(folder) / "pruned_state.pt"
+        rp.save_pruned(pruned, path)
+        try:
+            rebuilt = rp.load_pruned(YOLO(yaml).model, path).eval()
+            with torch.no_grad():
+                got = rebuilt(x)
+            row["regprune_state_dict"] = _same(got, want)
+        except Exception as error:
+            row["regprune_state_dict"] = f"FAIL: {type(error).__name__}: {error}"[:300]
+    return row
+
+
+def _same(got: Any, want: Any) -> str:
+    problem = structure_mismatch(got, want)
+    if problem is not None:
+        return f"outputs differ: {problem}"
+    worst = max(leaf_errors(got, want).values())
+    return "ok" if worst == 0 else f"outputs differ by {worst:.1e}"
+
+
+def run_one(yaml: str) -> dict[str, Any]:
+    from ultralytics import YOLO
+
+    torch.manual_seed(0)
+    yolo = YOLO(yaml)
+    model = yolo.model.eval()
+    x = torch.rand(1, 3, SIZE, SIZE)
+    calibrate_norms(model, x)
+    row: dict[str, Any] = {"model": yaml, "task": yolo.task}
+    start = time.perf_counter()
+    result = rp.prune_with_result(model, x, ratio=RATIO)
+    row.update(
+        status="ok",
+        time_s=time.perf_counter() - start,
+        engine_s=sum(result.phase_s[p] for p in ("trace", "plan", "surgery")),
+        macs_before=result.macs_before,
+        macs_after=result.macs_after,
+        params_before=sum(p.numel() for p in model.parameters()),
+        params_after=sum(p.numel() for p in result.model.parameters()),
+        groups=len(result.graph.groups),
+        kept_whole=[str(entry) for entry in result.graph.unprunable],
+    )
+    pruned = result.model.eval()
+    steps = [
+        ("exactness", lambda: exactness(model, x, result.graph, result.plan)),
+        ("other_size", lambda: _other_size(model, pruned)),
+        ("saving", lambda: check_saving(yaml, pruned, x)),
+        ("predict", lambda: check_predict(yolo, pruned)),
+    ]
+    for name, step in steps:
+        try:
+            row.update(step())
+        except Exception as error:  # each check is a result; one failing does not hide the rest
+            traceback.print_exc()
+            row[name] = f"FAIL: {type(error).__name__}: {error}"[:300]
+    return row
+
+
+def _other_size(model: torch.nn.Module, pruned: torch.nn.Module, size: int = 256) -> dict:
+    x = torch.rand(1, 3, size, size)
+    with torch.no_grad():
+        want, got = model(x), pruned(x)
+    problem = structure_mismatch(got, want)
+    return {f"runs_at_{size}": "ok" if problem is None else problem}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--out", type=Path, default=Path("docs/yolo_coverage.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    import ultralytics
+
+    rows = []
+    for yaml in args.models:
+        try:
+            row = run_one(yaml)
+        except Exception as error:  # the page must show failures, not hide them
+            traceback.print_exc()
+            row = {"model": yaml, "status": f"FAIL: {type(error).__name__}: {error}"[:400]}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    machine = describe_machine(machine_info(["ultralytics"]))
+    machine += f", load average at the end {os.getloadavg()[0]:.1f} (shared)"
+    report = {
+        "command": "YOLO_OFFLINE=1 python -m benchmarks.yolo_coverage",
+        "machine": machine,
+        "ultralytics": ultralytics.__version__,
+        "rows": rows,
+    }
+    atomic_write_text(args.out, json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

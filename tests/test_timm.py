@@ -1,0 +1,43 @@
+"""timm models of several families prune with default arguments, shrink, and are exact.
+
+benchmarks/timm_coverage.py runs the same check over one model per family of the whole zoo;
+these are the families most users bring, small variants at a small input so the test is fast.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from benchmarks.timm_coverage import calibrate_norms, classifier_widths
+
+import regprune as rp
+from tests.exactness import check_exact
+
+timm = pytest.importorskip("timm")
+
+FAMILIES = [
+    "resnet18",
+    "efficientnet_b0",
+    "convnext_atto",
+    "mobilenetv3_small_050",
+    "regnetx_002",
+]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_timm_model_prunes_shrinks_keeps_its_classifier_and_is_exact(name: str) -> None:
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    x = torch.rand(1, 3, 64, 64)
+    calibrate_norms(model, x)  # so that the outputs depend on the input: see its docstring
+    result = rp.prune_with_result(model, x, ratio=0.5)
+
+    assert result.macs_after < 0.9 * result.macs_before
+    assert rp.count(result.model, x).macs == pytest.approx(result.macs_after, rel=0.01)
+    widths_before, widths_after = classifier_widths(model), classifier_widths(result.model)
+    assert widths_after is not None and widths_before is not None
+    assert widths_after[1] == widths_before[1] == 10
+    with torch.no_grad():
+        assert result.model(x).shape == (1, 10)
+
+    check_exact(model, x, ratio=0.5)
