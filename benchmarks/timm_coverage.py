@@ -1,8 +1,9 @@
 """Prune timm models with default arguments; write the "## timm" section of docs/coverage.md.
 
     nice -n 10 python benchmarks/timm_coverage.py --side ours          # our engine
-    nice -n 10 python benchmarks/timm_coverage.py --side tp            # Torch-Pruning 1.6.1
-    python benchmarks/timm_coverage.py --render                        # the page section
+    nice -n 10 python benchmarks/timm_coverage.py --side tp --results docs/timm_coverage_tp.jsonl
+    python benchmarks/timm_coverage.py --render \
+        --results docs/timm_coverage.jsonl docs/timm_coverage_tp.jsonl  # the page section
 
 Sample (``--sample families``, the default): one model per family, the one with the fewest
 parameters. A family is the timm module that defines the model plus the leading letters of its
@@ -297,7 +298,8 @@ def read_results(path: Path) -> list[dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> None:
     sample = build_sample(args.sample, args.sample_cache)
-    done = {(r["side"], r["model"]) for r in read_results(args.results)}
+    results = args.results[0]
+    done = {(r["side"], r["model"]) for r in read_results(results)}
     deadline = time.monotonic() + args.budget_s
     for entry in sample:
         if (args.side, entry["model"]) in done:
@@ -307,8 +309,8 @@ def run(args: argparse.Namespace) -> None:
             break
         row = run_model(args.side, entry["model"], args.max_size, args.timeout_s)
         row["family"] = entry["family"]
-        with args.results.open("a") as results:
-            results.write(json.dumps(row) + "\n")
+        with results.open("a") as appended:
+            appended.write(json.dumps(row) + "\n")
         print(json.dumps({k: row.get(k) for k in ("model", "status", "wall_s")}), flush=True)
 
 
@@ -471,7 +473,13 @@ def main() -> None:
     parser.add_argument("--max-size", type=int, default=224)
     parser.add_argument("--timeout-s", type=float, default=60.0, help="per model")
     parser.add_argument("--budget-s", type=float, default=float("inf"), help="stop after this")
-    parser.add_argument("--results", type=Path, default=Path("docs/timm_coverage.jsonl"))
+    parser.add_argument(
+        "--results",
+        type=Path,
+        nargs="+",
+        default=[Path("docs/timm_coverage.jsonl")],
+        help="where rows are appended (the first file); --render reads them all",
+    )
     parser.add_argument("--sample-cache", type=Path, default=Path("docs/timm_sample.json"))
     parser.add_argument("--render", action="store_true", help="write the page section")
     parser.add_argument("--out", type=Path, default=Path("docs/coverage.md"))
@@ -487,7 +495,8 @@ def main() -> None:
         torch.set_num_threads(1)  # as the workers ran, so that the machine line says so
         machine = describe_machine(machine_info(["timm", "torch-pruning"]))
         machine += f", load average at the end {os.getloadavg()[0]:.1f} (shared)"
-        block = render(read_results(args.results), sample, args.command, machine)
+        rows = [row for path in args.results for row in read_results(path)]
+        block = render(rows, sample, args.command, machine)
         write_section(args.out, block)
         return
     run(args)

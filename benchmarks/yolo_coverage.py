@@ -13,6 +13,12 @@ own ``YOLO.predict`` runs it; and the two ways to save it: ultralytics' (the who
 pickled, ``torch.save({"model": ...})``, loaded by ``YOLO(path)``, and with
 ``weights_only=True`` through ultralytics' allow-list) and regprune's (``rp.save_pruned``,
 weights only, then ``rp.load_pruned`` into a model rebuilt from the yaml).
+
+Two variants show what the defaults leave whole (``--variants``): ``export head`` prunes with
+the Detect head's ``export = True`` (it then returns only the decoded predictions, not the
+neck's feature maps as well, so those can shrink) and sets it back; ``split C2f`` first
+replaces every C2f / C3k2 block by :class:`C2fSplit` (its first conv split in two, so no
+``chunk``: same outputs), then prunes with ``export = True``. docs/yolo.md shows both.
 """
 
 from __future__ import annotations
@@ -28,9 +34,12 @@ from typing import Any
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # before ultralytics is imported: no online checks
 
+import copy
+
 import numpy as np
 import torch
 from benchmarks.timm_coverage import calibrate_norms, exact_only
+from torch import nn
 
 import regprune as rp
 from regprune.graph import DependencyGraph
@@ -79,6 +88,55 @@ def exactness(model: torch.nn.Module, x: torch.Tensor, graph: DependencyGraph, p
         "exactness_by_leaf": errors,
         "exact_channels_dropped": plan.num_dropped(),
     }
+
+
+class C2fSplit(nn.Module):
+    """A C2f (or C3k2) block whose first conv is two convs, one per half of its output.
+
+    C2f splits its first conv's output with ``chunk(2, 1)``, which needs two equal halves at
+    fixed positions, so the tracer keeps that conv whole, and with it the last bottleneck of
+    the block (added to one half). Two convs compute the same two halves (the same weights,
+    the same BatchNorm entries), and each can lose channels on its own.
+    """
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        half = block.cv1.conv.out_channels // 2
+        self.cv0 = self._half(block.cv1, slice(0, half))
+        self.cv1 = self._half(block.cv1, slice(half, 2 * half))
+        self.m, self.cv2 = block.m, block.cv2
+        for attr in ("f", "i", "type", "np"):  # what ultralytics' forward and summary read
+            if hasattr(block, attr):
+                setattr(self, attr, getattr(block, attr))
+
+    @staticmethod
+    def _half(conv: nn.Module, keep: slice) -> nn.Module:
+        part = copy.deepcopy(conv)
+        with torch.no_grad():
+            part.conv.weight = nn.Parameter(conv.conv.weight[keep].clone())
+            part.conv.out_channels = part.conv.weight.shape[0]
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                tensor = getattr(conv.bn, name)
+                value = tensor[keep].clone()
+                setattr(part.bn, name, nn.Parameter(value) if name in ("weight", "bias") else value)
+            part.bn.num_features = part.conv.out_channels
+        return part
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = [self.cv0(x), self.cv1(x)]
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
+
+
+def split_c2f(model: nn.Module) -> nn.Module:
+    """Replace, in place, every C2f / C3k2 block of an ultralytics model by :class:`C2fSplit`;
+    returns the model."""
+    from ultralytics.nn.modules.block import C2f
+
+    for i, layer in enumerate(model.model):
+        if isinstance(layer, C2f):
+            model.model[i] = C2fSplit(layer)
+    return model
 
 
 def check_predict(yolo: Any, pruned: torch.nn.Module) -> dict:
@@ -174,6 +232,46 @@ def run_one(yaml: str) -> dict[str, Any]:
     return row
 
 
+def run_variant(yaml: str, variant: str) -> dict[str, Any]:
+    """MACs kept, layers kept whole, exactness and predict with the head in export mode while
+    pruning (``export head``), and after :func:`split_c2f` too (``split C2f``)."""
+    from ultralytics import YOLO
+
+    torch.manual_seed(0)
+    yolo = YOLO(yaml)
+    model = yolo.model.eval()
+    x = torch.rand(1, 3, SIZE, SIZE)
+    calibrate_norms(model, x)
+    if variant == "split C2f":
+        with torch.no_grad():
+            want = model(x)
+        model = split_c2f(model)
+        with torch.no_grad():
+            got = model(x)
+        problem = structure_mismatch(got, want)
+        if problem is not None or max(leaf_errors(got, want).values()) > 0:
+            changed = problem or leaf_errors(got, want)
+            raise RuntimeError(f"split_c2f changed the outputs: {changed}")
+    head = model.model[-1]
+    head.export = True
+    try:
+        result = rp.prune_with_result(model, x, ratio=RATIO)
+        report = exactness(model, x, result.graph, result.plan)
+    finally:
+        head.export = False
+    result.model.model[-1].export = False
+    row: dict[str, Any] = {
+        "model": yaml,
+        "variant": variant,
+        "macs_before": result.macs_before,
+        "macs_after": result.macs_after,
+        "kept_whole": [str(entry) for entry in result.graph.unprunable],
+        **report,
+    }
+    row.update(check_predict(yolo, result.model.eval()))
+    return row
+
+
 def _other_size(model: torch.nn.Module, pruned: torch.nn.Module, size: int = 256) -> dict:
     x = torch.rand(1, 3, size, size)
     with torch.no_grad():
@@ -186,6 +284,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--out", type=Path, default=Path("docs/yolo_coverage.json"))
+    parser.add_argument("--variants", action="store_true", help="also the two variants")
     args = parser.parse_args()
     torch.set_num_threads(1)
     import ultralytics
@@ -199,13 +298,24 @@ def main() -> None:
             row = {"model": yaml, "status": f"FAIL: {type(error).__name__}: {error}"[:400]}
         rows.append(row)
         print(json.dumps(row), flush=True)
+    variants = []
+    for yaml in args.models if args.variants else []:
+        for variant in ("export head", "split C2f"):
+            try:
+                row = run_variant(yaml, variant)
+            except Exception as error:
+                traceback.print_exc()
+                row = {"model": yaml, "variant": variant, "status": f"FAIL: {error}"[:300]}
+            variants.append(row)
+            print(json.dumps(row), flush=True)
     machine = describe_machine(machine_info(["ultralytics"]))
     machine += f", load average at the end {os.getloadavg()[0]:.1f} (shared)"
     report = {
-        "command": "YOLO_OFFLINE=1 python -m benchmarks.yolo_coverage",
+        "command": "YOLO_OFFLINE=1 python -m benchmarks.yolo_coverage --variants",
         "machine": machine,
         "ultralytics": ultralytics.__version__,
         "rows": rows,
+        "variants": variants,
     }
     atomic_write_text(args.out, json.dumps(report, indent=1))
 

@@ -7,6 +7,8 @@ Skipped where ultralytics is not installed (it is not in the test extras: it pul
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # before ultralytics is imported: no online checks
 
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from benchmarks.timm_coverage import calibrate_norms
-from benchmarks.yolo_coverage import exactness, leaf_errors
+from benchmarks.yolo_coverage import exactness, leaf_errors, split_c2f
 
 import regprune as rp
 from regprune.structures import structure_mismatch
@@ -113,3 +115,80 @@ def test_pruned_yolo_saves_and_loads_both_ways(tmp_path) -> None:
     rebuilt = rp.load_pruned(YOLO("yolov8n.yaml").model, tmp_path / "pruned_state.pt").eval()
     with torch.no_grad():
         assert_same_outputs(rebuilt(x), want, rtol=0)
+
+
+@pytest.mark.slow
+def test_split_c2f_keeps_outputs_and_lets_its_first_conv_shrink() -> None:
+    _, model, x, default = pruned_yolo("yolov8n.yaml")
+    with torch.no_grad():
+        want = model(x)
+    split = split_c2f(model)
+    with torch.no_grad():
+        assert_same_outputs(split(x), want, rtol=0)
+    result = rp.prune_with_result(split, x, ratio=0.3)
+    assert not any("'chunk'" in str(entry) for entry in result.graph.unprunable)
+    assert result.macs_after < default.macs_after
+    report = exactness(split, x, result.graph, result.plan)
+    assert report["exact"], report.get("exactness_by_leaf", report)
+
+
+def write_tiny_dataset(root) -> str:
+    """Four 64x64 images per split, one bright square each (class 0), and its data yaml."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for i in range(4):
+            image = (rng.random((64, 64, 3)) * 80).astype(np.uint8)
+            x, y, size = (int(v) for v in rng.integers([8, 8, 10], [40, 40, 20]))
+            image[y : y + size, x : x + size] = 255
+            cv2.imwrite(str(root / "images" / split / f"{i}.jpg"), image)
+            box = f"0 {(x + size / 2) / 64} {(y + size / 2) / 64} {size / 64} {size / 64}\n"
+            (root / "labels" / split / f"{i}.txt").write_text(box)
+    path = root / "data.yaml"
+    path.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: square\n")
+    return str(path)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:slimming.*the regularizer has not finished")  # one step
+def test_docs_yolo_recipe_regularizes_prunes_and_finetunes(tmp_path) -> None:
+    """Every python block of docs/yolo.md, in order, with its settings block replaced by a
+    synthetic dataset and one CPU epoch per phase."""
+    text = (Path(__file__).parents[1] / "docs" / "yolo.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    settings = [i for i, block in enumerate(blocks) if block.startswith("# settings")]
+    assert len(settings) == 1
+    blocks[settings[0]] = (
+        f"data = {write_tiny_dataset(tmp_path / 'data')!r}\n"
+        "cfg, nc, imgsz = 'yolov8n.yaml', 1, 64\n"
+        "regularize_epochs, finetune_epochs = 1, 1\n"
+        f"train_args = dict(batch=2, device='cpu', workers=0, plots=False, "
+        f"project={str(tmp_path / 'runs')!r})\n"
+    )
+    namespace: dict = {}
+    exec(compile("\n".join(blocks[: settings[0] + 1]), "docs/yolo.md", "exec"), namespace)
+    exec_rest = "\n".join(blocks[settings[0] + 1 :])
+    # the recipe's model, before training, to see that the hooks and the optimizer moved it
+    exec_rest = exec_rest.replace(
+        "yolo = YOLO(cfg)\n",
+        "yolo = YOLO(cfg)\ntrained_before = [p.detach().clone() for p in model.parameters()]\n",
+        1,
+    )
+    exec(compile(exec_rest, "docs/yolo.md", "exec"), namespace)
+    model, method, pruned = namespace["model"], namespace["method"], namespace["pruned"]
+    trained_before = namespace["trained_before"]
+    assert method.iteration >= 1
+    assert any(
+        not torch.equal(a, b.cpu()) for a, b in zip(trained_before, model.parameters(), strict=True)
+    )
+    x = torch.rand(1, 3, 64, 64)
+    macs_before = rp.count(model.cpu().eval(), x).macs
+    macs_pruned = rp.count(pruned.eval(), x).macs
+    assert macs_pruned < 0.8 * macs_before
+    finetuned = namespace["yolo"].model.float().eval()
+    assert rp.count(finetuned, x).macs == macs_pruned  # fine-tuning kept the pruned widths
+    results = namespace["yolo"].predict(np.zeros((64, 64, 3), np.uint8), imgsz=64, verbose=False)
+    assert len(results) == 1
