@@ -1,6 +1,7 @@
 """Prune ultralytics YOLO models built from their yaml (random weights, nothing downloaded).
 
-    YOLO_OFFLINE=1 python -m benchmarks.yolo_coverage --out docs/yolo_coverage.json
+    YOLO_OFFLINE=1 python -m benchmarks.yolo_coverage --variants --out docs/yolo_coverage.json
+    python -m benchmarks.yolo_coverage --render    # the "YOLO (ultralytics)" section of coverage.md
 
 Per model (BatchNorm statistics set from two random batches first: with the initial ones,
 YOLOv8n's outputs hardly depend on its input, see ``calibrate_norms``):
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import tempfile
 import time
 import traceback
@@ -44,7 +46,8 @@ from torch import nn
 import regprune as rp
 from regprune.graph import DependencyGraph
 from regprune.io import atomic_write_text
-from regprune.report import describe_machine, machine_info
+from regprune.metrics import format_count
+from regprune.report import describe_machine, machine_info, markdown_table
 from regprune.structures import flatten_with_paths, structure_mismatch
 from regprune.surgery import apply_plan, zero_channels
 
@@ -280,12 +283,145 @@ def _other_size(model: torch.nn.Module, pruned: torch.nn.Module, size: int = 256
     return {f"runs_at_{size}": "ok" if problem is None else problem}
 
 
+SECTION_START = "<!-- yolo_coverage: generated, do not edit by hand -->"
+SECTION_END = "<!-- yolo_coverage: end -->"
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    if text.startswith("FAIL: UnpicklingError: Weights only load failed"):
+        return "refused (pickled classes)"
+    return text[:80]
+
+
+def kept_whole_by_reason(entries: list[str]) -> dict[str, list[str]]:
+    """``"layer: 32/32 channels kept whole (why, at place)"`` entries grouped by ``why`` with
+    its numbers blanked: reason -> layers."""
+    groups: dict[str, list[str]] = {}
+    for entry in entries:
+        layer, _, rest = entry.partition(": ")
+        why = rest.partition("(")[2].rpartition(", at ")[0]
+        groups.setdefault(re.sub(r"(?<![-\w])\d+", "N", why), []).append(layer)
+    return groups
+
+
+def render(report: dict[str, Any]) -> str:
+    rows, variants = report["rows"], report.get("variants", [])
+    lines = [
+        "## YOLO (ultralytics)",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {report['machine']}.",
+        "",
+        f"ultralytics {report['ultralytics']}, models built from their yaml (`YOLO(name)`, random "
+        "weights, nothing downloaded, `YOLO_OFFLINE=1`), BatchNorm statistics set from two random "
+        f"batches, eval mode; `rp.prune_with_result(yolo.model, torch.rand(1, 3, {SIZE}, {SIZE}), "
+        f"ratio={RATIO})` with no ignore list. **exact**: the plan restricted to exact groups, "
+        "applied without compensation, against the same model with those channels zeroed; every "
+        "leaf of the eval outputs (decoded predictions, and the raw `boxes`, `scores`, `feats`, "
+        "`mask_coefficient`, `proto`, `kpts`) compared on its own scale, the largest difference "
+        "relative to the leaf's largest value. **s**: the whole `prune_with_result` call. "
+        "**256**: the pruned model at 256x256 returns "
+        "outputs of the original's structure. **predict**: `yolo.model = pruned; "
+        "yolo.predict(numpy_image, imgsz=320)`. **YOLO(path)**: `torch.save({'model': pruned})` "
+        "loaded by `YOLO(path)`, outputs identical; **safe load**: ultralytics' "
+        "`torch_safe_load(path, safe_only=True)` (`weights_only=True` with its allow-list); "
+        "**torch weights_only**: `torch.load(path, weights_only=True)` (refused while the process "
+        "has not run ultralytics' safe load, which registers its allow-list for the process: so "
+        "the later rows pass); **save_pruned**: `rp.save_pruned` then `rp.load_pruned` into a "
+        "model rebuilt from the yaml, outputs identical. Guide: [yolo.md](yolo.md).",
+        "",
+    ]
+    table = []
+    for r in rows:
+        if r["status"] != "ok":
+            table.append([r["model"], r["status"][:120]] + [""] * 12)
+            continue
+        table.append(
+            [
+                r["model"],
+                "ok",
+                format_count(r["macs_before"]),
+                format_count(r["macs_after"]),
+                f"{r['macs_after'] / r['macs_before']:.2f}",
+                str(len(r["kept_whole"])),
+                f"{'yes' if r.get('exact') else 'NO'} ({r.get('exactness_error', 0):.1e})",
+                _short(r.get("runs_at_256")),
+                _short(r.get("predict")),
+                _short(r.get("ultralytics_load")),
+                _short(r.get("ultralytics_weights_only")),
+                _short(r.get("torch_weights_only")),
+                _short(r.get("regprune_state_dict")),
+                f"{r['time_s']:.1f}",
+            ]
+        )
+    header = ["model", "prunes", "MACs before", "MACs after", "kept", "kept whole", "exact"]
+    header += ["256", "predict", "YOLO(path)", "safe load", "torch weights_only", "save_pruned"]
+    header.append("s")
+    lines.append(markdown_table(header, table, ["l", "l"] + ["r"] * 4 + ["l"] * 7 + ["r"]))
+    if variants:
+        lines += [
+            "",
+            "Pruning more (yolo.md): **export head** prunes with the Detect head's `export = "
+            "True` (it returns only the decoded predictions, so the neck's maps are no longer "
+            "outputs) and sets it back; **split C2f** also replaces every C2f / C3k2 block by "
+            "`C2fSplit` first (its `chunk(2, 1)` replaced by two convs, outputs identical). "
+            "Exactness on the export-mode output; predict as above.",
+            "",
+        ]
+        by_model = {r["model"]: r for r in rows if r["status"] == "ok"}
+        table = []
+        for v in variants:
+            if "macs_after" not in v:
+                table.append([v["model"], v["variant"], v.get("status", "")[:100], "", "", ""])
+                continue
+            table.append(
+                [
+                    v["model"],
+                    v["variant"],
+                    f"{by_model[v['model']]['macs_after'] / v['macs_before']:.2f}"
+                    if v["model"] in by_model
+                    else "",
+                    f"{v['macs_after'] / v['macs_before']:.2f}",
+                    f"{'yes' if v.get('exact') else 'NO'} ({v.get('exactness_error', 0):.1e})",
+                    _short(v.get("predict")),
+                ]
+            )
+        header = ["model", "variant", "MACs kept (defaults)", "MACs kept", "exact", "predict"]
+        lines.append(markdown_table(header, table, ["l", "l", "r", "r", "l", "l"]))
+    lines += ["", "Layers kept whole with the defaults, by reason (sizes and places blanked):", ""]
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        lines.append(f"- **{r['model']}** ({len(r['kept_whole'])}):")
+        for reason, layers in kept_whole_by_reason(r["kept_whole"]).items():
+            lines.append(f"  - {reason}: {', '.join(layers)}")
+    return "\n".join(lines)
+
+
+def write_section(path: Path, block: str) -> None:
+    """Replace the generated YOLO section (appended at the end if absent), leaving the rest."""
+    text = path.read_text() if path.exists() else ""
+    generated = f"{SECTION_START}\n{block}\n{SECTION_END}"
+    if SECTION_START in text and SECTION_END in text:
+        head, rest = text.split(SECTION_START, 1)
+        text = head + generated + rest.split(SECTION_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + f"\n\n{generated}\n"
+    atomic_write_text(path, text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--out", type=Path, default=Path("docs/yolo_coverage.json"))
     parser.add_argument("--variants", action="store_true", help="also the two variants")
+    parser.add_argument("--page", type=Path, default=Path("docs/coverage.md"))
+    parser.add_argument("--render", action="store_true", help="write the page section from --out")
     args = parser.parse_args()
+    if args.render:
+        write_section(args.page, render(json.loads(args.out.read_text())))
+        return
     torch.set_num_threads(1)
     import ultralytics
 
