@@ -172,7 +172,9 @@ SMALL_IMAGES = {"weights": None, "weights_backbone": None, "min_size": 320, "max
             (),
         ),
         (lambda: video.swin3d_t(weights=None), CLIP, None, ()),
-        (lambda: video.mvit_v2_s(weights=None), torch.rand(1, 3, 16, 224, 224), None, ()),
+        # mvit_v2_s is not here: its positional tables fix the clip at 16 x 224 x 224, where one
+        # rp.prune takes ~205 s of tracing and 8.9 GB at peak (the forward alone: 9 s, 1.2 GB);
+        # two such workers exhaust a CI machine. benchmarks/coverage.py --tasks covers it.
     ],
     ids=[
         "ssdlite320",
@@ -183,7 +185,6 @@ SMALL_IMAGES = {"weights": None, "weights_backbone": None, "min_size": 320, "max
         "deeplabv3",
         "fcn",
         "swin3d_t",
-        "mvit_v2_s",
     ],
 )
 def test_torchvision_task_models_prune_and_removal_is_exact(
