@@ -97,8 +97,6 @@ class TrainSection(TrainSettings):
     """Settings of one training phase (:class:`regprune.train.TrainSettings`, the trainer's own
     fields and rules); ``epochs: 0`` skips the phase."""
 
-    epochs: int = 0
-
     def validate(self, where: str) -> None:
         check(self.epochs >= 0, f"{where}.epochs", f"must be >= 0, got {self.epochs}")
         for name, problem in self.problems():
@@ -107,7 +105,7 @@ class TrainSection(TrainSettings):
     def train_config(self, device: str | None, progress: bool) -> TrainConfig:
         """The trainer's settings for this phase (only meaningful when ``epochs >= 1``)."""
         settings = {f.name: getattr(self, f.name) for f in fields(TrainSettings)}
-        return TrainConfig(epochs=self.epochs, device=device, progress=progress, **settings)
+        return TrainConfig(device=device, progress=progress, **settings)
 
 
 @dataclass

@@ -53,6 +53,7 @@ class TrainSettings:
     sections, so the fields and their rules are written once.
 
     Attributes:
+        epochs: run length (a pipeline phase with 0 epochs is skipped; the trainer needs >= 1).
         lr: peak learning rate.
         optimizer: ``sgd`` (default), ``adam`` or ``adamw``.
         momentum, nesterov: SGD settings (``nesterov`` needs ``sgd`` with momentum).
@@ -64,6 +65,7 @@ class TrainSettings:
         grad_clip: max global gradient norm, None for no clipping.
     """
 
+    epochs: int = 0
     lr: float = 0.1
     optimizer: str = "sgd"
     momentum: float = 0.9
@@ -100,15 +102,14 @@ class TrainSettings:
 
 @dataclass(kw_only=True)
 class TrainConfig(TrainSettings):
-    """Plain training settings: :class:`TrainSettings` plus the run length and where it runs.
+    """Plain training settings: :class:`TrainSettings` (``epochs`` required, >= 1) plus where
+    it runs.
 
     Attributes:
-        epochs: run length (>= 1).
         device: ``cuda``, ``cpu``, ``cuda:1``...; None picks CUDA when available.
         progress: tqdm bar on a TTY.
     """
 
-    epochs: int
     device: str | None = None
     progress: bool = True
 
