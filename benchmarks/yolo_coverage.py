@@ -97,9 +97,10 @@ class C2fSplit(nn.Module):
     """A C2f (or C3k2) block whose first conv is two convs, one per half of its output.
 
     C2f splits its first conv's output with ``chunk(2, 1)``, which needs two equal halves at
-    fixed positions, so the tracer keeps that conv whole, and with it the last bottleneck of
-    the block (added to one half). Two convs compute the same two halves (the same weights,
-    the same BatchNorm entries), and each can lose channels on its own.
+    fixed positions, so the tracer keeps that conv whole, and with it the last conv of each
+    bottleneck (their residual adds chain to the second half). Two convs compute the same two
+    halves (the same weights, the same BatchNorm entries), and each can lose channels on its
+    own.
     """
 
     def __init__(self, block: nn.Module) -> None:
