@@ -17,51 +17,13 @@ import regprune as rp
 from regprune.api import make_plan
 from regprune.surgery import apply_plan, load_pruned, save_pruned, zero_channels
 from tests.exactness import check_exact, exact_plan
+from tests.hf_models import tiny_hf_model
 
 transformers = pytest.importorskip("transformers")
 
 
-def _ids() -> tuple[torch.Tensor]:
-    return (torch.randint(0, 100, (1, 12), generator=torch.Generator().manual_seed(0)),)
-
-
 def _model(name: str) -> tuple[torch.nn.Module, tuple]:
-    torch.manual_seed(0)
-    if name == "bert":
-        config = transformers.BertConfig(
-            hidden_size=64,
-            num_attention_heads=4,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            vocab_size=100,
-        )
-        return transformers.BertModel(config).eval(), _ids()
-    if name == "llama":
-        config = transformers.LlamaConfig(
-            hidden_size=64,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            vocab_size=100,
-        )
-        return transformers.LlamaForCausalLM(config).eval(), _ids()
-    if name == "gpt2":
-        config = transformers.GPT2Config(
-            n_embd=64, n_head=4, n_layer=2, vocab_size=100, n_positions=32, bos_token_id=0
-        )
-        config.eos_token_id = 0
-        return transformers.GPT2LMHeadModel(config).eval(), _ids()
-    config = transformers.ViTConfig(
-        hidden_size=64,
-        num_attention_heads=4,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        image_size=32,
-        patch_size=8,
-    )
-    image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    return transformers.ViTModel(config).eval(), (image,)
+    return tiny_hf_model(name)
 
 
 def _first(output) -> torch.Tensor:

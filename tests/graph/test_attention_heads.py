@@ -20,6 +20,7 @@ from regprune.api import make_plan
 from regprune.graph import trace_graph
 from regprune.surgery import apply_plan, zero_channels
 from tests.exactness import check_exact
+from tests.hf_models import tiny_hf_model
 
 DIM, HEADS, HEAD_DIM = 32, 4, 8
 
@@ -273,38 +274,7 @@ transformers = pytest.importorskip("transformers")
 
 
 def _hf(name: str) -> tuple[nn.Module, tuple]:
-    torch.manual_seed(0)
-    ids = (torch.randint(0, 100, (1, 12), generator=torch.Generator().manual_seed(0)),)
-    if name == "bert":
-        config = transformers.BertConfig(
-            hidden_size=64,
-            num_attention_heads=4,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            vocab_size=100,
-        )
-        return transformers.BertModel(config).eval(), ids
-    if name == "llama":
-        config = transformers.LlamaConfig(
-            hidden_size=64,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            vocab_size=100,
-            use_cache=False,
-        )
-        return transformers.LlamaForCausalLM(config).eval(), ids
-    config = transformers.ViTConfig(
-        hidden_size=64,
-        num_attention_heads=4,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        image_size=32,
-        patch_size=8,
-    )
-    image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    return transformers.ViTModel(config).eval(), (image,)
+    return tiny_hf_model(name, use_cache=False)
 
 
 HF_HEADS = {
