@@ -39,7 +39,7 @@ from regprune.api import check_runs, make_plan
 from regprune.inputs import call_model
 from regprune.io import atomic_write_text
 from regprune.metrics import format_count
-from regprune.report import describe_machine, machine_info, markdown_table
+from regprune.report import describe_machine, machine_info, markdown_table, write_generated_block
 from regprune.structures import (
     flatten_with_paths,
     recorded_outputs,
@@ -479,14 +479,7 @@ def render_tasks(rows: list[dict], command: str, machine: str) -> str:
 
 def write_tasks_block(path: Path, block: str) -> None:
     """Replace the page's generated task sections (appended if absent), leaving the rest."""
-    text = path.read_text() if path.exists() else ""
-    generated = f"{TASKS_START}\n{block}\n{TASKS_END}"
-    if TASKS_START in text and TASKS_END in text:
-        head, rest = text.split(TASKS_START, 1)
-        text = head + generated + rest.split(TASKS_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + f"\n\n{generated}\n"
-    atomic_write_text(path, text)
+    write_generated_block(path, block, start=TASKS_START, end=TASKS_END)
 
 
 def main() -> None:

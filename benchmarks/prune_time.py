@@ -56,7 +56,7 @@ from benchmarks.engine_speed import (
     worker_tp,
 )
 
-from regprune.report import describe_machine
+from regprune.report import describe_machine, write_generated_block
 
 MODELS = (
     "resnet18",
@@ -216,14 +216,7 @@ def render(report: dict[str, Any]) -> str:
 
 def write_block(doc: Path, block: str) -> None:
     """Replace the generated block of the page's rp.prune section (appended if absent)."""
-    text = doc.read_text() if doc.exists() else ""
-    generated = f"{BLOCK_START}\n{block}\n{BLOCK_END}"
-    if BLOCK_START in text and BLOCK_END in text:
-        head, rest = text.split(BLOCK_START, 1)
-        text = head + generated + rest.split(BLOCK_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + f"\n\n{PRUNE_SECTION}\n\n{generated}\n"
-    doc.write_text(text)
+    write_generated_block(doc, block, start=BLOCK_START, end=BLOCK_END, heading=PRUNE_SECTION)
 
 
 def main() -> None:

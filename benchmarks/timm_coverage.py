@@ -49,7 +49,7 @@ from regprune.allocation import Plan
 from regprune.graph import DependencyGraph
 from regprune.io import atomic_write_text
 from regprune.metrics import format_count
-from regprune.report import describe_machine, machine_info, markdown_table
+from regprune.report import describe_machine, machine_info, markdown_table, write_generated_block
 from regprune.structures import value_mismatch
 from regprune.surgery import apply_plan, zero_channels
 
@@ -490,14 +490,7 @@ def _render_tp(ours: list[dict], tp: dict[str, dict]) -> list[str]:
 
 def write_section(path: Path, block: str) -> None:
     """Replace the generated timm section (appended at the end if absent), leaving the rest."""
-    text = path.read_text() if path.exists() else ""
-    generated = f"{SECTION_START}\n{block}\n{SECTION_END}"
-    if SECTION_START in text and SECTION_END in text:
-        head, rest = text.split(SECTION_START, 1)
-        text = head + generated + rest.split(SECTION_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + f"\n\n{generated}\n"
-    atomic_write_text(path, text)
+    write_generated_block(path, block, start=SECTION_START, end=SECTION_END)
 
 
 def main() -> None:

@@ -47,7 +47,7 @@ import regprune as rp
 from regprune.graph import DependencyGraph
 from regprune.io import atomic_write_text
 from regprune.metrics import format_count
-from regprune.report import describe_machine, machine_info, markdown_table
+from regprune.report import describe_machine, machine_info, markdown_table, write_generated_block
 from regprune.structures import flatten_with_paths, structure_mismatch
 from regprune.surgery import apply_plan, zero_channels
 
@@ -402,14 +402,7 @@ def render(report: dict[str, Any]) -> str:
 
 def write_section(path: Path, block: str) -> None:
     """Replace the generated YOLO section (appended at the end if absent), leaving the rest."""
-    text = path.read_text() if path.exists() else ""
-    generated = f"{SECTION_START}\n{block}\n{SECTION_END}"
-    if SECTION_START in text and SECTION_END in text:
-        head, rest = text.split(SECTION_START, 1)
-        text = head + generated + rest.split(SECTION_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + f"\n\n{generated}\n"
-    atomic_write_text(path, text)
+    write_generated_block(path, block, start=SECTION_START, end=SECTION_END)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ Example::
 
 from regprune.report.machine import describe_machine, machine_info
 from regprune.report.markdown import write_report
+from regprune.report.pages import write_generated_block
 from regprune.report.rundir import load_snapshot, read_metrics, snapshot_paths
 from regprune.report.summary import RunSummary
 from regprune.report.tables import console_table, layer_console_table, markdown_table
@@ -30,5 +31,6 @@ __all__ = [
     "read_metrics",
     "snapshot_paths",
     "width_changes",
+    "write_generated_block",
     "write_report",
 ]
