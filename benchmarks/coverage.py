@@ -22,7 +22,6 @@ import argparse
 import copy
 import json
 import os
-import subprocess
 import sys
 import time
 import traceback
@@ -31,6 +30,10 @@ from typing import Any
 
 import torch
 import torchvision
+
+if not __package__:  # run as a file (python benchmarks/x.py): the repo root holds benchmarks/
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.workers import emit, measure, run_worker
 from torchvision.models import detection, optical_flow, segmentation, video
 
 import regprune as rp
@@ -195,7 +198,6 @@ REPLAY = {name: ("rpn",) for name, at in EXACT_AT.items() if "rpn.head" in at}
 """An R-CNN's box head runs on the proposals its RPN selects by top-k and NMS, which a change in
 the last bit of a score may reorder: the pruned model is handed the reference's proposals."""
 UPSCALING_DETECTORS = ("retinanet", "fcos", "maskrcnn", "keypointrcnn")
-RESULT_PREFIX = "COVERAGE_RESULT "
 
 
 def task_of(name: str) -> str:
@@ -335,28 +337,17 @@ def worker_main(side: str, name: str, ratios: list[float]) -> None:
     torch.set_num_threads(1)
     (_warm_up_ours if side == "ours" else _warm_up_tp)()
     for ratio in ratios:
-        try:
-            row = (worker_ours if side == "ours" else worker_tp)(name, ratio)
-        except Exception as error:  # the table must show failures, not hide them
-            traceback.print_exc()
-            row = {"status": f"FAIL: {type(error).__name__}: {error}"[:300]}
-        print(RESULT_PREFIX + json.dumps({"ratio": ratio, **row}), flush=True)
+        row = measure(worker_ours if side == "ours" else worker_tp, name, ratio)
+        emit({"ratio": ratio, **row})
 
 
 def run_side(side: str, name: str, ratios: list[float], timeout_s: float) -> dict[float, dict]:
     command = [sys.executable, __file__, "--worker", side, "--models", name, "--ratios"]
     command += [str(r) for r in ratios]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-        stdout, ended = done.stdout, f"exit code {done.returncode}: {done.stderr[-300:]}"
-    except subprocess.TimeoutExpired as expired:
-        stdout = expired.stdout.decode() if isinstance(expired.stdout, bytes) else expired.stdout
-        ended = f"timed out after {timeout_s:.0f} s"
-    rows = {}
-    for line in (stdout or "").splitlines():
-        if line.startswith(RESULT_PREFIX):
-            row = json.loads(line[len(RESULT_PREFIX) :])
-            rows[row["ratio"]] = row
+    emitted, ended, stderr = run_worker(command, timeout_s)
+    if ended.startswith("exit code"):
+        ended += f": {stderr[-300:]}"
+    rows = {row["ratio"]: row for row in emitted}
     for ratio in ratios:
         rows.setdefault(ratio, {"ratio": ratio, "status": f"FAIL: {ended}"})
     return rows

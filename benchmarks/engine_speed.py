@@ -34,12 +34,15 @@ import sys
 import tarfile
 import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import torch
 import torchvision
+
+if not __package__:  # run as a file (python benchmarks/x.py): the repo root holds benchmarks/
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.workers import emit, measure, run_worker
 
 from regprune.report import describe_machine
 from regprune.report import machine_info as shared_machine_info
@@ -56,7 +59,6 @@ MODELS = [
     "convnext_tiny",
     "vit_b_16",
 ]
-RESULT_PREFIX = "ENGINE_SPEED_RESULT "
 MIB = 1024 * 1024
 PRUNE_SECTION = "## rp.prune end to end"
 """The page's last section, written by benchmarks/prune_time.py; kept when this page is redone."""
@@ -236,15 +238,14 @@ def worker_tp(name: str, ratio: float, size: int, repeats: int, slow_s: float) -
 
 def worker_main(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
-    try:
-        if args.worker == "ours":
-            row = worker_ours(args.model, args.ratio, args.size, args.repeats)
-        else:
-            row = worker_tp(args.model, args.ratio, args.size, args.repeats, args.tp_slow_s)
-    except Exception as error:  # the table must show failures, not hide them
-        traceback.print_exc()
-        row = {"status": f"FAIL: {type(error).__name__}: {error}"[:300]}
-    print(RESULT_PREFIX + json.dumps(row), flush=True)
+    if args.worker == "ours":
+        emit(measure(lambda: worker_ours(args.model, args.ratio, args.size, args.repeats)))
+    else:
+        emit(
+            measure(
+                lambda: worker_tp(args.model, args.ratio, args.size, args.repeats, args.tp_slow_s)
+            )
+        )
 
 
 # ---------------------------------------------------------------- orchestration (parent)
@@ -295,23 +296,14 @@ def run_side(side: str, name: str, args: argparse.Namespace, source: str | None)
     if source:
         env["PYTHONPATH"] = source + os.pathsep + env.get("PYTHONPATH", "")
     start = time.perf_counter()
-    try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=args.timeout_s, env=env
-        )
-    except subprocess.TimeoutExpired:
-        return {"status": f"TIMEOUT after {args.timeout_s:.0f} s (process killed)"}
-    for line in done.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            row = json.loads(line[len(RESULT_PREFIX) :])
-            row["process_s"] = time.perf_counter() - start
-            if row["status"] != "ok" and done.stderr:
-                row["stderr_tail"] = done.stderr[-1500:]
-            return row
-    return {
-        "status": f"FAIL: worker exited with code {done.returncode}, no result",
-        "stderr_tail": done.stderr[-1500:],
-    }
+    rows, ended, stderr = run_worker(command, args.timeout_s, env=env)
+    if not rows:
+        status = "TIMEOUT" if ended.startswith("timed out") else "FAIL: no result"
+        return {"status": f"{status} ({ended})", "stderr_tail": stderr}
+    row = rows[0] | {"process_s": time.perf_counter() - start}
+    if row["status"] != "ok" and stderr:
+        row["stderr_tail"] = stderr
+    return row
 
 
 def machine_info() -> dict[str, Any]:

@@ -35,7 +35,6 @@ import collections
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 import traceback
@@ -43,6 +42,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+if not __package__:  # run as a file (python benchmarks/x.py): the repo root holds benchmarks/
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.workers import emit, measure, run_worker
 
 import regprune as rp
 from regprune.allocation import Plan
@@ -58,7 +61,6 @@ SHRINK_BELOW = 0.9
 """A model "shrinks" when it keeps less than this share of its MACs."""
 EXACT_RTOL = 1e-4
 """Exactness tolerance, relative to the largest output value (as tests/exactness.py)."""
-RESULT_PREFIX = "TIMM_RESULT "
 SECTION_START = "<!-- timm_coverage: generated, do not edit by hand -->"
 SECTION_END = "<!-- timm_coverage: end -->"
 
@@ -278,28 +280,17 @@ def _count_or_none(model: torch.nn.Module, x: torch.Tensor) -> int | None:
 
 def worker_main(side: str, name: str, max_size: int) -> None:
     torch.set_num_threads(1)
-    try:
-        row = (worker_ours if side == "ours" else worker_tp)(name, max_size)
-    except Exception as error:  # the page must show failures, not hide them
-        traceback.print_exc()
-        row = {"status": f"FAIL: {type(error).__name__}: {error}"[:400]}
-    print(RESULT_PREFIX + json.dumps(row), flush=True)
+    emit(measure(worker_ours if side == "ours" else worker_tp, name, max_size, limit=400))
 
 
 def run_model(side: str, name: str, max_size: int, timeout_s: float) -> dict[str, Any]:
     command = [sys.executable, __file__, "--worker", side, "--model", name]
     command += ["--max-size", str(max_size)]
     start = time.perf_counter()
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-        stdout, ended = done.stdout, f"exit code {done.returncode}: {done.stderr[-300:]}"
-    except subprocess.TimeoutExpired as expired:
-        stdout = expired.stdout.decode() if isinstance(expired.stdout, bytes) else expired.stdout
-        ended = f"timed out after {timeout_s:.0f} s"
-    row = {"status": f"FAIL: {ended}"}
-    for line in (stdout or "").splitlines():
-        if line.startswith(RESULT_PREFIX):
-            row = json.loads(line[len(RESULT_PREFIX) :])
+    rows, ended, stderr = run_worker(command, timeout_s)
+    if ended.startswith("exit code"):
+        ended += f": {stderr[-300:]}"
+    row = rows[-1] if rows else {"status": f"FAIL: {ended}"}
     return {"side": side, "model": name, "wall_s": time.perf_counter() - start, **row}
 
 
