@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -251,6 +252,22 @@ class _CountSearch:
         counts = self.exhaustive_if_small(counts)
         return self.swap_search(counts)
 
+    def closest(
+        self, candidates: Iterable[torch.Tensor], best: torch.Tensor | None, best_macs: float
+    ) -> tuple[torch.Tensor | None, float]:
+        """Of the incumbent ``best`` and ``candidates``, the plan closest below the target
+        (the first of equals wins); every stage below makes its choice this way."""
+        for candidate in candidates:
+            macs = self.macs(candidate)
+            if best_macs < macs <= self.target:
+                best, best_macs = candidate, macs
+        return best, best_macs
+
+    def _changed(self, counts: torch.Tensor, gid: int, step: int) -> torch.Tensor:
+        candidate = counts.clone()
+        candidate[gid] += step
+        return candidate
+
     def closest_below(self, counts: torch.Tensor, k: int) -> torch.Tensor:
         """Land closer to the target than the drop order alone can.
 
@@ -260,15 +277,13 @@ class _CountSearch:
         choice that lands closest below the target.
         """
         base = _drop_counts(self.graph, self.order, k - 1, round_to=1)
-        best, best_macs = counts, self.macs(counts)
-        for gid in range(len(self.graph.groups)):
-            if int(base[gid]) >= int(self.droppable[gid]):
-                continue
-            candidate = base.clone()
-            candidate[gid] += 1
-            macs = self.macs(candidate)
-            if best_macs < macs <= self.target:
-                best, best_macs = candidate, macs
+        one_more = (
+            self._changed(base, gid, 1)
+            for gid in range(len(self.graph.groups))
+            if int(base[gid]) < int(self.droppable[gid])
+        )
+        best, _ = self.closest(one_more, counts, self.macs(counts))
+        assert best is not None
         return best
 
     def fill_back(self, counts: torch.Tensor) -> torch.Tensor:
@@ -280,13 +295,11 @@ class _CountSearch:
         """
         current = self.macs(counts)
         while self.target - current > 0.1 * BUDGET_TOLERANCE * self.target:
-            best, best_macs = None, current
-            for gid in torch.nonzero(counts > 0).reshape(-1).tolist():
-                candidate = counts.clone()
-                candidate[gid] -= 1
-                macs = self.macs(candidate)
-                if best_macs < macs <= self.target:
-                    best, best_macs = candidate, macs
+            restores = (
+                self._changed(counts, gid, -1)
+                for gid in torch.nonzero(counts > 0).reshape(-1).tolist()
+            )
+            best, best_macs = self.closest(restores, None, current)
             if best is None:
                 break
             counts, current = best, best_macs
@@ -300,12 +313,12 @@ class _CountSearch:
             return counts
         if math.prod(int(d) + 1 for d in self.droppable) > EXHAUSTIVE_LIMIT:
             return counts
-        best, best_macs = counts, current
-        for combination in itertools.product(*(range(int(d) + 1) for d in self.droppable)):
-            candidate = torch.tensor(combination, dtype=torch.long)
-            macs = self.macs(candidate)
-            if best_macs < macs <= self.target:
-                best, best_macs = candidate, macs
+        every = (
+            torch.tensor(combination, dtype=torch.long)
+            for combination in itertools.product(*(range(int(d) + 1) for d in self.droppable))
+        )
+        best, _ = self.closest(every, counts, current)
+        assert best is not None
         return best
 
     def swap_search(self, counts: torch.Tensor, rounds: int = 8) -> torch.Tensor:
@@ -324,19 +337,12 @@ class _CountSearch:
             for gid in range(len(self.graph.groups)):
                 moves = []
                 if counts[gid] < self.droppable[gid]:  # one more here, then give back elsewhere
-                    candidate = counts.clone()
-                    candidate[gid] += 1
-                    moves.append(self.fill_back(candidate))
+                    moves.append(self.fill_back(self._changed(counts, gid, 1)))
                 if counts[gid] > 0:  # give one back here, then trim elsewhere in small steps
-                    candidate = counts.clone()
-                    candidate[gid] -= 1
-                    trimmed = self.trim_down(candidate)
+                    trimmed = self.trim_down(self._changed(counts, gid, -1))
                     if trimmed is not None:
                         moves.append(trimmed)
-                for candidate in moves:
-                    macs = self.macs(candidate)
-                    if best_macs < macs <= self.target:
-                        best, best_macs = candidate, macs
+                best, best_macs = self.closest(moves, best, best_macs)
             if best is None:
                 break
             counts, current = best, best_macs
@@ -348,11 +354,11 @@ class _CountSearch:
         for _ in range(max_steps):
             if self.macs(counts) <= self.target:
                 return counts
-            options = []
-            for gid in torch.nonzero(counts < self.droppable).reshape(-1).tolist():
-                candidate = counts.clone()
-                candidate[gid] += 1
-                options.append((self.macs(candidate), candidate))
+            options = [
+                (self.macs(candidate), candidate)
+                for gid in torch.nonzero(counts < self.droppable).reshape(-1).tolist()
+                for candidate in [self._changed(counts, gid, 1)]
+            ]
             if not options:
                 return None
             counts = max(options, key=lambda o: o[0])[1]
