@@ -130,9 +130,11 @@ class L0Channel(GraphMethod):
             count = self.graph.group_of_component.numel()
 
             def kept_share(keep_prob):
-                prob = torch.ones(count, dtype=torch.float64)
-                for gid, p in keep_prob.items():
-                    prob = prob.index_copy(0, components[int(gid)], p.double().cpu())
+                # every step: one copy to the CPU and one scatter, not one per group
+                gids = [int(g) for g in keep_prob]
+                probs = torch.cat([p.reshape(-1) for p in keep_prob.values()]).double().cpu()
+                where = torch.cat([components[g] for g in gids])
+                prob = torch.ones(count, dtype=torch.float64).index_copy(0, where, probs)
                 return model.expected(prob) / model.total
 
             share = float(self.target.target_macs)
@@ -140,7 +142,10 @@ class L0Channel(GraphMethod):
             channels = float(sum(g.size for g in self.groups))
 
             def kept_share(keep_prob):
-                return sum(p.double().cpu().sum() for p in keep_prob.values()) / channels
+                return (
+                    torch.cat([p.reshape(-1) for p in keep_prob.values()]).double().sum().cpu()
+                    / channels
+                )
 
             share = 1.0 - float(self.target.ratio)
         return ExpectedCostConstraint(

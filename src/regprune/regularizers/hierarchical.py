@@ -123,7 +123,7 @@ class HierarchicalGroupSparsity(Regularizer):
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
             outer = "sqrt" if self.variant == "sqrt" else "square"
             terms = []
-            for sums in self._outer_sums(model).values():
+            for sums in self._outer_sums(model):
                 terms.append(_sqrt(sums).sum() if outer == "sqrt" else sums.square().sum())
             return torch.stack(terms).sum() if terms else zero_like_model(model)
 
@@ -149,19 +149,16 @@ class HierarchicalGroupSparsity(Regularizer):
             "input_norm/vanished": float((norms < 1e-3).double().mean()),
         }
 
-    def _outer_sums(self, model: nn.Module) -> dict[int, torch.Tensor]:
+    def _outer_sums(self, model: nn.Module) -> list[torch.Tensor]:
         """Per group and consumer slice, ``sum_i sum_o inner(W[o, i])`` per channel; one
         entry per (group, slice) so that two consumers of a channel stay two outer groups."""
-        sums: dict[int, torch.Tensor] = {}
-        key = 0
+        sums = []
         for group, reads in self._reads:
             for index in reads:
                 rows = _rows(index, model)
                 positions, channels = index.positions_on(rows.device)
                 inner = self._inner(rows.index_select(0, positions))  # [positions, out]
-                per_channel = inner.new_zeros(group.size).index_add(0, channels, inner.sum(1))
-                sums[key] = per_channel
-                key += 1
+                sums.append(inner.new_zeros(group.size).index_add(0, channels, inner.sum(1)))
         return sums
 
     def _inner(self, rows: torch.Tensor) -> torch.Tensor:
