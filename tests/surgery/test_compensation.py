@@ -224,3 +224,17 @@ def test_a_stride_one_transposed_conv_takes_the_fold() -> None:
     assert report.folded_inputs == report.removed_inputs > 0 and not report.not_foldable
     assert max_error(pruned, silenced, x) <= 1e-5
     assert max_error(apply_plan(silenced, graph, plan, compensate=None), silenced, x) > 1e-2
+
+
+def test_an_empty_input_is_no_evidence_and_is_skipped() -> None:
+    """A detector's head sees zero boxes on some images: the statistics skip that call instead of
+    failing on a reduction over nothing (seen in CI on keypointrcnn)."""
+    from regprune.surgery.compensate import InputStats
+
+    stats = InputStats()
+    stats.add(torch.empty(0, 4, 3, 3), dim=1)
+    assert stats.total is None and stats.count == 0
+    stats.add(torch.ones(2, 4, 3, 3), dim=1)
+    stats.add(torch.empty(0, 4, 3, 3), dim=1)
+    assert stats.count == 18
+    assert torch.equal(stats.total, torch.full((4,), 18.0, dtype=torch.float64))

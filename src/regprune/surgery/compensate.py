@@ -124,6 +124,10 @@ class InputStats:
     high: torch.Tensor | None = None
 
     def add(self, x: torch.Tensor, dim: int) -> None:
+        """Add one call's input. An empty one (a detector's head when no box survived) carries
+        no evidence and is skipped, as if the layer had not been called."""
+        if x.numel() == 0:
+            return
         flat = x.detach().movedim(dim, 0).reshape(x.shape[dim], -1).double()
         total, low, high = flat.sum(dim=1), flat.amin(dim=1), flat.amax(dim=1)
         if self.total is None:
