@@ -58,7 +58,7 @@ def make_plan(
     scope: str = "local",
     ignore: Iterable[nn.Module | str] = (),
     round_to: int = 1,
-    max_ratio: float = 1.0,
+    max_ratio: float | None = None,
     seed: int = 0,
     scores: dict[int, torch.Tensor] | None = None,
     graph: DependencyGraph | None = None,
@@ -219,7 +219,7 @@ def prune(
     scope: str = "local",
     ignore: Iterable[nn.Module | str] = (),
     round_to: int = 1,
-    max_ratio: float = 1.0,
+    max_ratio: float | None = None,
     seed: int = 0,
     compensate: str | None = "constant",
     calibration: Iterable[Any] | None = None,
@@ -241,7 +241,8 @@ def prune(
         scope: ``local`` (same ratio in every group) or ``global`` (one ranking).
         ignore: modules (or their names) whose outputs must keep their width.
         round_to: kept widths are multiples of this.
-        max_ratio: no channel group loses more than this fraction of its channels.
+        max_ratio: no channel group loses more than this fraction of its channels (default
+            0.8, :data:`regprune.allocation.target.DEFAULT_MAX_RATIO`; 1.0 for no cap).
         seed: for the random criterion.
         compensate: what removed channels still send is folded into the biases of the layers
             that read them: ``"constant"`` (default, no data) for channels whose output is

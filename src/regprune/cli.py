@@ -399,8 +399,9 @@ def build_parser(prog: str = "regprune") -> argparse.ArgumentParser:
     prune_parser.add_argument(
         "--max-ratio",
         type=float,
-        default=1.0,
-        help="no channel group loses more than this fraction of its channels (default 1.0)",
+        default=None,
+        help="no channel group loses more than this fraction of its channels (default 0.8; "
+        "1.0 for no cap)",
     )
     prune_parser.add_argument(
         "--ignore", action="append", default=[], metavar="MODULE", help="keep this module's width"

@@ -97,8 +97,22 @@ def test_the_pipeline_passes_the_budget_where_a_method_takes_one() -> None:
     from regprune.pipeline.methods import build_method, takes_budget
     from regprune.pipeline.sections import MethodSection
 
-    assert takes_budget("greg1") and takes_budget("masksparsity")
-    assert not takes_budget("slimming")  # no budget mode yet: it keeps its strength
+    assert all(
+        takes_budget(name)
+        for name in (
+            "greg1",
+            "greg2",
+            "greg_unstructured",
+            "masksparsity",
+            "slimming",
+            "group_lasso",
+            "hgsr",
+            "l0_channel",
+            "l0_weight",
+            "adapruner",
+        )
+    )
+    assert not takes_budget("oneshot")  # nothing to schedule
     model = create_model("resnet20", num_classes=10, in_channels=1)
     budget = build_method(MethodSection("greg2", ratio=0.5), model, X, total_steps=200)
     assert budget.strength_mode == "budget"
@@ -106,3 +120,63 @@ def test_the_pipeline_passes_the_budget_where_a_method_takes_one() -> None:
     assert tuned.strength_mode == "explicit"
     slimming = build_method(MethodSection("slimming", {"s": 1e-3}, ratio=0.5), model, X, 200)
     assert slimming.regularizer.s == 1e-3
+
+
+@pytest.mark.parametrize("name", ["slimming", "group_lasso", "hgsr", "adapruner"])
+def test_a_penalty_on_every_channel_selects_then_silences_its_set_in_budget(name: str) -> None:
+    """Given only the budget: the paper's penalty selects for 40 % of it, then growing L2 makes
+    that set silent by 80 %; prune removes exactly that set, silent where it is read."""
+    from regprune.regularizers.staged import SelectThenSilence
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, in_channels=1)
+    method = methods.get(name, model, X, target_macs=0.5, max_ratio=0.7, total_steps=60)
+    staged = method.regularizer
+    assert method.strength_mode == "budget" and isinstance(staged, SelectThenSilence)
+    train_steps(model, method, 23, lr=0.5)
+    assert staged.selecting and method.budget_active()
+    train_steps(model, method, 1, lr=0.5)  # the 24th step (0.4 x 60) fixes the set
+    assert not staged.selecting and not method.budget_active() and staged.masks is not None
+    train_steps(model, method, 24, lr=0.5)  # to 0.8 of the budget
+    assert not method.wants_more_training()
+    data = [(X.repeat(4, 1, 1, 1) + 0.1 * torch.randn(4, *X.shape[1:]), torch.arange(4))] * 2
+    method.prune(data=data)
+    chosen = method.last_plan.drop_masks()
+    assert all(torch.equal(chosen.get(g, ~m & m), m) for g, m in staged.masks.items())
+    report = method.removal_report()
+    assert report["silent_inputs"] >= 0.9 * report["removed_inputs"]
+
+
+def test_select_then_silence_resumes_exactly_in_either_stage(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, in_channels=1)
+    method = methods.get("group_lasso", model, X, ratio=0.5, total_steps=40)
+    for steps in (10, 10):  # once while selecting, once while silencing
+        train_steps(model, method, steps, lr=0.5)
+        torch.save(method.state_dict(), tmp_path / "m.pt")
+        twin = methods.get(
+            "group_lasso", create_model("resnet20", 10, 1), X, ratio=0.5, total_steps=40
+        )
+        twin.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+        assert twin.regularizer.phase == method.regularizer.phase
+        assert twin.regularizer.strength == method.regularizer.strength
+        assert twin.budget.state_dict() == method.budget.state_dict()
+    assert method.regularizer.phase.startswith("silencing")
+    assert twin.regularizer.second.lambdas() == method.regularizer.second.lambdas()
+    assert all(
+        torch.equal(twin.regularizer.masks[g], m) for g, m in method.regularizer.masks.items()
+    )
+
+
+def test_unstructured_methods_meet_their_sparsity_from_the_budget() -> None:
+    """GReg on single weights sizes its schedule to the budget; weight L0 constrains the
+    expected share of open gates to 1 - ratio and needs a ratio to do so."""
+    model = create_model("lenet5", num_classes=10, in_channels=1)
+    greg = methods.get("greg_unstructured", model, X, ratio=0.5, total_steps=40)
+    assert greg.strength_mode == "budget" and greg.regularizer.update_every == 1
+    l0 = methods.get("l0_weight", create_model("lenet5", 10, 1), X, ratio=0.6, total_steps=40)
+    assert l0.strength_mode == "budget" and l0.regularizer.constraint.target == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="needs ratio="):
+        methods.get("l0_weight", create_model("lenet5", 10, 1), X, total_steps=40)
+    with pytest.raises(ValueError, match="ratio= is the target of budget mode"):
+        methods.get("l0_weight", create_model("lenet5", 10, 1), X, lam=1.0, ratio=0.5)

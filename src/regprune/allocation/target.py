@@ -8,6 +8,13 @@ from typing import Any
 
 SCOPES = ("local", "global")
 
+DEFAULT_MAX_RATIO = 0.8
+"""The most of one channel group a default target removes (our choice, issue 14): a global
+ranking may otherwise thin a layer to one channel, and a network whose layer is that thin can
+lose most of its accuracy for good (group lasso on a VGG: 20.9 % after fine-tuning where
+one-shot criteria reached 91 %). Keeping a fifth of every group still allows any MACs target
+down to a few percent; ``max_ratio=1.0`` asks for the papers' uncapped rule."""
+
 
 @dataclass(frozen=True)
 class Target:
@@ -19,7 +26,8 @@ class Target:
         target_macs: fraction of the model's MACs to keep, in (0, 1] (met within 1 % below).
         scope: ``"local"`` (same share in every group) or ``"global"`` (one ranking).
         round_to: kept widths are multiples of this.
-        max_ratio: no channel group loses more than this fraction of its channels.
+        max_ratio: no channel group loses more than this fraction of its channels; None (the
+            default) is :data:`DEFAULT_MAX_RATIO`.
 
     Raises:
         ValueError: at construction, naming the argument and what is allowed.
@@ -29,9 +37,11 @@ class Target:
     target_macs: float | None = None
     scope: str = "local"
     round_to: int = 1
-    max_ratio: float = 1.0
+    max_ratio: float | None = None
 
     def __post_init__(self) -> None:
+        if self.max_ratio is None:
+            object.__setattr__(self, "max_ratio", DEFAULT_MAX_RATIO)
         for name, value in (("ratio", self.ratio), ("target_macs", self.target_macs)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, Real)):
                 raise ValueError(f"{name} must be a number, got {type(value).__name__} {value!r}")

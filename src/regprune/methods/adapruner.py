@@ -3,6 +3,9 @@ every detail below is **our choice** and documented where it is made.
 
 1. Block importance: the mean |BN scale| of each channel group (after optional slimming during
    training, ``s > 0``). Groups without a norm layer get the mean importance of the model.
+   Budget mode (``total_steps``, no ``s``): the slimming selects, growing L2 silences what
+   the widths then remove (:mod:`regprune.regularizers.staged`), and the block importance is
+   frozen when the set is chosen (silencing it would otherwise lower it further).
 2. Widths: one global variable ``alpha`` maps importance to a kept fraction per group,
    ``keep_g = clip(alpha * I_g / mean(I), min_keep, 1)``: more important blocks stay wider.
    The largest ``alpha`` that meets the budget is found by the shared allocation (a global
@@ -26,13 +29,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from regprune.allocation import Plan, allocate
-from regprune.importance import get_importance
+from regprune.importance import BNScaleImportance, get_importance
 from regprune.importance.criteria import mean_over_slices
 from regprune.lifecycle import CalibrationData
 from regprune.methods.graph_method import GraphMethod
 from regprune.methods.registry import register_method
 from regprune.modes import eval_mode
 from regprune.regularizers import BNScaleL1
+from regprune.regularizers.staged import SelectThenSilence
 from regprune.train.batchnorm import recalibrate_batch_norm
 from regprune.train.distributed import broadcast_object
 
@@ -70,25 +74,52 @@ class AdaPruner(GraphMethod):
         model: nn.Module,
         example_inputs: Any,
         *,
-        s: float = 0.0,
+        s: float | None = None,
         candidates: Sequence[str] = DEFAULT_CANDIDATES,
         min_keep: float = 0.05,
         seed: int = 0,
+        total_steps: int | None = None,
+        silence_at: float = 0.8,
         **target: Any,
     ) -> None:
         super().__init__(model, example_inputs, **target)
+        self.frozen_importance: torch.Tensor | None = None
         self.candidates = [get_importance(c, seed=seed) for c in candidates]
         if not self.candidates:
             raise ValueError("give at least one inheritance candidate")
         if not 0 < min_keep < 1:
             raise ValueError(f"min_keep must be in (0, 1), got {min_keep}")
         self.min_keep = min_keep
-        self.regularizer = BNScaleL1(self.groups, s=s) if s > 0 else None
+        if s is None and total_steps is None:
+            s = 0.0  # the paper's default: no sparsity training
+        if s is None or s > 0:
+            self.regularizer = self.select_then_silence(
+                BNScaleL1(self.groups, s=1e-4),
+                s,
+                paper=1e-4,
+                initial=1e-3,
+                total_steps=total_steps,
+                silence_at=silence_at,
+            )
         self.candidate_losses: dict[str, float] = {}
         self.chosen: str | None = None
 
+    def silence_scores(self) -> dict[int, torch.Tensor]:
+        return BNScaleImportance()(self.model, self.graph)
+
+    def removal_masks(self, scores: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        return self.plan_for(scores).drop_masks()
+
+    def select(self, scores: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        masks = self.removal_masks(scores)
+        self.frozen_importance = self.block_importance()
+        return masks
+
     def block_importance(self) -> torch.Tensor:
-        """Mean |BN scale| per group (groups without BN: the mean over groups that have one)."""
+        """Mean |BN scale| per group (groups without BN: the mean over groups that have one);
+        in budget mode, as it was when the removal set was chosen."""
+        if self.frozen_importance is not None:
+            return self.frozen_importance
         values = []
         for group in self.groups:
             scales = group.norm_scales()
@@ -149,6 +180,11 @@ class AdaPruner(GraphMethod):
         return torch.tensor([widths[g.id] for g in self.groups], dtype=torch.float64)
 
     def prune(self, data: CalibrationData | None = None) -> nn.Module:
+        if isinstance(self.regularizer, SelectThenSilence) and self.regularizer.masks is not None:
+            # budget mode: the widths' removal set is silent; any other inheritance would keep
+            # zeros and remove live channels, so there is nothing left to compare (our choice)
+            self.chosen = "silenced"
+            return super().prune(data)
         if not data or len(data) < 2:
             raise ValueError(
                 "AdaPruner compares inheritance criteria on training batches: call "
@@ -176,3 +212,10 @@ class AdaPruner(GraphMethod):
             report["inheritance"] = self.chosen
             report["candidate_losses"] = dict(self.candidate_losses)
         return report
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {"frozen_importance": self.frozen_importance}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.frozen_importance = state.get("frozen_importance")

@@ -19,7 +19,10 @@ from regprune.allocation import MacsModel, Plan, Target, allocate
 from regprune.graph import DependencyGraph, trace_graph
 from regprune.lifecycle import CalibrationData, PruningMethod
 from regprune.metrics import count
-from regprune.regularizers.budget import BudgetSchedule
+from regprune.regularizers.budget import SILENT_RATIO, BudgetSchedule
+from regprune.regularizers.growing_l2 import budget_schedule
+from regprune.regularizers.protocol import Regularizer
+from regprune.regularizers.staged import SELECT_RATIO, SELECT_SHARE, SelectThenSilence
 from regprune.surgery import CompensationReport, apply_plan_with_report
 from regprune.surgery.compensate import check_compensate
 from regprune.train.distributed import broadcast_object
@@ -35,7 +38,8 @@ class GraphMethod(PruningMethod):
         target_macs: fraction of the MACs to keep (met within 1%).
         scope: ``"local"`` (per group) or ``"global"`` (one ranking).
         round_to: kept widths are multiples of this.
-        max_ratio: no channel group loses more than this fraction of its channels.
+        max_ratio: no channel group loses more than this fraction of its channels (default
+            0.8, :data:`regprune.allocation.target.DEFAULT_MAX_RATIO`; 1.0 for no cap).
         ignore: modules (or names) whose outputs keep their width.
         compensate: what the removed channels still send is folded into the layers that read
             them (:func:`regprune.apply_plan`): ``"constant"`` (default), ``"mean"`` (over the
@@ -60,7 +64,7 @@ class GraphMethod(PruningMethod):
         target_macs: float | None = None,
         scope: str | None = None,
         round_to: int = 1,
-        max_ratio: float = 1.0,
+        max_ratio: float | None = None,
         ignore: Iterable[nn.Module | str] = (),
         compensate: str | None = "constant",
         attention: str = "heads",
@@ -104,10 +108,13 @@ class GraphMethod(PruningMethod):
         initial: float,
         total_steps: int | None,
         silence_at: float,
+        end_ratio: float = SILENT_RATIO,
+        ceiling: float | None = None,
     ) -> float:
         """The strength to start with, and the mode: an explicit strength is used as given
         (reproducing a paper or a tuned run); otherwise with ``total_steps`` the budget drives
-        it from ``initial``; with neither, the paper's default."""
+        it from ``initial`` along a path to ``end_ratio`` at ``silence_at``; with neither, the
+        paper's default."""
         if explicit is not None:
             self.strength_mode = "explicit"
             return float(explicit)
@@ -115,12 +122,74 @@ class GraphMethod(PruningMethod):
             self.strength_mode = "paper"
             return paper
         self.strength_mode = "budget"
-        self.budget = BudgetSchedule(total_steps, initial, silence_at=silence_at, owner=self.name)
+        self.budget = BudgetSchedule(
+            total_steps,
+            initial,
+            silence_at=silence_at,
+            end_ratio=end_ratio,
+            ceiling=ceiling,
+            owner=self.name,
+        )
         return initial
 
+    def select_then_silence(
+        self,
+        first: Regularizer,
+        explicit: float | None,
+        *,
+        paper: float,
+        initial: float,
+        total_steps: int | None,
+        silence_at: float,
+        ceiling: float | None = None,
+    ) -> Regularizer:
+        """The regularizer of a method that penalizes every channel (slimming, group lasso,
+        HGSR): ``first`` at the chosen strength (:meth:`choose_strength`); in budget mode
+        wrapped so that it selects for :data:`SELECT_SHARE` of the budget, under the controller
+        towards :data:`SELECT_RATIO`, and growing L2 then silences what it selected by
+        ``silence_at`` (:mod:`regprune.regularizers.staged`)."""
+        first.strength = self.choose_strength(
+            explicit,
+            paper=paper,
+            initial=initial,
+            total_steps=total_steps,
+            silence_at=SELECT_SHARE,
+            end_ratio=SELECT_RATIO,
+            ceiling=ceiling,
+        )
+        if self.budget is None:
+            return first
+        assert total_steps is not None
+        select_steps = max(1, round(SELECT_SHARE * total_steps))
+        if select_steps >= total_steps:
+            raise ValueError(
+                f"{self.name}: a budget of {total_steps} steps leaves nothing to silence with; "
+                "give total_steps >= 2"
+            )
+        left = total_steps - select_steps
+        share = min(max((silence_at * total_steps - select_steps) / left, 0.1), 1.0)
+
+        def choose(model: nn.Module) -> dict[int, torch.Tensor]:
+            return self.select(self._silence_scores())
+
+        return SelectThenSilence(
+            first,
+            self.groups,
+            choose,
+            lambda steps: budget_schedule(steps, share, 1),
+            total_steps=total_steps,
+            select_steps=select_steps,
+        )
+
     def budget_active(self) -> bool:
-        """Whether the budget drives the strength now (MaskSparsity: only once it has a mask)."""
+        """Whether the budget drives the strength now (MaskSparsity: only once it has a mask;
+        select-then-silence: only while selecting)."""
+        if isinstance(self.regularizer, SelectThenSilence):
+            return self.budget is not None and self.regularizer.selecting
         return self.budget is not None
+
+    silence_comparable = True
+    """Whether :meth:`silence_scores` compare across groups (the allocation rescales if not)."""
 
     def silence_scores(self) -> dict[int, torch.Tensor]:
         """Per channel, the quantity the regularizer drives to zero (override per method)."""
@@ -128,12 +197,19 @@ class GraphMethod(PruningMethod):
 
     def removal_masks(self, scores: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         """The channels the method would remove now (default: its target over ``scores``)."""
-        return self.plan_from_scores(scores, comparable=True).drop_masks()
+        return self.plan_from_scores(scores, comparable=self.silence_comparable).drop_masks()
+
+    def select(self, scores: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """The removal set fixed at the end of a select-then-silence selection stage."""
+        return self.removal_masks(scores)
+
+    def _silence_scores(self) -> dict[int, torch.Tensor]:
+        return {g: v.detach().double().cpu() for g, v in self.silence_scores().items()}
 
     def removal_ratio(self) -> float:
         """90th percentile of the removal set's scores over the kept channels' median at the
         budget's first check (a fixed scale, see :mod:`regprune.regularizers.budget`)."""
-        scores = {g: v.double().cpu() for g, v in self.silence_scores().items()}
+        scores = self._silence_scores()
         masks = self.removal_masks(scores)
         removed = torch.cat([scores[g][masks[g]] for g in scores if g in masks])
         kept = torch.cat([scores[g][~masks[g]] for g in scores if g in masks])
@@ -252,5 +328,11 @@ class GraphMethod(PruningMethod):
         raise NotImplementedError
 
     def prune(self, data: CalibrationData | None = None) -> nn.Module:
+        """The method's target over its own scores; in select-then-silence budget mode the set
+        it selected and silenced (a first-order criterion such as HGSR's fast loss increase
+        can rank a live channel below a silent one: its estimate is signed)."""
+        staged = self.regularizer
+        if isinstance(staged, SelectThenSilence) and staged.masks is not None:
+            return self.apply(self.plan_from_masks(staged.masks), data)
         scores, comparable = self.scores(data)
         return self.apply(self.plan_from_scores(scores, comparable), data)

@@ -230,6 +230,11 @@ class L0Weight(PruningMethod):
     """Fine-grained L0: one gate per weight of every conv and linear; closed gates -> zeros.
 
     ``lam``, ``num_samples``, ``init_keep_prob`` and ``gate_lr_scale`` as in :class:`L0Channel`.
+
+    Budget mode (``total_steps`` and ``ratio``, no ``lam``): the expected share of open weight
+    gates is constrained to ``1 - ratio`` by the same Lagrangian as channel L0's
+    (:class:`ExpectedCostConstraint`, the cost being the number of weights), so the gates
+    close the requested fraction by themselves; the closed ones are the zeros.
     """
 
     name = "l0_weight"
@@ -239,13 +244,33 @@ class L0Weight(PruningMethod):
         model: nn.Module,
         example_inputs: Any = None,
         *,
-        lam: float = 0.1,
+        lam: float | None = None,
         num_samples: int = 50000,
         init_keep_prob: float = 0.9,
-        gate_lr_scale: float = 1.0,
+        gate_lr_scale: float | None = None,
+        total_steps: int | None = None,
+        ratio: float | None = None,
+        silence_at: float = 0.8,
+        constraint_lr: float | None = None,
     ) -> None:
         super().__init__(model)
+        budget = lam is None and total_steps is not None
+        if ratio is not None and not budget:
+            raise ValueError(
+                "l0_weight: ratio= is the target of budget mode; give total_steps= (the "
+                "sparsify iterations) without lam=, or lam= without ratio="
+            )
+        if budget and ratio is None:
+            raise ValueError(
+                "l0_weight: budget mode (total_steps without lam) needs ratio= (the fraction "
+                "of weights to zero) to constrain the gates to; or give lam= for the penalty"
+            )
+        if gate_lr_scale is None:
+            gate_lr_scale = BUDGET_GATE_LR_SCALE if budget else 1.0
         self.regularizer_lr_scale = _check_scale(gate_lr_scale)
+        if lam is None:
+            lam = 0.0 if budget else 0.1
+        self.strength_mode = "budget" if budget else ("paper" if lam == 0.1 else "explicit")
         self.regularizer: L0Regularizer = L0Regularizer(
             model,
             lam=lam,
@@ -253,6 +278,18 @@ class L0Weight(PruningMethod):
             granularity="weight",
             init_keep_prob=init_keep_prob,
         )
+        if budget:
+            assert total_steps is not None and ratio is not None
+            if not 0 < ratio < 1:
+                raise ValueError(f"ratio must be in (0, 1) (weights zeroed), got {ratio!r}")
+            count = float(sum(g.log_alpha.numel() for g in self.regularizer.gates.values()))
+
+            def kept_share(keep_prob):
+                return sum(p.double().sum().cpu() for p in keep_prob.values()) / count
+
+            self.regularizer.constraint = ExpectedCostConstraint(
+                kept_share, 1.0 - ratio, total_steps, reach_at=0.5 * silence_at, lr=constraint_lr
+            )
         self.masks: dict[str, torch.Tensor] | None = None
 
     def prune(self, data: CalibrationData | None = None) -> nn.Module:

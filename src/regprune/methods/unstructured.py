@@ -18,7 +18,7 @@ from regprune.layers import weight_layers
 from regprune.lifecycle import CalibrationData, PruningMethod
 from regprune.methods.greg import SCHEDULE_KEYS
 from regprune.methods.registry import register_method
-from regprune.regularizers.growing_l2 import greg_for
+from regprune.regularizers.growing_l2 import budget_schedule, greg_for
 from regprune.train.distributed import broadcast_object
 
 
@@ -159,10 +159,22 @@ class GRegUnstructured(PruningMethod):
     name = "greg_unstructured"
 
     def __init__(
-        self, model: nn.Module, example_inputs: Any = None, *, variant: int = 1, **kwargs: Any
+        self,
+        model: nn.Module,
+        example_inputs: Any = None,
+        *,
+        variant: int = 1,
+        total_steps: int | None = None,
+        silence_at: float = 0.8,
+        **kwargs: Any,
     ) -> None:
         super().__init__(model)
         schedule = {k: kwargs.pop(k) for k in SCHEDULE_KEYS if k in kwargs}
+        self.strength_mode = "explicit" if schedule else "paper"
+        if total_steps is not None and not schedule:
+            # budget mode, the structured method's rule (regularizers/growing_l2.py: budget_schedule)
+            schedule = budget_schedule(total_steps, silence_at, variant)
+            self.strength_mode = "budget"
         self.ratio, self.scope = _check_unstructured_target(kwargs)
         self.variant = variant
         weights = prunable_weights(model)

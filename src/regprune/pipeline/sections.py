@@ -132,7 +132,7 @@ class MethodSection:
     target_macs: float | None = None
     scope: str | None = None
     round_to: int = 1
-    max_ratio: float = 1.0
+    max_ratio: float | None = None
     ignore: list[str] = field(default_factory=list)
 
     def validate(self, where: str) -> None:
@@ -177,7 +177,7 @@ class MethodSection:
             target["scope"] = self.scope
         if self.round_to != 1:
             target["round_to"] = self.round_to
-        if self.max_ratio != 1.0:
+        if self.max_ratio is not None:
             target["max_ratio"] = self.max_ratio
         if self.ignore:
             target["ignore"] = list(self.ignore)

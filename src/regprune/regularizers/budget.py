@@ -15,11 +15,12 @@ to :data:`SILENT_RATIO` at ``silence_at`` of the budget, geometrically, and ever
   what was taken. The strength never drops below its initial value.
 
 ``r`` is measured against the kept channels' median *at the first check* (a fixed scale).
-Only penalties confined to the removal set use it (MaskSparsity's masked stage): for a penalty
-on every channel (slimming, group lasso, HGSR) the pilot (benchmarks/budget_pilot.py,
-docs/methods.md) collapsed the network in 100 steps whatever the guard, since raising the
-strength shrinks what is kept as fast as what goes; those methods keep their explicit or paper
-strengths until issue 14 finds a schedule that is safe for them.
+A penalty confined to the removal set (MaskSparsity's masked stage) is driven to
+:data:`SILENT_RATIO`. A penalty on every channel (slimming, group lasso, HGSR) cannot be: driven
+there, the pilot (benchmarks/budget_pilot.py, docs/methods.md) collapsed the network in 100
+steps whatever the guard, since raising the strength shrinks what is kept as fast as what goes.
+Those methods only *select* under this controller, to a higher ``end_ratio``, and a growing L2
+on the chosen set silences it (:mod:`regprune.regularizers.staged`).
 
 The remaining ``1 - silence_at`` of the budget lets the network adapt with the set held silent.
 **Our choice**: a multiplicative (bang-bang) controller rather than a tuned PID; it needs no
@@ -52,6 +53,11 @@ class BudgetSchedule:
         check_every: steps between checks; default ``total_steps // 50`` (at least 1).
         raise_factor, lower_factor: multiplicative steps of the strength.
         loss_tolerance: relative rise of the task loss over its start that stops raising.
+        end_ratio: where the planned path ends (:data:`SILENT_RATIO`; a selection stage ends
+            higher, see :mod:`regprune.regularizers.staged`).
+        ceiling: the strength never rises above this (None: no bound). For a penalty whose
+            damage the task loss does not show in time (HGSR on BatchNorm nets shrinks every
+            group, which train-mode BN hides and eval mode does not).
         owner: the method's name, for the warning.
     """
 
@@ -65,6 +71,8 @@ class BudgetSchedule:
         raise_factor: float = 1.3,
         lower_factor: float = 0.8,
         loss_tolerance: float = 0.25,
+        end_ratio: float = SILENT_RATIO,
+        ceiling: float | None = None,
         owner: str = "method",
     ) -> None:
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
@@ -74,6 +82,8 @@ class BudgetSchedule:
             )
         if not 0 < silence_at <= 1:
             raise ValueError(f"silence_at must be in (0, 1], got {silence_at!r}")
+        if not 0 < end_ratio < 1:
+            raise ValueError(f"end_ratio must be in (0, 1), got {end_ratio!r}")
         if not initial > 0:
             raise ValueError(f"the initial strength must be > 0, got {initial!r}")
         if total_steps < MIN_USEFUL_STEPS:
@@ -84,6 +94,8 @@ class BudgetSchedule:
             )
         self.total_steps = total_steps
         self.silence_at = float(silence_at)
+        self.end_ratio = float(end_ratio)
+        self.ceiling = ceiling
         self.check_every = check_every or max(1, total_steps // 50)
         self.raise_factor = raise_factor
         self.lower_factor = lower_factor
@@ -107,10 +119,10 @@ class BudgetSchedule:
         """The relative magnitude the removal set should have after ``step`` steps."""
         if self.start_ratio is None:
             return None
-        start = max(self.start_ratio, SILENT_RATIO)
+        start = max(self.start_ratio, self.end_ratio)
         span = max(self.silence_step - self.start_step, 1)
         progress = min(max(step - self.start_step, 0) / span, 1.0)
-        return start * (SILENT_RATIO / start) ** progress
+        return start * (self.end_ratio / start) ** progress
 
     def observe_loss(self, loss: float) -> None:
         """Feed the task loss of one iteration (an EMA over about 5 iterations: the guard must
@@ -136,6 +148,8 @@ class BudgetSchedule:
             self.strength = max(self.strength * self.lower_factor, self.floor)
         elif ratio > target:
             self.strength *= self.raise_factor
+            if self.ceiling is not None:
+                self.strength = min(self.strength, self.ceiling)
         else:
             self.strength = max(self.strength * self.lower_factor, self.floor)
         return self.strength
@@ -152,7 +166,7 @@ class BudgetSchedule:
             "strength": self.strength,
             "start_ratio": self.start_ratio,
             "last_ratio": self.last_ratio,
-            "silent_ratio": SILENT_RATIO,
+            "end_ratio": self.end_ratio,
             "held_by_loss": self.held,
         }
 

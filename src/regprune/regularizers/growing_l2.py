@@ -307,6 +307,30 @@ class GrowingL2(Regularizer):
             self._stabilize_start = self.iteration
 
 
+def budget_schedule(total_steps: int, silence_at: float, variant: int) -> dict[str, Any]:
+    """GReg's schedule sized to a budget (our choice): about 50 lambda updates; GReg-2 picks
+    in the first tenth, lambda grows to tau = 1 by half of ``silence_at`` (the magnitude-ratio
+    stop may end it earlier: the schedule reacts to what it sees), then holds to ``silence_at``
+    of the budget; the rest is left for the network to adapt with the set silenced."""
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+    update_every = max(1, total_steps // 50)
+    pick = round(0.1 * total_steps) if variant == 2 else 0
+    done = silence_at * total_steps
+    grow_updates = max(2, int((0.5 * done - pick) / update_every))
+    schedule = {
+        "update_every": update_every,
+        # lambda exceeds tau (the stop) at the grow_updates-th update
+        "delta": 1.0 / (grow_updates - 1),
+        "tau": 1.0,
+        "stabilize_iters": max(1, int(done - pick - grow_updates * update_every)),
+    }
+    if variant == 2:
+        schedule["pick_delta"] = 1e-2 / max(1.0, pick / update_every)
+        schedule["pick_ceiling"] = 1e-2
+    return schedule
+
+
 def greg_for(
     targets: Targets, masks: Mapping[LayerKey, torch.Tensor], variant: int, **schedule: Any
 ) -> GrowingL2:
