@@ -180,3 +180,21 @@ def test_unstructured_methods_meet_their_sparsity_from_the_budget() -> None:
         methods.get("l0_weight", create_model("lenet5", 10, 1), X, total_steps=40)
     with pytest.raises(ValueError, match="ratio= is the target of budget mode"):
         methods.get("l0_weight", create_model("lenet5", 10, 1), X, lam=1.0, ratio=0.5)
+
+
+def test_a_loss_that_rose_far_during_sparsify_is_said_at_prune_time(tmp_path) -> None:
+    model = create_model("resnet20", num_classes=10, in_channels=1)
+    method = methods.get("greg1", model, X, ratio=0.5, total_steps=60)
+    assert method.loss_warnings() == []  # no loss seen yet
+    for _ in range(5):
+        method.observe_loss(0.5)  # the reference: the EMA after 5 iterations
+    for _ in range(30):
+        method.observe_loss(0.9)
+    assert method.loss_warnings() == []  # within 2x of the start
+    for _ in range(30):
+        method.observe_loss(2.5)
+    torch.save(method.state_dict(), tmp_path / "m.pt")  # the watch resumes with the run
+    twin = methods.get("greg1", create_model("resnet20", 10, 1), X, ratio=0.5, total_steps=60)
+    twin.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+    with pytest.warns(UserWarning, match="task loss rose from 0.5 to 2.5"):
+        twin.prune()

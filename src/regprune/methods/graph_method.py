@@ -8,6 +8,7 @@ allocation code as one-shot pruning. Subclasses only say how they regularize and
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -94,6 +95,7 @@ class GraphMethod(PruningMethod):
         self.last_warnings: list[str] = []
         self.budget: BudgetSchedule | None = None
         self.strength_mode = "explicit"
+        self.loss_watch: dict[str, Any] = {"ema": None, "start": None, "seen": 0}
 
     @property
     def groups(self):
@@ -224,6 +226,13 @@ class GraphMethod(PruningMethod):
     def observe_loss(self, loss: float) -> None:
         if self.budget is not None:
             self.budget.observe_loss(loss)
+        if not math.isfinite(loss):
+            return
+        watch = self.loss_watch
+        watch["ema"] = loss if watch["ema"] is None else 0.8 * watch["ema"] + 0.2 * loss
+        watch["seen"] += 1
+        if watch["seen"] == self.LOSS_WARMUP:
+            watch["start"] = watch["ema"]
 
     def step(self) -> None:
         super().step()
@@ -237,12 +246,15 @@ class GraphMethod(PruningMethod):
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
+        state["loss_watch"] = dict(self.loss_watch)
         if self.budget is not None:
             state["budget"] = self.budget.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
+        if "loss_watch" in state:
+            self.loss_watch = dict(state["loss_watch"])
         if self.budget is not None and state.get("budget") is not None:
             self.budget.load_state_dict(state["budget"])
             assert self.regularizer is not None
@@ -295,7 +307,7 @@ class GraphMethod(PruningMethod):
             calibration=data,
         )
         self.last_compensation = report
-        self.last_warnings = self.schedule_warnings(plan)
+        self.last_warnings = self.schedule_warnings(plan) + self.loss_warnings()
         if self.silences_removal_set and report.silent_share < self.SILENT_SHARE:
             self.last_warnings.append(
                 f"{self.name}: only {report.silent_inputs} of the {report.removed_inputs} "
@@ -307,6 +319,25 @@ class GraphMethod(PruningMethod):
         for text in self.last_warnings:
             warnings.warn(text, stacklevel=3)
         return pruned
+
+    LOSS_ROSE = 2.0
+    """A method warns at prune time when the task loss (an EMA over ~5 iterations) ended above
+    this multiple of its value after the first :data:`LOSS_WARMUP` iterations (our choice; the
+    pipeline also compares test accuracy with the baseline, a user's own loop may have no test
+    set). Needs the loop to call :meth:`observe_loss`, as the library's trainer does."""
+    LOSS_WARMUP = 5
+
+    def loss_warnings(self) -> list[str]:
+        """Say loudly that the regularized model fell far below where it started."""
+        start, now = self.loss_watch["start"], self.loss_watch["ema"]
+        if start is None or now is None or now <= self.LOSS_ROSE * start:
+            return []
+        return [
+            f"{self.name}: the task loss rose from {start:.3g} to {now:.3g} during sparsity "
+            "training: the regularized model is far below its baseline, and pruning keeps "
+            "what it lost; give a longer budget (total_steps), a weaker strength or a "
+            "smaller target"
+        ]
 
     def schedule_warnings(self, plan: Plan) -> list[str]:
         """What the method knows about its own unfinished schedule at prune time (override)."""

@@ -1,0 +1,220 @@
+"""Issue 14's study: every regularization method with default arguments, at three budgets.
+
+    python -m benchmarks.budget_study --model resnet20 --steps 50 250 1000
+    python -m benchmarks.budget_study --model vgg11 --steps 50 250 1000
+    python -m benchmarks.budget_study --report docs/budget_study.md
+
+Per model: a baseline trained ``--baseline-steps`` SGD steps on 4,000 Fashion-MNIST training
+images (seed 0, cached under runs/budget_study/), then per method and budget a copy trained
+``steps`` steps with the method given **only** ``total_steps`` and the target (50 % of the
+MACs; default ``max_ratio``, default strengths), pruned, and fine-tuned ``--finetune-steps``
+steps. Test accuracy on 2,000 test images: the baseline, before pruning, right after (with the
+default compensation), after fine-tuning; the removal report says how many removed channel
+inputs were silent where they are read. ``oneshot`` is the same training without a penalty,
+pruned by L1 (what removal costs when nothing was silenced).
+
+Every finished row is appended to ``--out`` (JSON lines) at once; a rerun skips the rows it
+has, so an interrupted study resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import regprune as rp
+from regprune.data import build_datasets
+from regprune.io import atomic_torch_save, read_weights_only
+from regprune.models import create_model
+from regprune.report import describe_machine, markdown_table, write_generated_block
+from regprune.train import build_optimizer, train_one_epoch
+
+METHODS = (
+    "oneshot",
+    "slimming",
+    "group_lasso",
+    "masksparsity",
+    "greg1",
+    "greg2",
+    "hgsr",
+    "l0_channel",
+    "adapruner",
+)
+MODELS = {"resnet20": {}, "vgg11": {"width": 0.5}}
+CACHE = Path("runs/budget_study")
+BATCH = 64
+
+
+def tensors(train_images: int) -> tuple[torch.Tensor, ...]:
+    splits = build_datasets("fashionmnist", subset=train_images, seed=0, augment=False)
+
+    def stack(dataset, limit):
+        xs, ys = zip(*(dataset[i] for i in range(min(limit, len(dataset)))), strict=True)
+        return torch.stack(xs), torch.tensor(ys)
+
+    return (*stack(splits.train, train_images), *stack(splits.test, 2000))
+
+
+def batches(x, y, seed: int, size: int = BATCH):
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    return [(x[order[i : i + size]], y[order[i : i + size]]) for i in range(0, len(x), size)]
+
+
+def train(model, x, y, steps: int, method=None, lr: float = 0.05, seed: int = 0) -> None:
+    """``steps`` SGD steps (momentum 0.9, constant lr) over reshuffled passes, the library's
+    loop; the method's own parameters (L0 gates) in their optimizer group."""
+    groups = method.optimizer_groups() if method is not None else ()
+    optimizer = build_optimizer(model, lr=lr, momentum=0.9, weight_decay=1e-4, groups=groups)
+    order: list = []
+    while len(order) < steps:
+        order += batches(x, y, seed=seed + len(order))
+    train_one_epoch(
+        model, order[:steps], optimizer, F.cross_entropy, method, device="cpu", progress=False
+    )
+
+
+def accuracy(model, x, y) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).double().mean())
+
+
+def baseline(name: str, x, y, steps: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_channels=1, **MODELS[name])
+    path = CACHE / f"{name}_{steps}.pt"
+    if path.exists():
+        model.load_state_dict(read_weights_only(path, "the cached baseline"))
+        return model
+    train(model, x, y, steps, lr=0.05)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(model.state_dict(), path)
+    return model
+
+
+def run_one(base, name: str, steps: int, data, finetune_steps: int) -> dict:
+    x, y, x_test, y_test = data
+    model = copy.deepcopy(base)
+    budget = {} if name == "oneshot" else {"total_steps": steps}
+    torch.manual_seed(0)
+    method = rp.methods.get(name, model, x[:1], target_macs=0.5, **budget)
+    start = time.perf_counter()
+    train(model, x, y, steps, method, seed=1)
+    before = accuracy(model, x_test, y_test)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        small = method.prune(data=batches(x, y, seed=0)[:4])
+    right_after = accuracy(small, x_test, y_test)
+    finetune = method.finetune_method(small)
+    train(small, x, y, finetune_steps, finetune, lr=0.01, seed=2)
+    report = method.removal_report()
+    return {
+        "method": name,
+        "steps": steps,
+        "strength_mode": getattr(method, "strength_mode", "-"),
+        "before": before,
+        "right_after": right_after,
+        "finetuned": accuracy(small, x_test, y_test),
+        "silent": report.get("silent_inputs", 0),
+        "removed": report.get("removed_inputs", 0),
+        "macs_kept": rp.count(small, x[:1]).macs / rp.count(base, x[:1]).macs,
+        "warnings": [str(w.message)[:160] for w in caught],
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def study(args) -> None:
+    data = tensors(args.train_images)
+    x, y, x_test, y_test = data
+    base = baseline(args.model, x, y, args.baseline_steps)
+    base_acc = accuracy(base, x_test, y_test)
+    out = Path(args.out)
+    done = set()
+    if out.exists():
+        for line in out.read_text().splitlines():
+            row = json.loads(line)
+            done.add((row["model"], row["method"], row["steps"]))
+    for steps in args.steps:
+        for name in args.methods:
+            if (args.model, name, steps) in done:
+                continue
+            row = run_one(base, name, steps, data, args.finetune_steps)
+            row |= {"model": args.model, "baseline": base_acc, "seed": 0}
+            with out.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            print(
+                f"{args.model} {name} {steps}: {row['before']:.3f} -> {row['right_after']:.3f} "
+                f"-> {row['finetuned']:.3f} (baseline {base_acc:.3f}), silent "
+                f"{row['silent']}/{row['removed']}, {row['seconds']:.0f} s",
+                flush=True,
+            )
+
+
+def report(args) -> None:
+    rows = [json.loads(line) for line in Path(args.out).read_text().splitlines()]
+    header = [
+        "model",
+        "method",
+        "steps",
+        "mode",
+        "baseline",
+        "before prune (vs baseline)",
+        "right after prune (vs before)",
+        "after fine-tune",
+        "silent / removed inputs",
+        "MACs kept",
+    ]
+    order = {m: i for i, m in enumerate(METHODS)}
+    table = []
+    for r in sorted(rows, key=lambda r: (r["model"], r["steps"], order.get(r["method"], 99))):
+        table.append(
+            [
+                r["model"],
+                r["method"],
+                str(r["steps"]),
+                r["strength_mode"],
+                f"{100 * r['baseline']:.1f}",
+                f"{100 * r['before']:.1f} ({100 * (r['before'] - r['baseline']):+.1f})",
+                f"{100 * r['right_after']:.1f} ({100 * (r['right_after'] - r['before']):+.1f})",
+                f"{100 * r['finetuned']:.1f}",
+                f"{r['silent']}/{r['removed']}",
+                f"{r['macs_kept']:.3f}",
+            ]
+        )
+    text = f"Machine: {describe_machine()}\n\n{markdown_table(header, table)}\n"
+    write_generated_block(
+        Path(args.report),
+        text,
+        start="<!-- budget_study: start -->",
+        end="<!-- budget_study: end -->",
+        heading="## Results",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="resnet20")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--steps", nargs="+", type=int, default=[50, 250, 1000])
+    parser.add_argument("--baseline-steps", type=int, default=600)
+    parser.add_argument("--finetune-steps", type=int, default=100)
+    parser.add_argument("--train-images", type=int, default=4000)
+    parser.add_argument("--out", default="docs/budget_study.jsonl")
+    parser.add_argument("--report", help="write the table into this markdown file and stop")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # one run per core: two models side by side on 2 cores
+    if args.report:
+        report(args)
+    else:
+        study(args)
+
+
+if __name__ == "__main__":
+    main()
