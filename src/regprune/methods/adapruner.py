@@ -34,8 +34,8 @@ from regprune.importance.criteria import mean_over_slices
 from regprune.lifecycle import CalibrationData
 from regprune.methods.graph_method import GraphMethod
 from regprune.methods.registry import register_method
+from regprune.methods.slimming import slimming_regularizer
 from regprune.modes import eval_mode
-from regprune.regularizers import BNScaleL1
 from regprune.regularizers.staged import SelectThenSilence
 from regprune.train.batchnorm import recalibrate_batch_norm
 from regprune.train.distributed import broadcast_object
@@ -93,14 +93,7 @@ class AdaPruner(GraphMethod):
         if s is None and total_steps is None:
             s = 0.0  # the paper's default: no sparsity training
         if s is None or s > 0:
-            self.regularizer = self.select_then_silence(
-                BNScaleL1(self.groups, s=1e-4),
-                s,
-                paper=1e-4,
-                initial=1e-3,
-                total_steps=total_steps,
-                silence_at=silence_at,
-            )
+            self.regularizer = slimming_regularizer(self, s, total_steps, silence_at)
         self.candidate_losses: dict[str, float] = {}
         self.chosen: str | None = None
 

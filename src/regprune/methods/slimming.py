@@ -11,7 +11,22 @@ from regprune.importance import BNScaleImportance
 from regprune.lifecycle import CalibrationData
 from regprune.methods.graph_method import GraphMethod
 from regprune.methods.registry import register_method
-from regprune.regularizers import BNScaleL1
+from regprune.regularizers import BNScaleL1, Regularizer
+
+
+def slimming_regularizer(
+    method: GraphMethod, s: float | None, total_steps: int | None, silence_at: float
+) -> Regularizer:
+    """Slimming's L1 on BN scales at ``s``, the paper's 1e-4, or in budget mode selecting from
+    1e-3 under the controller then silenced (shared with AdaPruner's slimming stage)."""
+    return method.select_then_silence(
+        BNScaleL1(method.groups, s=1e-4),
+        s,
+        paper=1e-4,
+        initial=1e-3,
+        total_steps=total_steps,
+        silence_at=silence_at,
+    )
 
 
 @register_method("slimming")
@@ -44,14 +59,7 @@ class NetworkSlimming(GraphMethod):
         **target: Any,
     ) -> None:
         super().__init__(model, example_inputs, **target)
-        self.regularizer = self.select_then_silence(
-            BNScaleL1(self.groups, s=1e-4),
-            s,
-            paper=1e-4,
-            initial=1e-3,
-            total_steps=total_steps,
-            silence_at=silence_at,
-        )
+        self.regularizer = slimming_regularizer(self, s, total_steps, silence_at)
 
     def silence_scores(self) -> dict[int, torch.Tensor]:
         return BNScaleImportance()(self.model, self.graph)

@@ -172,7 +172,7 @@ class GRegUnstructured(PruningMethod):
         schedule = {k: kwargs.pop(k) for k in SCHEDULE_KEYS if k in kwargs}
         self.strength_mode = "explicit" if schedule else "paper"
         if total_steps is not None and not schedule:
-            # budget mode, the structured method's rule (regularizers/growing_l2.py: budget_schedule)
+            # budget mode: the structured rule (regularizers/growing_l2.py budget_schedule)
             schedule = budget_schedule(total_steps, silence_at, variant)
             self.strength_mode = "budget"
         self.ratio, self.scope = _check_unstructured_target(kwargs)
