@@ -23,7 +23,12 @@ from regprune.metrics import count
 from regprune.regularizers.budget import SILENT_RATIO, BudgetSchedule
 from regprune.regularizers.growing_l2 import budget_schedule
 from regprune.regularizers.protocol import Regularizer
-from regprune.regularizers.staged import SELECT_RATIO, SELECT_SHARE, SelectThenSilence
+from regprune.regularizers.staged import (
+    SELECT_CEILING,
+    SELECT_RATIO,
+    SELECT_SHARE,
+    SelectThenSilence,
+)
 from regprune.surgery import CompensationReport, apply_plan_with_report
 from regprune.surgery.compensate import check_compensate
 from regprune.train.distributed import broadcast_object
@@ -148,7 +153,8 @@ class GraphMethod(PruningMethod):
         """The regularizer of a method that penalizes every channel (slimming, group lasso,
         HGSR): ``first`` at the chosen strength (:meth:`choose_strength`); in budget mode
         wrapped so that it selects for :data:`SELECT_SHARE` of the budget, under the controller
-        towards :data:`SELECT_RATIO`, and growing L2 then silences what it selected by
+        towards :data:`SELECT_RATIO` and at most ``ceiling`` (default :data:`SELECT_CEILING`
+        times ``initial``), and growing L2 then silences what it selected by
         ``silence_at`` (:mod:`regprune.regularizers.staged`)."""
         first.strength = self.choose_strength(
             explicit,
@@ -157,7 +163,7 @@ class GraphMethod(PruningMethod):
             total_steps=total_steps,
             silence_at=SELECT_SHARE,
             end_ratio=SELECT_RATIO,
-            ceiling=ceiling,
+            ceiling=SELECT_CEILING * initial if ceiling is None else ceiling,
         )
         if self.budget is None:
             return first

@@ -50,7 +50,8 @@ class BudgetSchedule:
         total_steps: the sparsify iterations (the budget).
         initial: the strength to start from (each method has a scale-aware default).
         silence_at: share of the budget by which the set should be silent (0.8).
-        check_every: steps between checks; default ``total_steps // 50`` (at least 1).
+        check_every: steps between checks; default ``total_steps / 50`` rounded (at least 1):
+            about 50 checks per budget.
         raise_factor, lower_factor: multiplicative steps of the strength.
         loss_tolerance: relative rise of the task loss over its start that stops raising.
         end_ratio: where the planned path ends (:data:`SILENT_RATIO`; a selection stage ends
@@ -96,7 +97,7 @@ class BudgetSchedule:
         self.silence_at = float(silence_at)
         self.end_ratio = float(end_ratio)
         self.ceiling = ceiling
-        self.check_every = check_every or max(1, total_steps // 50)
+        self.check_every = check_every or max(1, round(total_steps / 50))
         self.raise_factor = raise_factor
         self.lower_factor = lower_factor
         self.loss_tolerance = loss_tolerance
