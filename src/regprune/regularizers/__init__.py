@@ -6,6 +6,10 @@ signature -- ``penalty(model)``, ``apply_to_grads(model)``, ``step(model)``, ``s
 drive. Group regularizers are built once over the model's channel groups (HGSR over the
 groups' consumer slices) and precompute their index tensors; GReg also takes named parameters
 (unstructured); L0 installs gates on the model it is given.
+
+Budget mode (issue 14) lives beside them: :mod:`.budget` drives one strength towards a planned
+path, :mod:`.lagrangian` holds L0's gates to a target, :mod:`.staged` lets a penalty on every
+channel select and growing L2 silence the selection.
 """
 
 from regprune.regularizers.bn_l1 import BNScaleL1
