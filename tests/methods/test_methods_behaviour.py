@@ -130,3 +130,53 @@ def test_channel_l0_in_budget_mode_meets_the_macs_target_by_itself() -> None:
     assert report["silent_inputs"] >= 0.9 * report["removed_inputs"]
     assert accuracy(small) >= accuracy(model) - 0.02
     assert rp.count(small, X).macs <= 0.5 * rp.count(model, X).macs
+
+
+@pytest.mark.parametrize("name", ["group_lasso", "slimming"])
+def test_a_penalty_on_every_channel_in_budget_mode_makes_removal_free(name: str) -> None:
+    """No strength: the penalty selects, growing L2 silences the selection within the budget
+    (100 steps), the model stays near its baseline and removing the set costs nothing."""
+    model = pretrained_resnet20()
+    baseline = accuracy(model)
+    method = methods.get(name, model, X, target_macs=0.5, total_steps=100)
+    fit(model, epochs=5, lr=0.05, method=method)  # 5 x 20 batches: the whole budget
+    before = accuracy(model)
+    small = method.prune()
+    report = method.removal_report()
+    assert report["strength_mode"] == "budget"
+    assert report["silent_inputs"] >= 0.9 * report["removed_inputs"]
+    assert before >= baseline - 0.05
+    assert accuracy(small) >= before - 0.03  # slimming: 2.4 points at 100 steps
+    assert rp.count(small, X).macs <= 0.5 * rp.count(model, X).macs
+
+
+def test_weight_l0_in_budget_mode_closes_about_the_asked_share_of_its_gates() -> None:
+    """No lam: the Lagrangian on the expected share of open weight gates closes most of the
+    asked ``ratio`` within the budget (100 steps, Adam as in the paper: under SGD a weight
+    gate's share of the constraint, 1 / 60,000, does not move it), and the baked model keeps
+    its accuracy."""
+    import torch.nn.functional as F
+
+    from regprune.train import build_optimizer
+
+    torch.manual_seed(0)
+    model = rp.models.create_model("lenet5", num_classes=10, in_channels=1)
+    fit(model, epochs=3, lr=0.05)
+    baseline = accuracy(model)
+    method = methods.get("l0_weight", model, X, ratio=0.8, total_steps=100)
+    optimizer = build_optimizer(
+        model, lr=1e-3, weight_decay=0.0, groups=method.optimizer_groups(), kind="adam"
+    )
+    for epoch in range(5):
+        for x, y in train_batches(seed=epoch):
+            (F.cross_entropy(model(x), y) + method.penalty()).backward()
+            method.after_backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            method.step()
+    assert method.regularizer.constraint.last_share < 0.4  # from 0.97 towards 0.2
+    assert 0.6 <= method.sparsity_stats()["gates/closed"] <= 0.9
+    small = method.prune()
+    zeroed = sum(int(m.sum()) for m in method.masks.values())
+    assert zeroed >= 0.6 * sum(m.numel() for m in method.masks.values())
+    assert accuracy(small) >= baseline - 0.05
