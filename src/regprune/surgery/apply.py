@@ -283,10 +283,11 @@ def zero_channels(model: nn.Module, graph: DependencyGraph, plan: Plan) -> nn.Mo
             if not bool(drop_out.any()):
                 continue
             module = zeroed.get_submodule(record.name)
-            weight = module.weight.movedim(record.rule.out_dim, 0)
+            weight = record.rule.weight(module).movedim(record.rule.out_dim, 0)
             weight[drop_out.to(weight.device)] = 0
-            if getattr(module, "bias", None) is not None:
-                module.bias[drop_out.to(module.bias.device)] = 0
+            bias = record.rule.bias(module)
+            if bias is not None:
+                bias[drop_out.to(bias.device)] = 0
         for slicing in graph.free_slicings:
             dropped = (slicing.component >= 0) & ~keep[slicing.component.clamp(min=0)]
             if not bool(dropped.any()):
@@ -312,6 +313,6 @@ def silence_channels(model: nn.Module, graph: DependencyGraph, plan: Plan) -> nn
         for record in graph.records:
             drop_out = ~atoms_kept(graph, keep, record.out_atoms)
             if bool(drop_out.any()):
-                weight = silenced.get_submodule(record.name).weight
+                weight = record.rule.weight(silenced.get_submodule(record.name))
                 weight.movedim(record.rule.out_dim, 0)[drop_out.to(weight.device)] = 0
     return silenced
