@@ -1,7 +1,8 @@
 """The one table of layer-type knowledge: how each parametrized layer is traced and sliced.
 
 Only layers that *create* channels (conv filters, linear rows, embedding dims, the heads of
-``nn.MultiheadAttention``) or that cannot be sliced at all (recurrent layers) need a rule here. Per-channel layers (BatchNorm,
+``nn.MultiheadAttention``) need a rule here, and those that cannot be sliced at all (recurrent
+layers) an entry in :data:`OPAQUE_LAYERS`. Per-channel layers (BatchNorm,
 LayerNorm, GroupNorm, PReLU, ...) are traced through the functions they call, their parameters
 handled like any parameter used in the forward; their rules here only refresh the size attributes
 (``num_features`` ...) once those parameters were sliced.
