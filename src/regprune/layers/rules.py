@@ -626,6 +626,29 @@ def refresh_attributes(module: nn.Module) -> None:
             return
 
 
+def _refresh_transformer(module: nn.Transformer) -> None:
+    attention = next(
+        (m for m in module.encoder.modules() if isinstance(m, nn.MultiheadAttention)), None
+    )
+    if attention is not None:
+        module.d_model = attention.embed_dim
+
+
+WIDTH_REFRESHERS: dict[type[nn.Module], Callable[[nn.Module], None]] = {
+    nn.Transformer: _refresh_transformer,
+}
+"""Containers whose forward checks a width they store (``nn.Transformer`` compares its inputs
+with ``d_model``): after surgery it follows the residual width of the layers inside."""
+
+
+def refresh_widths(model: nn.Module) -> None:
+    """Make the widths that containers of ``model`` store agree with their sliced layers."""
+    for module in model.modules():
+        for container_type, refresh in WIDTH_REFRESHERS.items():
+            if isinstance(module, container_type):
+                refresh(module)
+
+
 @dataclass(frozen=True)
 class HeadLayout:
     """Where an attention module keeps the sizes its forward reads as numbers.

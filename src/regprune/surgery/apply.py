@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from regprune.layers.hf_config import refresh_hf_config
-from regprune.layers.rules import refresh_attributes, refresh_head_sizes
+from regprune.layers.rules import refresh_attributes, refresh_head_sizes, refresh_widths
 from regprune.surgery.compensate import (
     CompensationReport,
     InputStats,
@@ -238,6 +238,7 @@ def _refresh_sizes_read_by_forward(
     parents = {name.rpartition(".")[0] for name in sliced}
     for name in sorted(parents):
         refresh_head_sizes(pruned.get_submodule(name), unit)
+    refresh_widths(pruned)
     problems = refresh_hf_config(model, pruned, unit)
     if problems:
         warnings.warn(

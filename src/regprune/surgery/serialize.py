@@ -45,10 +45,11 @@ SIZE_ATTRIBUTES = (
     "embed_dim",
     "kdim",
     "vdim",
+    "d_model",
 )
 """Module attributes that surgery changes (the last ones: head sizes an attention forward reads,
-``layers.rules.HEAD_LAYOUTS``, and ``nn.MultiheadAttention``'s widths); everything else comes
-from the constructor."""
+``layers.rules.HEAD_LAYOUTS``, ``nn.MultiheadAttention``'s widths, ``nn.Transformer``'s
+``d_model``); everything else comes from the constructor."""
 
 
 def _pruned_forms(model: nn.Module) -> dict[str, str]:
