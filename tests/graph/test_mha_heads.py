@@ -21,7 +21,13 @@ from regprune.graph import trace_graph
 from regprune.inputs import CallArgs
 from regprune.layers.multihead import PrunedMultiheadAttention
 from regprune.metrics import count
-from regprune.surgery import apply_plan, load_pruned, save_pruned
+from regprune.surgery import (
+    apply_plan,
+    apply_plan_with_report,
+    load_pruned,
+    save_pruned,
+    silence_channels,
+)
 from regprune.surgery.apply import kept_components
 from tests.exactness import check_exact
 
@@ -168,6 +174,27 @@ def test_head_dim_unit_keeps_the_heads_and_prunes_the_residual() -> None:
     graph = trace_graph(model, tokens(), attention="head_dim")
     assert not head_groups(graph, model)
     assert any("attn.out_proj" in g.producers for g in graph.groups)
+
+
+def test_silenced_heads_fold_into_out_proj() -> None:
+    """A head whose q/k/v weights are zero outputs its v bias: a constant that compensation
+    measures (out_proj is applied inside the attention) and folds into out_proj's bias."""
+    model, x = Net().eval(), tokens()
+    with torch.no_grad():  # nn.MultiheadAttention starts with zero biases
+        model.attn.in_proj_bias.copy_(
+            torch.rand(3 * DIM, generator=torch.Generator().manual_seed(2)) + 0.2
+        )
+    graph, plan = make_plan(model, x, ratio=0.5)
+    heads = head_groups(graph, model)[0]
+    plan = type(plan)({heads.id: plan.drop[heads.id]}, plan.group_sizes, plan.model_type)
+    silenced = silence_channels(model, graph, plan).eval()
+    folded, report = apply_plan_with_report(silenced, graph, plan)
+    assert report.consumers == 1 and report.folded_inputs == len(plan.drop[heads.id]) * HEAD_DIM
+    dropped = apply_plan(silenced, graph, plan, compensate=None)
+    with torch.no_grad():
+        reference = silenced(x)
+        assert (dropped(x) - reference).abs().max() > 1e-2  # the v biases mattered
+        torch.testing.assert_close(folded(x), reference, atol=1e-5, rtol=1e-5)
 
 
 def encoder(norm_first: bool, batch_first: bool = True) -> nn.Module:
