@@ -63,11 +63,17 @@ def test_grouped_convs_are_pruned_by_whole_groups() -> None:
     assert out.channel_of.tolist() == [c for c in range(4) for _ in range(6)]
 
 
-def test_attention_is_kept_whole_with_a_reason_and_mlp_is_pruned() -> None:
-    graph = trace_graph(TokenNet(), torch.randint(0, 50, (1, 5)))
+def test_attention_heads_are_a_group_and_unsupported_attention_is_kept_whole() -> None:
+    model, tokens = TokenNet(), torch.randint(0, 50, (1, 5))
+    graph = trace_graph(model, tokens)
     assert ["mlp.0"] in producers_of(graph)
+    assert ["attn"] in producers_of(graph)  # its 4 heads (tests/graph/test_mha_heads.py)
+    model.attn = nn.MultiheadAttention(16, 4, batch_first=True, add_bias_kv=True)
+    graph = trace_graph(model, tokens)
+    assert ["mlp.0"] in producers_of(graph)
+    assert ["attn"] not in producers_of(graph)
     reasons = " ".join(u.reason for u in graph.unprunable)
-    assert "MultiheadAttention" in reasons
+    assert "add_bias_kv" in reasons
 
 
 class FixedView(nn.Module):

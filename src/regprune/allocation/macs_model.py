@@ -1,8 +1,10 @@
 """MACs of a pruned model as a function of the kept channels, without building it.
 
 Budget search evaluates many candidate plans; building and counting each would cost a deep copy
-and a forward pass. Each traced layer's MACs are ``unit * in_kept * out_kept / groups_kept``, so
-one vectorized pass over the layers' atoms gives the MACs of any keep mask.
+and a forward pass. Each traced layer's MACs are ``unit * in_kept * out_kept / groups_kept``
+(plus ``out_unit * out_kept`` for what its outputs cost alone: the attention matmuls of an
+``nn.MultiheadAttention``'s heads), so one vectorized pass over the layers' atoms gives the MACs
+of any keep mask.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class MacsModel:
         self.graph = graph
         records = graph.records
         self.unit = torch.tensor([r.macs_unit for r in records], dtype=torch.float64)
+        self.out_unit = torch.tensor([r.out_macs_unit for r in records], dtype=torch.float64)
         self.groups = torch.tensor([r.groups for r in records], dtype=torch.float64)
         self.out_total = torch.tensor([r.out_atoms.numel() for r in records], dtype=torch.float64)
         self.in_record = torch.cat(
@@ -58,7 +61,7 @@ class MacsModel:
             in_kept * self.out_total / self.groups * (out_kept > 0),
             in_kept * out_kept,
         )
-        return float((per_layer * self.unit).sum())
+        return float((per_layer * self.unit + out_kept * self.out_unit).sum())
 
     def expected(self, keep_prob: torch.Tensor) -> torch.Tensor:
         """Expected MACs when each component is kept with probability ``keep_prob`` (float64,
@@ -77,7 +80,7 @@ class MacsModel:
         )
         grouped = self.groups > 1
         per_layer = torch.where(grouped, in_kept * self.out_total / self.groups, in_kept * out_kept)
-        return (per_layer * self.unit).sum() + self.other
+        return (per_layer * self.unit + out_kept * self.out_unit).sum() + self.other
 
     def macs(self, keep: torch.Tensor) -> float:
         """Total MACs with ``keep`` (bool per component) applied."""

@@ -227,12 +227,12 @@ def _all_slices(
 
     for record in graph.records:
         module = model.get_submodule(record.name)
-        out_components = components_of(record.out_atoms)
-        add(out_components, record.name, "weight", record.rule.out_dim, "out")
-        if getattr(module, "bias", None) is not None:
-            add(out_components, record.name, "bias", 0, "out")
+        rule, out_components = record.rule, components_of(record.out_atoms)
+        add(out_components, record.name, rule.weight_name, rule.out_dim, "out")
+        if rule.bias(module) is not None:
+            add(out_components, record.name, rule.bias_name, 0, "out")
         if record.groups == 1 and record.in_atoms.numel():
-            add(components_of(record.in_atoms), record.name, "weight", record.rule.in_dim, "in")
+            add(components_of(record.in_atoms), record.name, rule.weight_name, rule.in_dim, "in")
     for slicing in slicings:
         param = slicing.param
         if not param.is_parameter:

@@ -129,6 +129,7 @@ class Tracer(TorchFunctionMode):
             if rule is not None:
                 self._rule_modules[name] = rule
         self._tied = self._tied_modules(model)
+        self._lock_when_read: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
     @staticmethod
     def _tied_modules(model: nn.Module) -> list[list[tuple[str, str]]]:
@@ -209,6 +210,10 @@ class Tracer(TorchFunctionMode):
     # ---- labels -------------------------------------------------------------------------
     def label(self, tensor: torch.Tensor) -> torch.Tensor:
         """The label of a tensor; parameters used directly get one atom per element."""
+        pending = self._lock_when_read.pop(tensor, None)
+        if pending is not None:
+            atoms, where, reason = pending
+            self.atoms.lock(atoms, where, reason)
         known = self.labels.get(tensor)
         if known is not None:
             return known
@@ -244,6 +249,42 @@ class Tracer(TorchFunctionMode):
         for tensor in tensors:
             self.atoms.lock(self.label(tensor), self.where, reason)
 
+    def lock_when_read(
+        self, tensor: torch.Tensor, atoms: torch.Tensor, where: str, reason: str
+    ) -> None:
+        """Label ``tensor`` as a constant, and lock ``atoms`` if any later op (or the model's
+        output) reads it: what a layer returns that a removal would change, but that callers
+        mostly discard (``nn.MultiheadAttention``'s attention weights)."""
+        self.set_label(tensor, constant_label(tensor.dim()))
+        self._lock_when_read[tensor] = (atoms, where, reason)
+
+    def input_atoms(self, name: str, inputs: Iterable[torch.Tensor], size: int) -> torch.Tensor:
+        """The atoms of the channels along the last dim of ``inputs``, one weight column
+        reading the same channel of each (coupled); locked ones when an input has no channel
+        structure there."""
+        inputs = list(inputs)
+        found = [channel_vector(self.label(x), x.dim() - 1, size) for x in inputs]
+        if any(atoms is None for atoms in found):
+            reason = "its input has no channel structure"
+            self.lock_inputs(inputs, reason)
+            return self.atoms.new_locked(name, reason).expand(size).clone()
+        for atoms in found[1:]:
+            self.atoms.couple(found[0], atoms)
+        return found[0]
+
+    def new_record(
+        self, name: str, rule: LayerRule, in_atoms: torch.Tensor, out_channels: int
+    ) -> LayerRecord:
+        """Record a layer (or one weight of a layer) with fresh output atoms."""
+        record = LayerRecord(name, rule, in_atoms, self.atoms.new(out_channels))
+        self.records[name] = record
+        if self.is_ignored(name):
+            self.atoms.lock(record.out_atoms, name, "ignored by the user")
+        return record
+
+    def label_channels(self, tensor: torch.Tensor, atoms: torch.Tensor, dim: int) -> None:
+        self.set_label(tensor, channel_label(atoms, dim, tensor.dim()))
+
     def locked_label(self, tensor: torch.Tensor, reason: str) -> torch.Tensor:
         atom = self.atoms.new_locked(self.where, reason)
         return atom.reshape((1,) * tensor.dim())
@@ -272,7 +313,9 @@ class Tracer(TorchFunctionMode):
         if name in self._rule_modules or opaque_reason(module) is not None:
             self._suppress += 1
 
-    def _post_hook(self, name: str, module: nn.Module, args: tuple, output: Any) -> None:
+    def _post_hook(
+        self, name: str, module: nn.Module, args: tuple, kwargs: dict, output: Any
+    ) -> None:
         if self._suppress:
             self._suppress -= 1
             if not self._suppress:
@@ -281,7 +324,9 @@ class Tracer(TorchFunctionMode):
                     # label arithmetic is not the model's: keep it out of this mode entirely
                     with torch._C.DisableTorchFunction():
                         rule = self._rule_modules.get(name)
-                        if rule is not None:
+                        if rule is not None and rule.trace_call is not None:
+                            rule.trace_call(self, name, module, args, kwargs, output)
+                        elif rule is not None:
                             self._record_layer(name, module, rule, args, output)
                         else:
                             self._record_opaque(module, args, output, name)
@@ -346,7 +391,8 @@ class Tracer(TorchFunctionMode):
             )
             handles.append(
                 module.register_forward_hook(
-                    lambda m, a, o, name=name: self._post_hook(name, m, a, o)
+                    lambda m, a, k, o, name=name: self._post_hook(name, m, a, k, o),
+                    with_kwargs=True,
                 )
             )
         if self.on_meta:

@@ -5,6 +5,7 @@ folded; which layers are opaque; which per-channel layers need their size attrib
 The graph, surgery and regularizers import it; it imports none of them.
 """
 
+from regprune.layers.multihead import PrunedMultiheadAttention
 from regprune.layers.rules import (
     LAYER_RULES,
     MACS_FORMULAS,
@@ -31,6 +32,7 @@ __all__ = [
     "LayerRecord",
     "LayerRule",
     "MacsFormula",
+    "PrunedMultiheadAttention",
     "is_batch_norm",
     "is_conv_like",
     "is_per_channel_layer",

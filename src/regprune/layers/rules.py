@@ -1,7 +1,8 @@
 """The one table of layer-type knowledge: how each parametrized layer is traced and sliced.
 
-Only layers that *create* channels (conv filters, linear rows, embedding dims) or that cannot be
-sliced at all (attention with packed projections) need a rule here. Per-channel layers (BatchNorm,
+Only layers that *create* channels (conv filters, linear rows, embedding dims, the heads of
+``nn.MultiheadAttention``) need a rule here, and those that cannot be sliced at all (recurrent
+layers) an entry in :data:`OPAQUE_LAYERS`. Per-channel layers (BatchNorm,
 LayerNorm, GroupNorm, PReLU, ...) are traced through the functions they call, their parameters
 handled like any parameter used in the forward; their rules here only refresh the size attributes
 (``num_features`` ...) once those parameters were sliced.
@@ -12,6 +13,7 @@ A rule applies to a module when it is an instance of the rule's type *and* does 
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 from collections.abc import Callable
@@ -21,6 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.utils.hooks import RemovableHandle
+
+from regprune.layers.multihead import PrunedMultiheadAttention, attend
 
 
 @dataclass
@@ -29,7 +34,8 @@ class LayerRecord:
 
     ``in_atoms[i]`` is the atom feeding weight input index ``i`` (-1 when none), ``out_atoms[o]``
     the atom of output channel ``o``. ``macs_unit`` is the MACs of one (input, output) channel pair
-    of one group, so ``macs = in_kept * out_kept / groups_kept * macs_unit``.
+    of one group, so ``macs = in_kept * out_kept / groups_kept * macs_unit`` (plus
+    ``out_kept * out_macs_unit``).
     """
 
     name: str
@@ -38,14 +44,20 @@ class LayerRecord:
     out_atoms: torch.Tensor
     groups: int = 1
     macs_unit: float = 0.0
+    out_macs_unit: float = 0.0
+    """MACs of one output channel that no input channel scales (an attention's ``q k^T`` and
+    ``attn v`` per q/k/v row of a head), so ``macs += out_kept * out_macs_unit``."""
 
 
 class LayerRule:
-    """Base of the table. ``trace`` returns the output's label, or None to lock the layer."""
+    """Base of the table: one layer type's tracing, slicing, counting and folding."""
 
     module_type: type[nn.Module] = nn.Module
     in_dim = 1
     out_dim = 0
+    weight_name = "weight"
+    bias_name = "bias"
+    """The parameters whose ``out_dim`` rows are the layer's output channels."""
     reads_channels = True
     """False for layers that create channels from indices (embeddings): no input channels."""
 
@@ -77,12 +89,39 @@ class LayerRule:
         """The dim of the layer's input that holds its input channels."""
         return 1
 
+    def weight(self, module: nn.Module) -> torch.Tensor:
+        return getattr(module, self.weight_name)
+
+    def bias(self, module: nn.Module) -> torch.Tensor | None:
+        return getattr(module, self.bias_name, None)
+
+    trace_call: Callable[..., None] | None = None
+    """For a layer that is more than one weight (attention): ``trace_call(tracer, name, module,
+    args, kwargs, output)`` records the call instead of the tracer's one-weight recording."""
+
     def response_to_constant_input(
         self, module: nn.Module, values: torch.Tensor
     ) -> torch.Tensor | None:
         """Per output channel, what the layer adds when input channel ``i`` holds ``values[i]``
         everywhere (bias excluded); None when no bias can stand for it (grouped layers)."""
         return None
+
+    unfoldable_because = (
+        "with groups or stride it spreads a constant input unevenly; no bias can stand for it"
+    )
+    """Why :meth:`response_to_constant_input` gives None, for the compensation report."""
+
+    def observe_inputs(
+        self, model: nn.Module, name: str, collect: Callable[[torch.Tensor], None]
+    ) -> RemovableHandle:
+        """Hand every input of layer ``name`` of ``model`` to ``collect`` while the returned
+        hook is registered (what compensation measures)."""
+
+        def hook(module: nn.Module, args: tuple) -> None:
+            if args and isinstance(args[0], torch.Tensor):
+                collect(args[0])
+
+        return model.get_submodule(name).register_forward_pre_hook(hook)
 
 
 def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -297,18 +336,159 @@ class HFConv1DRule(LayerRule):
         return weight.t().to(values.dtype) @ values[used]
 
 
+def _call_arguments(function: Callable[..., Any], args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The arguments of one call by parameter name, defaults filled in."""
+    bound = inspect.signature(function).bind(None, *args, **kwargs)
+    bound.apply_defaults()
+    return {k: v for k, v in list(bound.arguments.items())[1:]}  # without self
+
+
+class MultiheadAttentionRule(LayerRule):
+    """``nn.MultiheadAttention`` with packed q/k/v (``kdim == vdim == embed_dim``), pruned by
+    whole heads.
+
+    One record is the packed ``in_proj_weight``: its inputs are the residual channels (one
+    column reads the same channel of query, key and value), its outputs the ``3 * embed_dim``
+    q/k/v rows, those of one head coupled into one channel; a second record is ``out_proj``,
+    whose inputs are the v rows (output channel ``c`` of the attention is ``attn @ v[:, c]``).
+    Removing a head removes its q, k, v rows and its ``out_proj`` columns: exact, since a head
+    whose rows are zero contributes nothing. Surgery turns the pruned copy into a
+    :class:`~regprune.layers.multihead.PrunedMultiheadAttention`, whose forward takes fewer
+    heads than ``embed_dim // head_dim``.
+
+    Kept whole: separate q/k/v weights (``kdim``/``vdim`` differ), ``add_bias_kv`` (through
+    :data:`OPAQUE_LAYERS`), a 3-D ``attn_mask`` (one mask per head) and head_dim positions as
+    the unit (``attention="head_dim"``) keep the heads; attention weights that are read after
+    the call (``need_weights=True`` and used) keep them too: averaged over heads, they change
+    when one goes.
+    """
+
+    module_type = nn.MultiheadAttention
+    weight_name = "in_proj_weight"
+    bias_name = "in_proj_bias"
+    unfoldable_because = (
+        "its key and value inputs may differ from the query whose values were measured"
+    )
+
+    def applies_to(self, module: nn.Module) -> bool:
+        if type(module) is PrunedMultiheadAttention:
+            return module.bias_k is None
+        return (
+            type(module) is nn.MultiheadAttention
+            and module._qkv_same_embed_dim
+            and module.bias_k is None
+        )
+
+    def input_channels(self, module: nn.Module) -> int:
+        return module.in_proj_weight.shape[1]
+
+    def output_channels(self, module: nn.Module) -> int:
+        return module.in_proj_weight.shape[0]
+
+    def input_channel_dim(self, x: torch.Tensor) -> int:
+        return x.dim() - 1
+
+    def output_channel_dim(self, y: torch.Tensor) -> int:
+        return y.dim() - 1
+
+    def slice_(self, module: nn.Module, keep_in: torch.Tensor, keep_out: torch.Tensor) -> None:
+        _replace(module, "in_proj_weight", module.in_proj_weight[keep_out][:, keep_in])
+        if module.in_proj_bias is not None:
+            _replace(module, "in_proj_bias", module.in_proj_bias[keep_out])
+        module.embed_dim = module.kdim = module.vdim = int(keep_in.sum())
+        module.num_heads = int(keep_out.sum()) // 3 // module.head_dim
+        PrunedMultiheadAttention.adopt(module)
+
+    def trace_call(
+        self,
+        tracer: Any,
+        name: str,
+        module: nn.Module,
+        args: tuple,
+        kwargs: dict,
+        output: Any,
+    ) -> None:
+        call = _call_arguments(nn.MultiheadAttention.forward, args, kwargs)
+        inputs = [call[n] for n in ("query", "key", "value")]
+        embed, head_dim = self.input_channels(module), module.head_dim
+        inner = self.output_channels(module) // 3
+        in_atoms = tracer.input_atoms(name, inputs, embed)
+        record = tracer.records.get(name)
+        if record is None:
+            record = tracer.new_record(name, self, in_atoms, 3 * inner)
+            rows = record.out_atoms.reshape(3, inner // head_dim, head_dim).transpose(0, 1)
+            heads = rows.reshape(inner // head_dim, -1)
+            tracer.atoms.couple(heads[:, :1].expand_as(heads), heads)
+            out_proj = module.out_proj
+            tracer.new_record(
+                f"{name}.out_proj",
+                MultiheadOutProjRule(),
+                record.out_atoms[2 * inner :],
+                out_proj.out_features,
+            )
+            if tracer.attention != "heads":
+                reason = "nn.MultiheadAttention is pruned by whole heads (attention='heads')"
+                tracer.atoms.lock(record.out_atoms, name, reason)
+        else:
+            tracer.atoms.couple(record.in_atoms, in_atoms)
+        out_record = tracer.records[f"{name}.out_proj"]
+        mask = call["attn_mask"]
+        if isinstance(mask, torch.Tensor) and mask.dim() == 3:
+            reason = "a 3-D attn_mask holds one mask per head: its size is the head count"
+            tracer.atoms.lock(record.out_atoms, name, reason)
+        query, key = inputs[0], inputs[1]
+        batched = query.dim() == 3
+        batch = query.shape[0 if module.batch_first else 1] if batched else 1
+        q_tokens, k_tokens = query.numel() // embed, key.numel() // embed
+        source_len = k_tokens // batch
+        record.macs_unit += (q_tokens + k_tokens + inputs[2].numel() // embed) / 3
+        record.out_macs_unit += 2 * q_tokens * source_len / 3
+        out_record.macs_unit += q_tokens
+        attended, weights = output
+        tracer.label_channels(attended, out_record.out_atoms, attended.dim() - 1)
+        if isinstance(weights, torch.Tensor):
+            reason = (
+                "its attention weights (need_weights=True) are read: averaged over heads, "
+                "they change when a head goes"
+            )
+            tracer.lock_when_read(weights, record.out_atoms, name, reason)
+
+
+class MultiheadOutProjRule(LinearRule):
+    """``nn.MultiheadAttention``'s ``out_proj``, recorded by :class:`MultiheadAttentionRule`:
+    a linear layer that the attention applies inside its own forward (``F.linear`` on
+    ``out_proj.weight``), so no hook on it sees its inputs, the heads' outputs."""
+
+    def observe_inputs(
+        self, model: nn.Module, name: str, collect: Callable[[torch.Tensor], None]
+    ) -> RemovableHandle:
+        """The heads' outputs, recomputed from the attention's call (one more attention per
+        measured forward)."""
+
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            call = _call_arguments(nn.MultiheadAttention.forward, args, kwargs)
+            collect(attend(module, **call)[0])
+
+        owner = model.get_submodule(name.rpartition(".")[0])
+        # first among the attention's hooks: a MACs counter's hook then counts the recomputed
+        # attention inside the attention (whose MACs come from a formula), not beside it
+        return owner.register_forward_hook(hook, with_kwargs=True, prepend=True)
+
+
 LAYER_RULES: tuple[LayerRule, ...] = (
     ConvRule(),
     ConvTransposeRule(),
     LinearRule(),
     EmbeddingRule(),
     HFConv1DRule(),
+    MultiheadAttentionRule(),
 )
 
 OPAQUE_LAYERS: dict[type[nn.Module], str] = {
     nn.MultiheadAttention: (
-        "nn.MultiheadAttention packs q/k/v and ties head_dim to embed_dim; its inputs and "
-        "outputs are kept whole (the MLP hidden dims around it are still pruned)"
+        "nn.MultiheadAttention with separate q/k/v weights (kdim/vdim != embed_dim), "
+        "add_bias_kv or a forward of its own is kept whole (the MLP hidden dims around it are "
+        "still pruned)"
     ),
     nn.LSTM: "recurrent layers are kept whole",
     nn.GRU: "recurrent layers are kept whole",
@@ -336,19 +516,20 @@ def _linear_macs(module: nn.Linear, args: tuple, kwargs: dict, out: Any) -> int:
 
 
 def _mha_macs(module: nn.MultiheadAttention, args: tuple, kwargs: dict, out: Any) -> int:
-    names = ("query", "key", "value")
-    query, key, value = (args[i] if i < len(args) else kwargs[n] for i, n in enumerate(names))
+    call = _call_arguments(nn.MultiheadAttention.forward, args, kwargs)
+    query, key, value = call["query"], call["key"], call["value"]
     embed = module.embed_dim
+    inner = module.num_heads * module.head_dim  # embed_dim, unless heads were pruned
     q_tokens = query.numel() // embed  # batch * target length
     k_tokens = key.numel() // module.kdim  # batch * source length
     v_tokens = value.numel() // module.vdim
     batch_dim = 0 if module.batch_first else 1
     batch = query.shape[batch_dim] if query.dim() == 3 else 1  # 2-D query: unbatched
     target_len, source_len = q_tokens // batch, k_tokens // batch
-    in_proj = (q_tokens * embed + k_tokens * module.kdim + v_tokens * module.vdim) * embed
-    # Summed over heads, Q @ K^T and attn @ V each cost batch * L * S * embed_dim.
-    attention = 2 * batch * target_len * source_len * embed
-    out_proj = q_tokens * embed * embed
+    in_proj = (q_tokens * embed + k_tokens * module.kdim + v_tokens * module.vdim) * inner
+    # Summed over heads, Q @ K^T and attn @ V each cost batch * L * S * num_heads * head_dim.
+    attention = 2 * batch * target_len * source_len * inner
+    out_proj = q_tokens * inner * module.out_proj.out_features
     return in_proj + attention + out_proj
 
 
@@ -443,6 +624,29 @@ def refresh_attributes(module: nn.Module) -> None:
         if isinstance(module, layer_type):
             refresh(module)
             return
+
+
+def _refresh_transformer(module: nn.Transformer) -> None:
+    attention = next(
+        (m for m in module.encoder.modules() if isinstance(m, nn.MultiheadAttention)), None
+    )
+    if attention is not None:
+        module.d_model = attention.embed_dim
+
+
+WIDTH_REFRESHERS: dict[type[nn.Module], Callable[[nn.Module], None]] = {
+    nn.Transformer: _refresh_transformer,
+}
+"""Containers whose forward checks a width they store (``nn.Transformer`` compares its inputs
+with ``d_model``): after surgery it follows the residual width of the layers inside."""
+
+
+def refresh_widths(model: nn.Module) -> None:
+    """Make the widths that containers of ``model`` store agree with their sliced layers."""
+    for module in model.modules():
+        for container_type, refresh in WIDTH_REFRESHERS.items():
+            if isinstance(module, container_type):
+                refresh(module)
 
 
 @dataclass(frozen=True)

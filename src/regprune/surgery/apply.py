@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from regprune.layers.hf_config import refresh_hf_config
-from regprune.layers.rules import refresh_attributes, refresh_head_sizes
+from regprune.layers.rules import refresh_attributes, refresh_head_sizes, refresh_widths
 from regprune.surgery.compensate import (
     CompensationReport,
     InputStats,
@@ -238,6 +238,7 @@ def _refresh_sizes_read_by_forward(
     parents = {name.rpartition(".")[0] for name in sliced}
     for name in sorted(parents):
         refresh_head_sizes(pruned.get_submodule(name), unit)
+    refresh_widths(pruned)
     problems = refresh_hf_config(model, pruned, unit)
     if problems:
         warnings.warn(
@@ -283,10 +284,11 @@ def zero_channels(model: nn.Module, graph: DependencyGraph, plan: Plan) -> nn.Mo
             if not bool(drop_out.any()):
                 continue
             module = zeroed.get_submodule(record.name)
-            weight = module.weight.movedim(record.rule.out_dim, 0)
+            weight = record.rule.weight(module).movedim(record.rule.out_dim, 0)
             weight[drop_out.to(weight.device)] = 0
-            if getattr(module, "bias", None) is not None:
-                module.bias[drop_out.to(module.bias.device)] = 0
+            bias = record.rule.bias(module)
+            if bias is not None:
+                bias[drop_out.to(bias.device)] = 0
         for slicing in graph.free_slicings:
             dropped = (slicing.component >= 0) & ~keep[slicing.component.clamp(min=0)]
             if not bool(dropped.any()):
@@ -312,6 +314,6 @@ def silence_channels(model: nn.Module, graph: DependencyGraph, plan: Plan) -> nn
         for record in graph.records:
             drop_out = ~atoms_kept(graph, keep, record.out_atoms)
             if bool(drop_out.any()):
-                weight = silenced.get_submodule(record.name).weight
+                weight = record.rule.weight(silenced.get_submodule(record.name))
                 weight.movedim(record.rule.out_dim, 0)[drop_out.to(weight.device)] = 0
     return silenced

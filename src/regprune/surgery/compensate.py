@@ -224,19 +224,17 @@ class InputObserver:
         self._records = {name: records[name] for name in self.stats}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    def _hook(self, name: str, record: LayerRecord) -> Any:
-        def collect(module: nn.Module, args: tuple) -> None:
-            if args and isinstance(args[0], torch.Tensor):
-                x = args[0]
-                self.stats[name].add(x, record.rule.input_channel_dim(x))
+    def _collector(self, name: str, record: LayerRecord) -> Any:
+        def collect(x: torch.Tensor) -> None:
+            self.stats[name].add(x, record.rule.input_channel_dim(x))
 
         return collect
 
     def __enter__(self) -> InputObserver:
         try:
             for name, record in self._records.items():
-                module = self.model.get_submodule(name)
-                self._handles.append(module.register_forward_pre_hook(self._hook(name, record)))
+                collect = self._collector(name, record)
+                self._handles.append(record.rule.observe_inputs(self.model, name, collect))
         except BaseException:
             self._remove_hooks()
             raise
@@ -292,7 +290,7 @@ def fold_removed_inputs(
     ranges = []
     records = {r.name: r for r in graph.records}
     for name, (drop, _) in cuts.items():
-        entry = stats[name]
+        entry, rule = stats[name], records[name].rule
         if entry.total is None:
             report.not_foldable.append(f"{name} (not called in the measuring forward)")
             continue
@@ -310,13 +308,11 @@ def fold_removed_inputs(
         if not bool(fold.any()):
             continue
         values = torch.where(fold, entry.total.cpu() / entry.count, 0.0)
-        record = records[name]
         source = original.get_submodule(name)
-        response = record.rule.response_to_constant_input(source, values.to(_device(source)))
+        response = rule.response_to_constant_input(source, values.to(rule.weight(source).device))
         if response is None:
             report.not_foldable.append(
-                f"{name} (a {type(source).__name__} with groups or stride spreads a constant "
-                "input unevenly; no bias can stand for it)"
+                f"{name} (a {type(source).__name__}: {rule.unfoldable_because})"
             )
             continue
         keep_out = cuts[name][1].to(response.device)
@@ -328,10 +324,6 @@ def fold_removed_inputs(
         report.max_relative_range = float(every.max())
         report.median_relative_range = float(every.median())
     return report
-
-
-def _device(module: nn.Module) -> torch.device:
-    return module.weight.device
 
 
 def _add_to_bias(module: nn.Module, delta: torch.Tensor) -> None:

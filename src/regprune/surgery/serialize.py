@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from regprune.io import atomic_torch_save, read_weights_only
+from regprune.layers.multihead import PRUNED_FORMS
 
 FORMAT = "regprune.pruned/1"
 
@@ -41,9 +42,33 @@ SIZE_ATTRIBUTES = (
     "all_head_size",
     "attn_dim",
     "split_size",
+    "embed_dim",
+    "kdim",
+    "vdim",
+    "d_model",
 )
 """Module attributes that surgery changes (the last ones: head sizes an attention forward reads,
-``layers.rules.HEAD_LAYOUTS``); everything else comes from the constructor."""
+``layers.rules.HEAD_LAYOUTS``, ``nn.MultiheadAttention``'s widths, ``nn.Transformer``'s
+``d_model``); everything else comes from the constructor."""
+
+
+def _pruned_forms(model: nn.Module) -> dict[str, str]:
+    """Modules that surgery gave a pruned form (:data:`~regprune.layers.multihead.PRUNED_FORMS`),
+    by name: the class name of that form."""
+    forms = set(PRUNED_FORMS.values())
+    return {name: type(m).__name__ for name, m in model.named_modules() if type(m) in forms}
+
+
+def _restore_pruned_forms(model: nn.Module, forms: dict[str, str], path: Any) -> None:
+    for name, form_name in forms.items():
+        module = model.get_submodule(name) if name else model
+        form = PRUNED_FORMS.get(type(module))
+        if form is None or form.__name__ != form_name:
+            raise ValueError(
+                f"{path}: module '{name}' was saved as a {form_name}, which a "
+                f"{type(module).__name__} cannot become; build the architecture it was pruned from"
+            )
+        form.adopt(module)
 
 
 def _size_attributes(model: nn.Module) -> dict[str, dict[str, Any]]:
@@ -77,6 +102,7 @@ def save_pruned(model: nn.Module, path: str | os.PathLike) -> None:
         "model_type": type(model).__name__,
         "shapes": {k: list(v.shape) for k, v in tensors.items()},
         "attributes": _size_attributes(model),
+        "pruned_forms": _pruned_forms(model),
         "state_dict": state,
         # non-persistent buffers are not in the state dict, but surgery may have sliced them
         "extra_buffers": {k: v for k, v in tensors.items() if k not in state},
@@ -114,6 +140,7 @@ def load_pruned(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             ) from error
         for attr, value in values.items():
             setattr(module, attr, tuple(value) if isinstance(value, list) else value)
+    _restore_pruned_forms(model, payload.get("pruned_forms", {}), path)
     own = _all_tensors(model)
     missing = sorted(set(own) - set(payload["shapes"]))
     if missing:
