@@ -198,3 +198,15 @@ def test_a_loss_that_rose_far_during_sparsify_is_said_at_prune_time(tmp_path) ->
     twin.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
     with pytest.warns(UserWarning, match="task loss rose from 0.5 to 2.5"):
         twin.prune()
+
+
+def test_unstructured_greg_never_empties_a_zero_initialized_layer() -> None:
+    """A zero-initialized classifier (torchvision's ViT head) ties at the global threshold:
+    GReg keeps one of its weights instead of refusing the model."""
+    model = create_model("lenet5", num_classes=10, in_channels=1)
+    classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    torch.nn.init.zeros_(classifier.weight)
+    method = methods.get("greg_unstructured", model, X, ratio=0.5)
+    sets = method.regularizer.prune_set()
+    name = next(n for n, p in model.named_parameters() if p is classifier.weight)
+    assert int((~sets[name]).sum()) == 1

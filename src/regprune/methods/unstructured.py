@@ -179,6 +179,11 @@ class GRegUnstructured(PruningMethod):
         self.variant = variant
         weights = prunable_weights(model)
         masks = magnitude_masks(weights, self.ratio, self.scope)
+        for name, mask in masks.items():
+            if bool(mask.all()):  # an all-zero layer (a zero-initialized classifier) ties at
+                # the global threshold; GReg never empties a layer, as in the code: keep one
+                flat = mask.reshape(-1)
+                flat[int(weights[name].detach().abs().reshape(-1).argmax())] = False
         self.regularizer = greg_for(weights, masks, variant, **schedule)
         self.masks: dict[str, torch.Tensor] | None = None
 
