@@ -210,3 +210,20 @@ def test_unstructured_greg_never_empties_a_zero_initialized_layer() -> None:
     sets = method.regularizer.prune_set()
     name = next(n for n, p in model.named_parameters() if p is classifier.weight)
     assert int((~sets[name]).sum()) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "target"),
+    [
+        ("greg1", {"ratio": 0.5}),
+        ("slimming", {"ratio": 0.5}),
+        ("masksparsity", {"ratio": 0.5}),
+        ("l0_channel", {"target_macs": 0.5}),
+        ("l0_weight", {"ratio": 0.5}),
+        ("greg_unstructured", {"ratio": 0.5}),
+    ],
+)
+def test_every_budget_mode_warns_when_the_budget_is_too_short(name: str, target: dict) -> None:
+    model = create_model("resnet20", num_classes=10, in_channels=1)
+    with pytest.warns(UserWarning, match="too short to silence anything"):
+        methods.get(name, model, X, total_steps=10, **target)

@@ -23,6 +23,7 @@ from regprune.importance import MagnitudeImportance
 from regprune.lifecycle import CalibrationData
 from regprune.methods.graph_method import GraphMethod
 from regprune.methods.registry import register_method
+from regprune.regularizers.budget import warn_if_too_short
 from regprune.regularizers.growing_l2 import budget_schedule, greg_for
 from regprune.train.distributed import broadcast_object
 
@@ -73,6 +74,7 @@ class GReg(GraphMethod):
         super().__init__(model, example_inputs, **kwargs)
         if total_steps is not None and not schedule:
             schedule = budget_schedule(total_steps, silence_at, variant)
+            warn_if_too_short(total_steps, f"greg{variant}")
             self.strength_mode = "budget"
         elif schedule:
             self.strength_mode = "explicit"

@@ -31,6 +31,7 @@ from regprune.methods.unstructured import (
     prunable_weights,
 )
 from regprune.regularizers import L0Regularizer
+from regprune.regularizers.budget import warn_if_too_short
 from regprune.regularizers.lagrangian import ExpectedCostConstraint
 
 
@@ -113,6 +114,7 @@ class L0Channel(GraphMethod):
             self.regularizer.constraint = self._cost_constraint(
                 total_steps, silence_at, constraint_lr
             )
+            warn_if_too_short(total_steps, self.name)
         self._gates_at_prune: dict[int, torch.Tensor] = {}
 
     def _cost_constraint(
@@ -290,6 +292,7 @@ class L0Weight(PruningMethod):
             self.regularizer.constraint = ExpectedCostConstraint(
                 kept_share, 1.0 - ratio, total_steps, reach_at=0.5 * silence_at, lr=constraint_lr
             )
+            warn_if_too_short(total_steps, self.name)
         self.masks: dict[str, torch.Tensor] | None = None
 
     def prune(self, data: CalibrationData | None = None) -> nn.Module:

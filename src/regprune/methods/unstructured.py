@@ -18,6 +18,7 @@ from regprune.layers import weight_layers
 from regprune.lifecycle import CalibrationData, PruningMethod
 from regprune.methods.greg import SCHEDULE_KEYS
 from regprune.methods.registry import register_method
+from regprune.regularizers.budget import warn_if_too_short
 from regprune.regularizers.growing_l2 import budget_schedule, greg_for
 from regprune.train.distributed import broadcast_object
 
@@ -174,6 +175,7 @@ class GRegUnstructured(PruningMethod):
         if total_steps is not None and not schedule:
             # budget mode: the structured rule (regularizers/growing_l2.py budget_schedule)
             schedule = budget_schedule(total_steps, silence_at, variant)
+            warn_if_too_short(total_steps, self.name)
             self.strength_mode = "budget"
         self.ratio, self.scope = _check_unstructured_target(kwargs)
         self.variant = variant

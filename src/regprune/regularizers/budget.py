@@ -43,6 +43,16 @@ MIN_USEFUL_STEPS = 20
 """Below this many steps no schedule can silence anything: the method warns."""
 
 
+def warn_if_too_short(total_steps: int, owner: str) -> None:
+    """Every budget mode says so when its budget cannot silence anything."""
+    if total_steps < MIN_USEFUL_STEPS:
+        warnings.warn(
+            f"{owner}: a budget of {total_steps} sparsify steps is too short to silence "
+            f"anything (at least {MIN_USEFUL_STEPS}); pruning will remove live channels",
+            stacklevel=4,
+        )
+
+
 class BudgetSchedule:
     """Drive one penalty strength so that the removal set is silent by ``silence_at``.
 
@@ -87,12 +97,7 @@ class BudgetSchedule:
             raise ValueError(f"end_ratio must be in (0, 1), got {end_ratio!r}")
         if not initial > 0:
             raise ValueError(f"the initial strength must be > 0, got {initial!r}")
-        if total_steps < MIN_USEFUL_STEPS:
-            warnings.warn(
-                f"{owner}: a budget of {total_steps} sparsify steps is too short to silence "
-                f"anything (at least {MIN_USEFUL_STEPS}); pruning will remove live channels",
-                stacklevel=3,
-            )
+        warn_if_too_short(total_steps, owner)
         self.total_steps = total_steps
         self.silence_at = float(silence_at)
         self.end_ratio = float(end_ratio)
