@@ -52,7 +52,9 @@ def table() -> str:
     labels = sorted({label for label, _ in budget}, key=lambda s: s)
     out = []
     for label in labels:
-        rows = sorted((r for (lab, _), r in budget.items() if lab == label), key=lambda r: r["seed"])
+        rows = sorted(
+            (r for (lab, _), r in budget.items() if lab == label), key=lambda r: r["seed"]
+        )
         if rows[0].get("family") == "unstructured":
             continue
         removal = [r.get("removal") or {} for r in rows]
