@@ -85,7 +85,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = load_config(args.config)
     torch.set_num_threads(config.threads)
-    rows = [r for r in load_rows(Path(config.out)) if r["family"] != "unstructured"]
+    rows = [
+        r
+        for r in load_rows(Path(config.out))
+        if r["family"] != "unstructured"
+        # several targets or claim rows: the config's model at its first target is timed
+        and r.get("model", config.model.name) == config.model.name
+        and r.get("target_macs", config.target_macs) == config.target_macs
+    ]
     records = []
     for seed in config.seeds:
         seed_rows = [r for r in rows if r["seed"] == seed]
