@@ -30,16 +30,18 @@ from .phases import pretrained_baseline
 from .runners import model_file, run_one
 
 
-def done_runs(path: Path) -> set[tuple[str, float | None, int]]:
+def done_runs(path: Path, session: str | None = None) -> set[tuple[str, float | None, int]]:
     """``(label, target_macs, seed)`` of every ``ok`` record (a run at several targets is a
-    record per target; older records carry their config's one target)."""
+    record per target; older records carry their config's one target), and of the records of
+    ``session`` whatever their status (one invocation and its workers: a run that failed in
+    it is not retried by another of its workers; a later invocation retries it)."""
     if not path.exists():
         return set()
     done = set()
     for line in path.read_text().splitlines():
         if line.strip():
             row = json.loads(line)
-            if row.get("status") == "ok":
+            if row.get("status") == "ok" or (session and row.get("session") == session):
                 done.add((row["label"], row.get("target_macs"), row["seed"]))
     return done
 
@@ -92,14 +94,16 @@ def _by_model(config: BenchConfig, runs: list[RunSpec]) -> dict[str, list[RunSpe
     return groups
 
 
-def run_seed(config: BenchConfig, seed: int, runs: list[RunSpec], out: Path) -> None:
+def run_seed(
+    config: BenchConfig, seed: int, runs: list[RunSpec], out: Path, session: str | None = None
+) -> None:
     """Every (run, target) of ``runs`` not yet recorded for ``seed``, baseline by baseline."""
     for group in _by_model(config, runs).values():
         own = config.for_model(group[0].model)
         jobs = [(spec, t) for spec in group for t in config.targets_of(spec)]
-        if all((spec.label, t, seed) in done_runs(out) for spec, t in jobs):
+        if all((spec.label, t, seed) in done_runs(out, session) for spec, t in jobs):
             continue
-        _run_jobs(own, seed, jobs, out, own.model == config.model)
+        _run_jobs(own, seed, jobs, out, own.model == config.model, session)
 
 
 def _run_jobs(
@@ -108,6 +112,7 @@ def _run_jobs(
     jobs: list[tuple[RunSpec, float]],
     out: Path,
     main_model: bool,
+    session: str | None,
 ) -> None:
     data = build_bench_data(config, seed)
     baseline, meta = pretrained_baseline(config, data, seed)
@@ -128,7 +133,7 @@ def _run_jobs(
         spec = resolved_runs.get(spec.label, spec)
         at = f"-t{target:g}" if config.multi_target else ""
         lock = claims / f"{config.name}-{spec.label}{at}-seed{seed}"
-        if (spec.label, target, seed) in done_runs(out) or not claim(lock):
+        if (spec.label, target, seed) in done_runs(out, session) or not claim(lock):
             continue
         row = {
             "config": config.name,
@@ -143,6 +148,7 @@ def _run_jobs(
             "model_kwargs": config.model.kwargs,
             "dataset": config.data.name,
             "machine": machine_info(),
+            "session": session,
         }
         if spec.claim is not None:
             row["claim"] = asdict(spec.claim)
@@ -167,10 +173,11 @@ def _run_jobs(
         )
 
 
-def start_workers(argv: list[str], workers: int) -> list[subprocess.Popen]:
+def start_workers(argv: list[str], workers: int, session: str) -> list[subprocess.Popen]:
     """``workers - 1`` more processes on the same config (this one is worker 0); each takes
     the runs nobody holds (claim files) and starts at another seed."""
     command = [sys.executable, "-m", "benchmarks.methods.run", *argv, "--workers", "1"]
+    command += ["--session", session]
     return [subprocess.Popen([*command, "--worker-index", str(i)]) for i in range(1, workers)]
 
 
@@ -191,9 +198,11 @@ def main(argv: list[str] | None = None) -> None:
         help="processes sharing the runs through claim files (default: the config's workers)",
     )
     parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--session", help=argparse.SUPPRESS)
     add_location_options(parser)
     args = parser.parse_args(argv)
     config = load_config(args.config, args.out, args.cache_dir)
+    session = args.session or f"{os.getpid()}-{time.time_ns()}"
     torch.set_num_threads(config.threads)
     by_label = {r.label: r for r in config.runs}
     runs = [by_label[x] for x in args.only if x in by_label] if args.only else config.runs
@@ -206,11 +215,11 @@ def main(argv: list[str] | None = None) -> None:
         f"regprune {getattr(regprune, '__version__', '?')}, {len(runs)} runs per seed", flush=True
     )
     workers = args.workers if args.workers is not None else config.workers
-    children = start_workers(_without_workers(argv), workers) if workers > 1 else []
+    children = start_workers(_without_workers(argv), workers, session) if workers > 1 else []
     seeds = list(args.seeds if args.seeds is not None else config.seeds)
     shift = args.worker_index % max(len(seeds), 1)
     for seed in seeds[shift:] + seeds[:shift]:
-        run_seed(config, seed, runs, Path(config.out))
+        run_seed(config, seed, runs, Path(config.out), session)
     failed = [child.args for child in children if child.wait() != 0]
     if failed:
         raise SystemExit(f"{len(failed)} worker(s) failed: {failed}")
