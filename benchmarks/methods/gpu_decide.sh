@@ -11,8 +11,11 @@
 # else python3), DEADLINE_S (seconds of training before the workers are stopped; default 540,
 # so the reports fit in a 10-minute command), WORKERS (per model; default the configs' 6),
 # CACHE (baselines and models; default /tmp/regprune-bench-cache), CONFIGS (space-separated
-# config files instead of the two; a tiny CPU config checks this script without a GPU). A
-# second run resumes: the records under $OUT are the checkpoint, the cache holds the baselines.
+# config files instead of the two; a tiny CPU config checks this script without a GPU).
+# Resuming on a fresh machine: commit what a command brought back (<config>.jsonl into
+# docs/benchmarks/, baselines/* into benchmarks/baselines/, the configs' baselines_dir) and run
+# it again: it starts from those records (copied to $OUT) and reads those baselines (sha256
+# checked) instead of training them again.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-/tmp/regprune-decide}"
@@ -77,6 +80,10 @@ echo "== runs, deadline ${DEADLINE_S}s ($(date -u +%H:%M:%S))"
 pids=()
 for config in "${CONFIGS[@]}"; do
   name="$(basename "$config" .yaml)"
+  if [[ ! -s "$OUT/$name.jsonl" && -s "docs/benchmarks/$name.jsonl" ]]; then
+    cp "docs/benchmarks/$name.jsonl" "$OUT/$name.jsonl"  # a previous command's records
+    echo "$name: resuming from docs/benchmarks/$name.jsonl"
+  fi
   # setsid: the deadline stops a config's whole process group (its workers included)
   setsid timeout --signal=TERM --kill-after=20 "$DEADLINE_S" "$PYTHON" -m benchmarks.methods.run \
     "$config" --out "$OUT/$name.jsonl" --cache-dir "$CACHE" ${WORKERS:+--workers "$WORKERS"} \
