@@ -35,11 +35,16 @@ def load_rows(path: Path, latency: Path | None = None) -> list[dict]:
         if row.get("status") == "ok":
             first.setdefault((row["label"], row.get("target_macs"), row["seed"]), row)
     if latency is not None and latency.exists():
-        at = {(label, seed): key for key in first for label, _, seed in [key]}
+        # older timings name no target: their config had one
+        one_target = {(label, seed): key for key in first for label, _, seed in [key]}
         for line in latency.read_text().splitlines():
             if line.strip():
                 timing = json.loads(line)
-                key = at.get((timing.pop("label"), timing.pop("seed")))
+                label, seed = timing.pop("label"), timing.pop("seed")
+                if "target_macs" in timing:
+                    key = (label, timing.pop("target_macs"), seed)
+                else:
+                    key = one_target.get((label, seed))
                 if key in first:
                     first[key] |= {k: v for k, v in timing.items() if k != "machine"}
     return list(first.values())

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from benchmarks.methods import baselines, report, run
+from benchmarks.methods import baselines, latency, report, run
 from benchmarks.methods.config import load_config
 from benchmarks.methods.data import DeviceLoader, build_bench_data
 from benchmarks.methods.phases import baseline_path, new_model, pretrained_baseline
@@ -243,6 +243,7 @@ def test_tiny_decisive_benchmark_on_device_tensors_with_workers(tmp_path: Path) 
         tmp_path,
         runs=runs,
         data_on_device=True,
+        latency={"rounds": 1, "batches": [1, 8]},
         amp=True,  # CUDA only: float32 on the CPU, the same code path
         tp_reg_from_budget=True,
     )
@@ -276,8 +277,19 @@ def test_tiny_decisive_benchmark_on_device_tensors_with_workers(tmp_path: Path) 
     run.main([str(path)])  # resumes: nothing left to run
     assert Path(config.out).read_text() == before
 
+    latency.main([str(path)])  # the first target's models, against their baseline
+    timed = [json.loads(line) for line in config.latency_out.read_text().splitlines()]
+    assert sorted((t["label"], t["target_macs"]) for t in timed) == [
+        ("l1", 0.5),
+        ("tp_group_norm", 0.5),
+        ("tp_magnitude", 0.5),
+    ]
     report.main([str(path)])
     tables = (Path(config.out).parent / "tinydecide_tables.md").read_text()
+    half, quarter = tables.split("## MACs target 0.25")
+    l1_half = next(line for line in half.splitlines() if line.startswith("| l1 | 0 |"))
+    l1_quarter = next(line for line in quarter.splitlines() if line.startswith("| l1 | 0 |"))
+    assert l1_half.split(" | ")[9] != "-" and l1_quarter.split(" | ")[9] == "-"  # speedup b1
     assert "## MACs target 0.5" in tables and "## MACs target 0.25" in tables
     assert "against best_tp" in tables and "| mag@0.8 | 0 |" in tables
     assert "| claim | setting here | result | holds? |" in tables
