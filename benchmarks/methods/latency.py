@@ -53,6 +53,9 @@ def time_seed(config: BenchConfig, seed: int, rows: list[dict], rounds: int) -> 
         if path.is_file():
             variants[row["label"]] = regprune.load_pruned(new_model(config, data), path).eval()
     results = {label: {"label": label, "seed": seed} for label in variants if label != "baseline"}
+    if config.multi_target:  # which target's models were timed (report.load_rows matches it)
+        for record in results.values():
+            record["target_macs"] = config.target_macs
     macs = {row["label"]: row["macs_before"] / row["macs_after"] for row in rows}
     for batch in config.latency_batches:
         load = round(os.getloadavg()[0], 2)
@@ -85,7 +88,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = load_config(args.config)
     torch.set_num_threads(config.threads)
-    rows = [r for r in load_rows(Path(config.out)) if r["family"] != "unstructured"]
+    rows = [
+        r
+        for r in load_rows(Path(config.out))
+        if r["family"] != "unstructured"
+        # several targets or claim rows: the config's model at its first target is timed
+        and r.get("model", config.model.name) == config.model.name
+        and r.get("target_macs", config.target_macs) == config.target_macs
+    ]
     records = []
     for seed in config.seeds:
         seed_rows = [r for r in rows if r["seed"] == seed]

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,10 @@ from regprune.models import create_model
 from regprune.pipeline.sections import TrainSection
 from regprune.train import Trainer, seed_everything
 
-from .config import BenchConfig, load_config
+from . import baselines
+from .config import BenchConfig, Plateau, load_config
 from .data import BenchData, build_bench_data
+from .measure import test_accuracy
 
 EPOCH_OFFSET = {"pretrain": 0, "sparsify": 1000, "finetune": 2000}
 """Distinct shuffling streams per phase, so fine-tuning does not replay the sparsify order."""
@@ -63,6 +67,70 @@ def train_phase(
     }
 
 
+class _Plateaued(Exception):
+    """Raised by the epoch callback to end a stage of ``train_until_plateau``."""
+
+
+def train_until_plateau(
+    model: nn.Module, data: BenchData, config: BenchConfig, rule: Plateau
+) -> dict[str, Any]:
+    """Train ``model`` in place from scratch until test accuracy stops rising (``Plateau``).
+
+    Stages of constant lr (``pretrain.lr`` x ``factor`` ** stage), each a fresh ``Trainer`` that
+    evaluates on the test set after every epoch and stops once the stage's best accuracy has
+    not risen by ``min_delta`` for ``patience`` epochs; the epochs go on counting (and
+    shuffling) across stages. Returns ``epochs`` (trained in all), ``test_acc`` (per epoch),
+    ``stage_epochs``, the last epoch's ``loss`` / ``acc`` and ``time_s``.
+    """
+    history: list[float] = []
+    stage_epochs: list[int] = []
+    last: dict[str, Any] = {}
+    start = time.perf_counter()
+    for stage in range(rule.drops + 1):
+        left = rule.max_epochs - len(history)
+        if left < 1:
+            break
+        phase = replace(
+            config.pretrain,
+            lr=config.pretrain.lr * rule.factor**stage,
+            schedule="constant",
+            epochs=left,
+        )
+        trainer = Trainer(
+            model,
+            data.train,
+            data.test,
+            config=phase.train_config(config.device, progress=False),
+            phase="pretrain",
+            epoch_offset=EPOCH_OFFSET["pretrain"] + len(history),
+        )
+        best, since, ran = -1.0, 0, 0
+
+        def after_epoch(record: dict[str, Any]) -> None:
+            nonlocal best, since, ran, last
+            ran += 1
+            last = record
+            history.append(float(record["val_acc"]))
+            if record["val_acc"] >= best + rule.min_delta:
+                best, since = record["val_acc"], 0
+            else:
+                since += 1
+            if since >= rule.patience:
+                raise _Plateaued
+
+        with suppress(_Plateaued):
+            trainer.fit(after_epoch)
+        stage_epochs.append(ran)
+    return {
+        "epochs": len(history),
+        "test_acc": history,
+        "stage_epochs": stage_epochs,
+        "loss": last["train_loss"],
+        "acc": last["train_acc"],
+        "time_s": time.perf_counter() - start,
+    }
+
+
 def new_model(config: BenchConfig, data: BenchData) -> nn.Module:
     model = create_model(
         config.model.name,
@@ -88,20 +156,67 @@ def cached(path: Path, build: Callable[[], tuple[dict, dict]]) -> tuple[dict, di
     return model, meta
 
 
+def baseline_path(config: BenchConfig, seed: int) -> Path:
+    return Path(config.cache_dir) / f"{config.model.name}-{config.baseline_key(seed)}-baseline.pt"
+
+
 def pretrained_baseline(config: BenchConfig, data: BenchData, seed: int) -> tuple[nn.Module, dict]:
-    """The one baseline per (model, seed), trained once and cached under ``cache_dir``."""
-    path = Path(config.cache_dir) / f"{config.model.name}-{config.baseline_key(seed)}-baseline.pt"
+    """The one baseline per (model, seed), trained once and cached under ``cache_dir``.
+
+    A baseline published in ``config.baselines_dir`` under this key is read from there (its
+    sha256 checked first). ``meta``: ``time_s``, ``train_acc``, ``epochs`` (trained; the
+    budgets' unit), and for ``until_plateau`` baselines ``test_acc`` (final epoch) and the
+    per-epoch ``test_acc_history``. Processes sharing a cache train each baseline once: the
+    others wait for the file (``baseline_claim``).
+    """
+    published = baselines.find(config, seed)
+    if published is not None:
+        state = baselines.load(config, published)
+        model = new_model(config, data)
+        model.load_state_dict(state["model"])
+        return model, state["meta"]
+    path = baseline_path(config, seed)
 
     def build():
         seed_everything(seed)
         model = new_model(config, data)
-        stats = train_phase(model, data, config.pretrain, config, "pretrain")
-        return model.state_dict(), {"time_s": stats["time_s"], "train_acc": stats["acc"]}
+        if config.plateau is not None:
+            stats = train_until_plateau(model, data, config, config.plateau)
+            extra = {
+                "test_acc": test_accuracy(model, data, config),
+                "test_acc_history": stats["test_acc"],
+                "stage_epochs": stats["stage_epochs"],
+            }
+        else:
+            stats = train_phase(model, data, config.pretrain, config, "pretrain")
+            extra = {}
+            stats["epochs"] = config.pretrain.epochs
+        meta = {"time_s": stats["time_s"], "train_acc": stats["acc"]}
+        return model.state_dict(), meta | extra | {"epochs": stats["epochs"]}
 
-    state, meta = cached(path, build)
+    with baseline_claim(path):
+        state, meta = cached(path, build)
+    meta.setdefault("epochs", config.pretrain.epochs)  # cached before epochs were recorded
     model = new_model(config, data)
     model.load_state_dict(state)
     return model, meta
+
+
+@contextmanager
+def baseline_claim(path: Path, poll_s: float = 1.0) -> Iterator[None]:
+    """Hold ``path``'s claim file while it is built; wait while another live process holds it
+    (workers sharing one cache then train each baseline once)."""
+    from .run import claim  # the runs' claim files: one rule for both
+
+    lock = path.with_name(path.name + ".claim")
+    held = False
+    while not path.exists() and not (held := claim(lock)):
+        time.sleep(poll_s)
+    try:
+        yield
+    finally:
+        if held:
+            lock.unlink(missing_ok=True)
 
 
 def plain_continued(

@@ -30,15 +30,21 @@ def load_rows(path: Path, latency: Path | None = None) -> list[dict]:
     """The ``ok`` rows, the first one per (label, seed) if a run was recorded twice, with the
     latency pass's figures (``latency`` JSON lines, see ``latency.py``) merged in when given."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    first: dict[tuple[str, int], dict] = {}
+    first: dict[tuple[str, float | None, int], dict] = {}
     for row in rows:
         if row.get("status") == "ok":
-            first.setdefault((row["label"], row["seed"]), row)
+            first.setdefault((row["label"], row.get("target_macs"), row["seed"]), row)
     if latency is not None and latency.exists():
+        # older timings name no target: their config had one
+        one_target = {(label, seed): key for key in first for label, _, seed in [key]}
         for line in latency.read_text().splitlines():
             if line.strip():
                 timing = json.loads(line)
-                key = (timing.pop("label"), timing.pop("seed"))
+                label, seed = timing.pop("label"), timing.pop("seed")
+                if "target_macs" in timing:
+                    key = (label, timing.pop("target_macs"), seed)
+                else:
+                    key = one_target.get((label, seed))
                 if key in first:
                     first[key] |= {k: v for k, v in timing.items() if k != "machine"}
     return list(first.values())
@@ -114,12 +120,26 @@ def structured_table(groups: dict[str, list[dict]]) -> str:
     return markdown_table(header, rows)
 
 
+BEST_TP = "best_tp"
+"""``--reference best_tp``: per seed, the Torch-Pruning pruner that did best on that seed."""
+
+
 def paired_table(groups: dict[str, list[dict]], reference: str) -> str:
     """Accuracy after fine-tune minus the reference's, per seed (same baseline, same data).
 
     Why: a seed's baseline moves every method alike (here by ~1 point), so differences on the
-    same seed are far less noisy than the difference of two means."""
-    ref = {r["seed"]: r["acc_after_finetune"] for r in groups.get(reference, [])}
+    same seed are far less noisy than the difference of two means. ``best_tp``: the reference
+    of a seed is the best of the Torch-Pruning rows on that seed (a maximum of four: a bar
+    that favours the peers, so a method above it is above every one of them)."""
+    if reference == BEST_TP:
+        ref: dict[int, float] = {}
+        for runs in groups.values():
+            for r in runs:
+                if r["family"] == "tp":
+                    ref[r["seed"]] = max(ref.get(r["seed"], 0.0), r["acc_after_finetune"])
+        reference = "the best Torch-Pruning pruner of the seed"
+    else:
+        ref = {r["seed"]: r["acc_after_finetune"] for r in groups.get(reference, [])}
     rows = []
     for label, runs in groups.items():
         if label == reference or runs[0]["family"] == "unstructured":
@@ -354,6 +374,147 @@ def pareto_plot(points: dict[str, list[tuple]], base: list[float], path: Path, t
     plt.close(fig)
 
 
+def at_target(rows: list[dict], config: BenchConfig, target: float) -> dict[str, list[dict]]:
+    """The rows of the config's own runs (not claim rows) at ``target``, by label."""
+    own = {r.label for r in config.runs if r.target_macs is None}
+    return by_label([r for r in rows if r["label"] in own and r["target_macs"] == target], config)
+
+
+def target_points(rows: list[dict], config: BenchConfig) -> dict[str, list[tuple]]:
+    """Per structured label, ``(target, macs_kept, acc, acc_std, n_seeds)`` at each target."""
+    points: dict[str, list[tuple]] = defaultdict(list)
+    for target in config.targets:
+        for label, group in at_target(rows, config, target).items():
+            if group[0]["family"] == "unstructured":
+                continue
+            acc, err = _mean_err([100 * r["acc_after_finetune"] for r in group])
+            macs = statistics.fmean(r["macs_kept"] for r in group)
+            points[label].append((target, macs, acc, err, len(group)))
+    return dict(points)
+
+
+def target_table(points: dict[str, list[tuple]], targets: tuple[float, ...]) -> str:
+    rows = []
+    for label, series in points.items():
+        found = {p[0]: p for p in series}
+        cells = [
+            f"{found[t][2]:.2f} ± {found[t][3]:.2f} ({found[t][4]})" if t in found else "-"
+            for t in targets
+        ]
+        rows.append([label, *cells])
+    return markdown_table(["method", *(f"MACs {t:g}" for t in targets)], rows)
+
+
+def reduction(row: dict, metric: str) -> float:
+    """What a claim is about: the share of MACs or params removed, or of weights zeroed."""
+    if metric == "weight_sparsity":
+        return row["weight_sparsity_after"]
+    return 1.0 - row[f"{metric}_after"] / row[f"{metric}_before"]
+
+
+def verdict(reductions: list[float], drops: list[float], at_least: float, max_drop: float) -> str:
+    """The claims table's rule (stated in the report, ``CLAIM_RULE``)."""
+    if statistics.fmean(reductions) < at_least - 0.01:
+        return "no (reduction short)"
+    mean = statistics.fmean(drops)
+    if mean >= -max_drop:
+        return "yes"
+    error = statistics.stdev(drops) / len(drops) ** 0.5 if len(drops) > 1 else 0.0
+    return "within noise" if mean + 2 * error >= -max_drop else "no"
+
+
+CLAIM_RULE = (
+    "A claim **holds** (yes) when the mean reduction over seeds reaches the claimed one "
+    "(1 point of slack) and the mean accuracy change after fine-tune, each run against its own "
+    "seed's baseline (final epoch), is no worse than the drop the claim allows; **within noise** "
+    "when it is worse, but not by more than two standard errors of that mean; **no** otherwise. "
+    "One seed gives no standard error."
+)
+
+
+def claims_table(rows: list[dict], config: BenchConfig) -> str | None:
+    """``claim | setting here | result | holds?``, one line per claim row of the config."""
+    lines = []
+    for spec in config.runs:
+        if spec.claim is None:
+            continue
+        claim = spec.claim
+        runs = [r for r in rows if r["label"] == spec.label]
+        setting = (
+            f"{spec.method} on {(spec.model or config.model).name} / {config.data.name}, "
+            + (f"MACs {spec.target_macs:g}" if spec.target_macs is not None else "")
+            + (f"ratio {spec.ratio:g}" if spec.ratio is not None else "")
+        )
+        if not runs:
+            lines.append([f"{claim.paper}: {claim.text}", setting, "not run", "-"])
+            continue
+        reductions = [reduction(r, claim.metric) for r in runs]
+        drops = [100 * (r["acc_after_finetune"] - r["acc_baseline"]) for r in runs]
+        base = statistics.fmean(100 * r["acc_baseline"] for r in runs)
+        share = 100 * statistics.fmean(reductions)
+        reached = (
+            f"weight sparsity {share:.1f} %"
+            if claim.metric == "weight_sparsity"
+            else f"{claim.metric} -{share:.1f} %"
+        )
+        result = (
+            f"{reached}, accuracy "
+            f"{mean_std(drops)} points vs its baseline ({base:.2f} %; per seed "
+            f"{', '.join(f'{d:+.2f}' for d in drops)})"
+        )
+        needs = f" (needs {100 * claim.at_least:g} %, at most -{claim.max_drop:g} points)"
+        lines.append(
+            [
+                f"{claim.paper}: {claim.text}",
+                setting + needs,
+                result,
+                verdict(reductions, drops, claim.at_least, claim.max_drop),
+            ]
+        )
+    if not lines:
+        return None
+    return markdown_table(["claim", "setting here", "result", "holds?"], lines, ["l"] * 4)
+
+
+def decisive_report(config: BenchConfig, rows: list[dict], reference: str | None) -> list[str]:
+    """The report of a config with several targets or claim rows: per target the tables and
+    the paired differences (default: against the best Torch-Pruning pruner of each seed), the
+    accuracy by target and its plot, the unstructured rows once, and the claims."""
+    folder = Path(config.out).parent
+    main_rows = [r for r in rows if r.get("model", config.model.name) == config.model.name]
+    text = [f"# {config.name}: tables (generated by benchmarks/methods/report.py)", ""]
+    text += ["## Baseline", "", baseline_table(main_rows), ""]
+    epochs = sorted({r["baseline_epochs"] for r in main_rows if r.get("baseline_epochs")})
+    if epochs:
+        text += [f"Baselines trained {', '.join(map(str, epochs))} epochs (until_plateau).", ""]
+    for target in config.targets:
+        groups = at_target(rows, config, target)
+        if not any(g[0]["family"] != "unstructured" for g in groups.values()):
+            continue
+        text += [f"## MACs target {target:g}", "", structured_table(groups), ""]
+        text += [f"### Paired by seed, against {reference or BEST_TP}", ""]
+        text += [paired_table(groups, reference or BEST_TP), ""]
+    points = target_points(rows, config)
+    text += ["## Accuracy after fine-tune by MACs target (mean ± std (seeds))", ""]
+    text += [target_table(points, config.targets), ""]
+    plot_points = {k: [p[1:] for p in v] for k, v in points.items()}
+    base = [100 * r["acc_baseline"] for r in main_rows]
+    pareto_title = (
+        f"{config.model.name} / {config.data.name}, MACs targets "
+        f"{' / '.join(f'{t:g}' for t in config.targets)} (final epoch)"
+    )
+    pareto_plot(plot_points, base, folder / f"{config.name}_pareto.png", pareto_title)
+    unstructured = {
+        k: v for k, v in by_label(rows, config).items() if v[0]["family"] == "unstructured"
+    }
+    unstructured = {k: v for k, v in unstructured.items() if "claim" not in v[0]}
+    text += ["## Unstructured", "", unstructured_table(unstructured), ""]
+    claims = claims_table(rows, config)
+    if claims is not None:
+        text += ["## Claims, transposed to this data", "", CLAIM_RULE, "", claims, ""]
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config")
@@ -366,12 +527,30 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--reference",
-        help="label to compare every structured method with, seed by seed (paired differences)",
+        help="label to compare every structured method with, seed by seed (paired differences); "
+        "best_tp: the best Torch-Pruning pruner of each seed (the default with several targets)",
     )
+    parser.add_argument("--out", help="JSON lines file instead of the config's out")
     args = parser.parse_args(argv)
-    config = load_config(args.config)
+    config = load_config(args.config, args.out)
     out = Path(config.out)
     rows = load_rows(out, config.latency_out)
+    if config.multi_target:
+        text = decisive_report(config, rows, args.reference)
+        have = {(r["label"], r["target_macs"], r["seed"]) for r in rows}
+        missing = sorted(
+            f"{r.label}@MACs {t:g} seed {s}"
+            for r in config.runs
+            for t in config.targets_of(r)
+            for s in config.seeds
+            if (r.label, t, s) not in have
+        )
+        text += [f"Not finished: {', '.join(missing) if missing else 'none'}."]
+        for row in failures(out):
+            text.append(f"- failed: {row['label']} seed {row['seed']}: {row.get('error')}")
+        atomic_write_text(out.parent / f"{config.name}_tables.md", "\n".join(text) + "\n")
+        print("\n".join(text))
+        return
     groups = by_label(rows, config)
     folder = out.parent
     title = (

@@ -11,8 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import time
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -27,15 +30,19 @@ from .phases import pretrained_baseline
 from .runners import model_file, run_one
 
 
-def done_runs(path: Path) -> set[tuple[str, int]]:
+def done_runs(path: Path, session: str | None = None) -> set[tuple[str, float | None, int]]:
+    """``(label, target_macs, seed)`` of every ``ok`` record (a run at several targets is a
+    record per target; older records carry their config's one target), and of the records of
+    ``session`` whatever their status (one invocation and its workers: a run that failed in
+    it is not retried by another of its workers; a later invocation retries it)."""
     if not path.exists():
         return set()
     done = set()
     for line in path.read_text().splitlines():
         if line.strip():
             row = json.loads(line)
-            if row.get("status") == "ok":
-                done.add((row["label"], row["seed"]))
+            if row.get("status") == "ok" or (session and row.get("session") == session):
+                done.add((row["label"], row.get("target_macs"), row["seed"]))
     return done
 
 
@@ -78,23 +85,55 @@ def claim(path: Path) -> bool:
     return True
 
 
-def run_seed(config: BenchConfig, seed: int, runs: list[RunSpec], out: Path) -> None:
-    if all((r.label, seed) in done_runs(out) for r in runs):
-        return
+def _by_model(config: BenchConfig, runs: list[RunSpec]) -> dict[str, list[RunSpec]]:
+    """Runs grouped by the architecture they prune (the config's first, then claim rows')."""
+    groups: dict[str, list[RunSpec]] = {}
+    for spec in runs:
+        model = spec.model or config.model
+        groups.setdefault(json.dumps([model.name, model.kwargs], sort_keys=True), []).append(spec)
+    return groups
+
+
+def run_seed(
+    config: BenchConfig, seed: int, runs: list[RunSpec], out: Path, session: str | None = None
+) -> None:
+    """Every (run, target) of ``runs`` not yet recorded for ``seed``, baseline by baseline."""
+    for group in _by_model(config, runs).values():
+        own = config.for_model(group[0].model)
+        jobs = [(spec, t) for spec in group for t in config.targets_of(spec)]
+        if all((spec.label, t, seed) in done_runs(out, session) for spec, t in jobs):
+            continue
+        _run_jobs(own, seed, jobs, out, own.model == config.model, session)
+
+
+def _run_jobs(
+    config: BenchConfig,
+    seed: int,
+    jobs: list[tuple[RunSpec, float]],
+    out: Path,
+    main_model: bool,
+    session: str | None,
+) -> None:
     data = build_bench_data(config, seed)
     baseline, meta = pretrained_baseline(config, data, seed)
     before = size_of(baseline, data)
     baseline_info = {f"{k}_before": v for k, v in before.items()}
-    saved = model_file(config, "baseline", seed)
+    saved = model_file(config, "baseline" if main_model else f"baseline-{config.model.name}", seed)
     if not saved.exists():
         saved.parent.mkdir(parents=True, exist_ok=True)
         regprune.save_pruned(baseline.eval(), saved)  # the latency pass times against it
     baseline_info["acc_baseline"] = test_accuracy(baseline, data, config)
     baseline_info["time_pretrain_s"] = meta["time_s"]
+    if config.plateau is not None or config.budget_mode:
+        baseline_info["baseline_epochs"] = meta["epochs"]
+    resolved = config.resolved(meta["epochs"])
+    resolved_runs = {r.label: r for r in resolved.runs}
     claims = Path(config.cache_dir) / "claims"
-    for spec in runs:
-        lock = claims / f"{config.name}-{spec.label}-seed{seed}"
-        if (spec.label, seed) in done_runs(out) or not claim(lock):
+    for spec, target in jobs:
+        spec = resolved_runs.get(spec.label, spec)
+        at = f"-t{target:g}" if config.multi_target else ""
+        lock = claims / f"{config.name}-{spec.label}{at}-seed{seed}"
+        if (spec.label, target, seed) in done_runs(out, session) or not claim(lock):
             continue
         row = {
             "config": config.name,
@@ -104,15 +143,18 @@ def run_seed(config: BenchConfig, seed: int, runs: list[RunSpec], out: Path) -> 
             "kwargs": spec.kwargs,
             "ratio": spec.ratio,
             "seed": seed,
-            "target_macs": config.target_macs,
+            "target_macs": target,
             "model": config.model.name,
             "model_kwargs": config.model.kwargs,
             "dataset": config.data.name,
             "machine": machine_info(),
+            "session": session,
         }
+        if spec.claim is not None:
+            row["claim"] = asdict(spec.claim)
         start = time.perf_counter()
         try:
-            row |= run_one(spec, baseline, baseline_info, data, config, seed)
+            row |= run_one(spec, baseline, baseline_info, data, resolved.at_target(target), seed)
             row["status"] = "ok"
         except Exception as error:  # record the failure and go on with the other methods
             row |= {
@@ -125,10 +167,24 @@ def run_seed(config: BenchConfig, seed: int, runs: list[RunSpec], out: Path) -> 
         lock.unlink(missing_ok=True)
         acc = row.get("acc_after_finetune")
         print(
-            f"[seed {seed}] {spec.label}: {row['status']} acc_ft={acc} "
+            f"[seed {seed}] {spec.label}{at}: {row['status']} acc_ft={acc} "
             f"({row['time_total_s']:.0f}s)",
             flush=True,
         )
+
+
+def start_workers(argv: list[str], workers: int, session: str) -> list[subprocess.Popen]:
+    """``workers - 1`` more processes on the same config (this one is worker 0); each takes
+    the runs nobody holds (claim files) and starts at another seed."""
+    command = [sys.executable, "-m", "benchmarks.methods.run", *argv, "--workers", "1"]
+    command += ["--session", session]
+    return [subprocess.Popen([*command, "--worker-index", str(i)]) for i in range(1, workers)]
+
+
+def add_location_options(parser: argparse.ArgumentParser) -> None:
+    """``--out`` / ``--cache-dir``: the config's ``out`` and ``cache_dir``, replaced."""
+    parser.add_argument("--out", help="JSON lines file instead of the config's out")
+    parser.add_argument("--cache-dir", help="cache folder instead of the config's cache_dir")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -136,8 +192,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("config", help="benchmarks/methods/configs/<name>.yaml")
     parser.add_argument("--seeds", type=int, nargs="*", help="subset of the config's seeds")
     parser.add_argument("--only", nargs="*", help="labels to run, in this order (default: all)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="processes sharing the runs through claim files (default: the config's workers)",
+    )
+    parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--session", help=argparse.SUPPRESS)
+    add_location_options(parser)
     args = parser.parse_args(argv)
-    config = load_config(args.config)
+    config = load_config(args.config, args.out, args.cache_dir)
+    session = args.session or f"{os.getpid()}-{time.time_ns()}"
     torch.set_num_threads(config.threads)
     by_label = {r.label: r for r in config.runs}
     runs = [by_label[x] for x in args.only if x in by_label] if args.only else config.runs
@@ -149,8 +214,23 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"regprune {getattr(regprune, '__version__', '?')}, {len(runs)} runs per seed", flush=True
     )
-    for seed in args.seeds if args.seeds is not None else config.seeds:
-        run_seed(config, seed, runs, Path(config.out))
+    workers = args.workers if args.workers is not None else config.workers
+    children = start_workers(_without_workers(argv), workers, session) if workers > 1 else []
+    seeds = list(args.seeds if args.seeds is not None else config.seeds)
+    shift = args.worker_index % max(len(seeds), 1)
+    for seed in seeds[shift:] + seeds[:shift]:
+        run_seed(config, seed, runs, Path(config.out), session)
+    failed = [child.args for child in children if child.wait() != 0]
+    if failed:
+        raise SystemExit(f"{len(failed)} worker(s) failed: {failed}")
+
+
+def _without_workers(argv: list[str] | None) -> list[str]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--workers" in argv:
+        i = argv.index("--workers")
+        del argv[i : i + 2]
+    return argv
 
 
 if __name__ == "__main__":

@@ -67,10 +67,20 @@ def _method_kwargs(
     return kwargs
 
 
+def tp_kwargs(spec: RunSpec, config: BenchConfig, data: BenchData) -> dict[str, Any]:
+    """A peer's own kwargs; with ``tp_reg_from_budget`` and no ``reg`` given, sized by the
+    sparsify iterations (``tp_peers.budget_kwargs``)."""
+    if not config.tp_reg_from_budget or "reg" in spec.kwargs:
+        return dict(spec.kwargs)
+    phase = spec.sparsify_phase or config.sparsify
+    steps = phase.epochs * len(data.train)
+    return _peers().budget_kwargs(spec.method, steps, phase.lr, phase.momentum) | spec.kwargs
+
+
 def _make(spec: RunSpec, model: nn.Module, data: BenchData, config: BenchConfig, seed: int):
     if spec.family == "tp":
         return _peers().TorchPruningRegularizer(
-            model, data.example_input(), spec.method, **spec.kwargs
+            model, data.example_input(), spec.method, **tp_kwargs(spec, config, data)
         )
     return regprune.methods.get(
         spec.method, model, data.example_input(), **_method_kwargs(spec, config, data, seed)
@@ -125,9 +135,13 @@ def _prune(spec, model, method, data, config) -> tuple[nn.Module, Any, dict]:
     return pruned, method.finetune_method(pruned), info
 
 
-def model_file(config: BenchConfig, label: str, seed: int) -> Path:
-    """Where a run's fine-tuned model (or a seed's baseline, ``label="baseline"``) is saved."""
-    return Path(config.cache_dir) / "models" / f"{config.name}-{label}-seed{seed}.pt"
+def model_file(
+    config: BenchConfig, label: str, seed: int, target_macs: float | None = None
+) -> Path:
+    """Where a run's fine-tuned model (or a seed's baseline, ``label="baseline"``) is saved;
+    ``target_macs`` is in the name when the config has several (``multi_target``)."""
+    at = f"-t{target_macs:g}" if target_macs is not None else ""
+    return Path(config.cache_dir) / "models" / f"{config.name}-{label}{at}-seed{seed}.pt"
 
 
 def accuracy_with_recalibrated_bn(model: nn.Module, data: BenchData, config: BenchConfig) -> float:
@@ -155,12 +169,14 @@ def run_one(
     seed_everything(seed)
     stats = train_phase(pruned, data, config.finetune, config, "finetune", keep)
     record["time_finetune_s"] = stats["time_s"]
+    record["sparsify_epochs"] = (spec.sparsify_phase or config.sparsify).epochs
+    record["finetune_epochs"] = config.finetune.epochs
     record["acc_after_finetune"] = test_accuracy(pruned, data, config)
     after = size_of(pruned, data)
     record |= {f"{k}_after": v for k, v in after.items()}
     record["macs_kept"] = after["macs"] / baseline_info["macs_before"]
     record |= baseline_info
-    path = model_file(config, spec.label, seed)
+    path = model_file(config, spec.label, seed, config.target_macs if config.multi_target else None)
     path.parent.mkdir(parents=True, exist_ok=True)
     regprune.save_pruned(pruned.eval(), path)
     record["model_file"] = str(path)

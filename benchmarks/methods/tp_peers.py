@@ -79,6 +79,46 @@ def make_pruner(
     )
 
 
+BUDGET_UPDATES = 50
+"""GrowingRegPruner under ``budget_kwargs``: ``update_reg()`` this many times in all."""
+
+
+def budget_kwargs(name: str, total_steps: int, lr: float, momentum: float) -> dict[str, Any]:
+    """A peer's strengths sized by the sparsify iterations, as our methods size themselves.
+
+    Rule: each peer's penalty has travelled as far by the last iteration as the hand-sized
+    rows of ``configs/cpu.yaml`` / ``gpu.yaml`` did, whatever the number of iterations; a step
+    moves a parameter by about ``lr / (1 - momentum)`` times its gradient (``step``):
+
+    - ``bn_scale`` (``reg * sign(gamma)``): a BN scale can lose 0.35 in all (trained scales
+      are ~0.2-1): ``reg = 0.35 / (step * T)``;
+    - ``group_norm`` (``reg * 16^rank * w``, its alpha): the least important channels shrink
+      by ``exp(-step * 16 * reg * T) = exp(-3)``: ``reg = 3 / (16 * step * T)``;
+    - ``growing_reg``: ``update_reg()`` every ``T // 50`` iterations; the least important
+      channels' reg grows linearly to ``R`` with the same ``exp(-3)`` in all (mean ``R / 2``):
+      ``R = 6 / (step * T)``, ``delta_reg = R / 50``, starting ``reg`` 1e-4 as shipped;
+    - ``magnitude``: one-shot, nothing.
+
+    At cpu.yaml's 94 steps (``step`` 0.5) this gives 7.4e-3 / 4.0e-3 / delta 2.6e-3 every
+    iteration (hand-sized: 7.5e-3 / 4e-3 / 1e-3 to 1e-2 every 2).
+    """
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    step = lr / (1.0 - momentum)
+    if name == "bn_scale":
+        return {"reg": 0.35 / (step * total_steps)}
+    if name == "group_norm":
+        return {"reg": 3.0 / (16.0 * step * total_steps)}
+    if name == "growing_reg":
+        final = 6.0 / (step * total_steps)
+        return {
+            "reg": 1e-4,
+            "delta_reg": final / BUDGET_UPDATES,
+            "update_every": max(1, total_steps // BUDGET_UPDATES),
+        }
+    return {}
+
+
 class TorchPruningRegularizer(PruningMethod):
     """Adapter: a TP pruner's regularization inside ``train_one_epoch``'s life cycle.
 
