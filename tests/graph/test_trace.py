@@ -162,3 +162,24 @@ def test_functional_norm_parameters_join_their_channel() -> None:
     (group,) = graph.groups
     assert any(s.param == "scale" and s.role == "free" for s in group.slices)
     assert not group.exact
+
+
+def test_type_as_and_to_a_tensor_lend_a_dtype_not_channels() -> None:
+    """``y.type_as(z)`` / ``z.to(y)`` read only z's dtype: the two convs stay apart (they were
+    coupled as if added, so one could not lose channels without the other)."""
+
+    class DtypeFromAnother(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 3, padding=1)
+            self.b = nn.Conv2d(3, 8, 3, padding=1)
+            self.c = nn.Conv2d(8, 4, 1)
+            self.d = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y, z = self.a(x), self.b(x)
+            return self.c(y.type_as(z)) + self.d(z.to(y))
+
+    graph = trace_graph(DtypeFromAnother(), torch.randn(1, 3, 8, 8))
+    producers = [sorted({s.module for s in g.slices if s.role == "out"}) for g in graph.groups]
+    assert sorted(producers) == [["a"], ["b"]]

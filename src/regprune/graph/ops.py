@@ -413,7 +413,14 @@ def _lock_against_constant(
         tracer.atoms.lock(label[exposed], tracer.where, "it meets a fixed-size constant")
 
 
+DTYPE_ONLY = frozenset(["to", "type", "type_as"])
+"""Ops whose tensor arguments after the first lend only a dtype or device (``x.type_as(y)``,
+``x.to(y)``): they must not couple ``y``'s channels with ``x``'s."""
+
+
 def _elementwise(tracer: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+    if name in DTYPE_ONLY:
+        args, kwargs = args[:1], {}
     operands = [t for t in iter_tensors((args, kwargs))]
     outputs = list(iter_tensors(out))
     shape = outputs[0].shape
