@@ -108,6 +108,10 @@ class Tracer(TorchFunctionMode):
         self.on_meta = on_meta
         self.atoms = AtomTable()
         self.labels: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self.same_along: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        """Constants known to hold the same values along some dims (negative dim indices, so
+        broadcasting aligns them): what a factory fills and element-wise ops keep, the only way
+        to know it when tracing on ``meta``."""
         self.records: dict[str, LayerRecord] = {}
         self.opaque: dict[str, str] = {}
         """Layers traced as black boxes (name -> reason), listed as kept whole."""
