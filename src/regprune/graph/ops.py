@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -986,6 +987,55 @@ def follow_heads(
     return units
 
 
+@dataclass
+class ProductRecord:
+    """One batched product between activations (``q @ k^T``, ``attn @ v``, the two inside
+    ``F.scaled_dot_product_attention``) whose MACs shrink with the channels of its operands.
+
+    Its MACs are ``macs_unit`` per kept position of the product's grid: the dims along which
+    either operand's label varies (heads, head_dim, the contracted dim), every other dim folded
+    into ``macs_unit``. ``a_atoms[i]`` / ``b_atoms[i]`` is the atom of each operand at grid
+    position ``i`` (-1 where it carries none); a position is kept when both are.
+    """
+
+    where: str
+    a_atoms: torch.Tensor
+    b_atoms: torch.Tensor
+    macs_unit: float
+
+
+MAX_PRODUCT_GRID = 1 << 20
+"""Products whose grid of varying positions is larger (a weight used in a matmul, one atom per
+element) are left to the constant part of the MACs model."""
+
+
+def _record_product(
+    tracer: Tracer,
+    la: torch.Tensor,
+    lb: torch.Tensor,
+    size_a: tuple[int, ...],
+    size_b: tuple[int, ...],
+) -> None:
+    """Record the product's MACs per kept position of its label grid (``Tracer.products``)."""
+    if not bool((la >= 0).any() or (lb >= 0).any()):
+        return
+    a, b = la.unsqueeze(-1), lb.unsqueeze(-3)
+    grid = torch.broadcast_shapes(tuple(a.shape), tuple(b.shape))
+    positions = math.prod(grid)
+    if positions > MAX_PRODUCT_GRID:
+        return
+    batch = torch.broadcast_shapes(size_a[:-2], size_b[:-2])
+    macs = math.prod(batch) * size_a[-2] * size_a[-1] * size_b[-1]
+    tracer.products.append(
+        ProductRecord(
+            tracer.where,
+            a.expand(grid).reshape(-1).clone(),
+            b.expand(grid).reshape(-1).clone(),
+            macs / positions,
+        )
+    )
+
+
 def product_label(
     tracer: Tracer,
     la: torch.Tensor,
@@ -1008,6 +1058,7 @@ def product_label(
     """
     la, lb = compact(la.contiguous()), compact(lb.contiguous())
     ndim = la.dim()
+    _record_product(tracer, la, lb, size_a, size_b)
     batch_dims = list(range(ndim - 2))
     _pin_against_constant(tracer, la, lb, size_b, [*batch_dims, ndim - 1])
     _pin_against_constant(tracer, lb, la, size_a, [*batch_dims, ndim - 2])
