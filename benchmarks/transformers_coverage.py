@@ -203,6 +203,13 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _status(text: str) -> str:
+    """A status cell: a timeout says so, without the warnings the worker printed before it."""
+    if "timed out after" in text:
+        return text[: text.index(" s", text.index("timed out after")) + 2]
+    return _cell(text)
+
+
 def render(rows: list[dict], command: str, machine: str) -> str:
     lines = [
         "# Transformers: heads and MLP widths",
@@ -259,7 +266,7 @@ def render(rows: list[dict], command: str, machine: str) -> str:
                 ),
                 f"{ours['engine_s']:.2f}" if ok else "",
                 f"{ours['time_s']:.2f}" if ok else "",
-                _cell(theirs["status"]),
+                _status(theirs["status"]),
                 format_count(theirs["macs_after"]) if "macs_after" in theirs else "",
                 f"{theirs['time_s']:.2f}" if tp_ran else "",
                 f"{theirs['time_s'] / ours['engine_s']:.2f}" if tp_ran and ok else "",
@@ -286,9 +293,15 @@ def main() -> None:
     parser.add_argument("--timeout-s", type=float, default=600.0, help="per model, ours")
     parser.add_argument("--tp-timeout-s", type=float, default=180.0, help="per model, TP")
     parser.add_argument("--worker", choices=["ours", "tp"], help=argparse.SUPPRESS)
+    parser.add_argument("--from-json", type=Path, help="re-render the section from a run's JSON")
     args = parser.parse_args()
     if args.worker:
         worker_main(args.worker, args.models[0])
+        return
+    if args.from_json:
+        report = json.loads(args.from_json.read_text())
+        block = render(report["rows"], report["command"], report["machine"])
+        write_generated_block(args.out, block, start=START, end=END)
         return
     torch.set_num_threads(1)
     rows = []
