@@ -7,14 +7,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from regprune.inputs import CallArgs
+
 
 def token_ids() -> tuple[torch.Tensor]:
     return (torch.randint(0, 100, (1, 12), generator=torch.Generator().manual_seed(0)),)
 
 
 def tiny_hf_model(name: str, *, use_cache: bool = True) -> tuple[nn.Module, tuple]:
-    """``bert``, ``llama`` (4 query / 2 kv heads), ``gpt2`` or ``vit``: 2 layers, width 64,
-    4 heads of 16, MLP 128; eval mode, seeded; with example inputs."""
+    """``bert``, ``llama`` (4 query / 2 kv heads), ``gpt2``, ``vit`` or ``t5`` (encoder-decoder,
+    :func:`tiny_t5`): 2 layers, width 64, 4 heads of 16, MLP 128; eval mode, seeded; with
+    example inputs."""
     import transformers
 
     torch.manual_seed(0)
@@ -44,6 +47,8 @@ def tiny_hf_model(name: str, *, use_cache: bool = True) -> tuple[nn.Module, tupl
         )
         config.eos_token_id = 0
         return transformers.GPT2LMHeadModel(config).eval(), token_ids()
+    if name == "t5":
+        return tiny_t5()  # its example call returns no cache either way (compared: logits)
     if name != "vit":
         raise ValueError(f"no tiny model named {name!r}")
     config = transformers.ViTConfig(
@@ -56,3 +61,28 @@ def tiny_hf_model(name: str, *, use_cache: bool = True) -> tuple[nn.Module, tupl
     )
     image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     return transformers.ViTModel(config).eval(), (image,)
+
+
+def tiny_t5() -> tuple[nn.Module, CallArgs]:
+    """``T5ForConditionalGeneration``: 2 encoder and 2 decoder layers, width 64, 4 heads of 16,
+    MLP 128; example inputs ``input_ids`` (12 tokens) and ``decoder_input_ids`` (8 tokens) by
+    keyword, without the kv cache (the traced call compares logits, not caches)."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.T5Config(
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        vocab_size=100,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    ids = torch.randint(2, 100, (1, 12), generator=torch.Generator().manual_seed(0))
+    decoder_ids = torch.randint(2, 100, (1, 8), generator=torch.Generator().manual_seed(1))
+    inputs = CallArgs(input_ids=ids, decoder_input_ids=decoder_ids, use_cache=False)
+    return transformers.T5ForConditionalGeneration(config).eval(), inputs

@@ -143,3 +143,65 @@ def test_removed_heads_match_zeroed_heads_and_keep_the_gqa_ratio(name, seed) -> 
             q_heads = attention.q_proj.out_features // attention.head_dim
             kv_heads = attention.k_proj.out_features // attention.head_dim
             assert q_heads == 2 * kv_heads
+
+
+# ---- an encoder-decoder: T5 -----------------------------------------------------------------
+
+
+def _logits(model, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        return model(*inputs.args, **inputs.kwargs).logits
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_t5_heads_and_mlp_widths_prune_exactly(seed) -> None:
+    """Self-attention heads (coupled across layers by the shared relative position bias),
+    cross-attention heads (whose zero position bias is built from ``n_heads``) and the MLP
+    widths all shrink; removed equals zeroed."""
+    model, inputs = _model("t5")
+    pruned, _ = check_exact(model, inputs, 0.5, seed=seed)
+    for stack in (pruned.encoder, pruned.decoder):
+        for block in stack.block:
+            attention = block.layer[0].SelfAttention
+            assert (attention.n_heads, attention.q.out_features) == (2, 32)
+            assert block.layer[-1].DenseReluDense.wi.out_features == 64
+    for block in pruned.decoder.block:
+        cross = block.layer[1].EncDecAttention
+        assert (cross.n_heads, cross.inner_dim, cross.k.out_features) == (2, 32, 32)
+    # the relative position bias keeps one column per kept head
+    bias = pruned.encoder.block[0].layer[0].SelfAttention.relative_attention_bias
+    assert bias.weight.shape[1] == 2
+
+
+def test_t5_keeps_its_residual_stream_and_says_why() -> None:
+    model, inputs = _model("t5")
+    result = rp.prune_with_result(model, inputs, ratio=0.5)
+    reasons = {u.layer: u.reason for u in result.graph.unprunable}
+    assert "model output" in reasons["encoder.embed_tokens"]  # encoder_last_hidden_state
+    assert "tied" in reasons["decoder.embed_tokens"]
+    assert rp.count(result.model, inputs).macs < 0.6 * result.macs_before
+
+
+def test_t5_config_states_the_pruned_sizes_and_round_trips(tmp_path) -> None:
+    model, inputs = _model("t5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a config that cannot state it fails here
+        pruned = rp.prune(model, inputs, ratio=0.5)
+    assert (pruned.config.num_heads, pruned.config.d_kv, pruned.config.d_ff) == (2, 16, 64)
+    assert (model.config.num_heads, model.config.d_ff) == (4, 128)  # the caller's untouched
+    pruned.save_pretrained(tmp_path)
+    reloaded = type(pruned).from_pretrained(tmp_path).eval()
+    assert set(reloaded.state_dict()) == set(pruned.state_dict())
+    torch.testing.assert_close(_logits(reloaded, inputs), _logits(pruned, inputs))
+
+
+def test_t5_generates_after_pruning_with_and_without_the_cache() -> None:
+    model, inputs = _model("t5")
+    pruned = rp.prune(model, inputs, ratio=0.5)
+    ids = inputs.kwargs["input_ids"]
+    greedy = pruned.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert greedy.shape == (1, 7)  # the decoder start token and 6 new ones
+    uncached = pruned.generate(
+        ids, max_new_tokens=6, min_new_tokens=6, do_sample=False, use_cache=False
+    )
+    assert torch.equal(greedy, uncached)

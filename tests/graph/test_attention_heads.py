@@ -269,6 +269,46 @@ def test_rotary_pins_head_dim_so_head_dim_positions_stay_whole() -> None:
     assert [g for g in graph.groups if g.producers == ["blocks.0.attention.v"]]
 
 
+class BiasedAttention(Attention):
+    """Attention with an additive per-head bias built from its head count, as T5's
+    cross-attention builds its zero position bias: ``n_heads`` and ``key_value_proj_dim`` are
+    the attributes surgery refreshes (``layers.rules.HEAD_LAYOUTS``, T5's names).
+
+    Args:
+        bias: ``"zeros"`` (the same in every head: it may shrink with the heads) or
+            ``"per_head"`` (ALiBi-like slopes, one value per head: a rebuilt one would differ).
+    """
+
+    def __init__(self, bias: str = "zeros") -> None:
+        super().__init__()
+        self.bias, self.n_heads, self.key_value_proj_dim = bias, HEADS, HEAD_DIM
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = (self._split(proj(x), self.n_heads) for proj in (self.q, self.k, self.v))
+        if self.bias == "zeros":
+            mask = torch.zeros(1, self.n_heads, n, n)
+        else:
+            mask = torch.arange(self.n_heads, dtype=x.dtype).view(1, -1, 1, 1).expand(1, -1, n, n)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.contiguous())
+        return self.o(y.transpose(1, 2).reshape(b, n, -1))
+
+
+def test_a_bias_the_same_in_every_head_shrinks_with_the_heads() -> None:
+    model = Net(BiasedAttention, bias="zeros").eval()
+    assert len(head_groups(trace_graph(model, tokens()))) == 2
+    pruned, _ = check_exact(model, tokens(), 0.5)
+    attention = pruned.blocks[0].attention
+    assert (attention.n_heads, attention.q.out_features) == (2, 2 * HEAD_DIM)
+
+
+def test_a_bias_that_differs_between_heads_keeps_them_whole() -> None:
+    graph = trace_graph(Net(BiasedAttention, bias="per_head").eval(), tokens())
+    assert head_groups(graph) == []
+    reasons = [u.reason for u in graph.unprunable if u.layer.endswith("attention.q")]
+    assert reasons and all("fixed-size constant" in r for r in reasons)
+
+
 # ---- Hugging Face models built from tiny configs (nothing downloaded) ---------------------------
 transformers = pytest.importorskip("transformers")
 

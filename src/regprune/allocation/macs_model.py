@@ -4,7 +4,10 @@ Budget search evaluates many candidate plans; building and counting each would c
 and a forward pass. Each traced layer's MACs are ``unit * in_kept * out_kept / groups_kept``
 (plus ``out_unit * out_kept`` for what its outputs cost alone: the attention matmuls of an
 ``nn.MultiheadAttention``'s heads), so one vectorized pass over the layers' atoms gives the MACs
-of any keep mask.
+of any keep mask. Products between activations (``q k^T`` and ``attn v`` written with ``matmul``
+or inside ``F.scaled_dot_product_attention``) cost ``unit`` per kept position of their grid of
+heads / head_dim / contracted positions (``graph.products``), so removed heads are credited with
+their attention matmuls too.
 """
 
 from __future__ import annotations
@@ -42,9 +45,27 @@ class MacsModel:
         out_atoms = torch.cat([r.out_atoms for r in records] or [torch.zeros(0, dtype=torch.long)])
         self.in_component = torch.where(in_atoms >= 0, graph.component[in_atoms.clamp(min=0)], -1)
         self.out_component = graph.component[out_atoms]
+        products = graph.products
+        empty = torch.zeros(0, dtype=torch.long)
+        self.product_unit = torch.cat(
+            [torch.full((p.a_atoms.numel(),), p.macs_unit, dtype=torch.float64) for p in products]
+            or [torch.zeros(0, dtype=torch.float64)]
+        )
+        self.product_a = self._components(torch.cat([p.a_atoms for p in products] or [empty]))
+        self.product_b = self._components(torch.cat([p.b_atoms for p in products] or [empty]))
         full = torch.ones(graph.group_of_component.numel(), dtype=torch.bool)
         self.traced_full = self._traced(full)
         self.other = 0.0 if measured_total_macs is None else measured_total_macs - self.traced_full
+
+    def _components(self, atoms: torch.Tensor) -> torch.Tensor:
+        """Component of each atom, -1 where there is none."""
+        return torch.where(atoms >= 0, self.graph.component[atoms.clamp(min=0)], -1)
+
+    def _product_macs(self, keep: torch.Tensor) -> torch.Tensor:
+        kept = torch.ones_like(self.product_unit, dtype=torch.bool)
+        for component in (self.product_a, self.product_b):
+            kept &= (component < 0) | keep[component.clamp(min=0)]
+        return (self.product_unit * kept).sum()
 
     def _traced(self, keep: torch.Tensor) -> float:
         n = len(self.graph.records)
@@ -61,7 +82,8 @@ class MacsModel:
             in_kept * self.out_total / self.groups * (out_kept > 0),
             in_kept * out_kept,
         )
-        return float((per_layer * self.unit + out_kept * self.out_unit).sum())
+        layers = (per_layer * self.unit + out_kept * self.out_unit).sum()
+        return float(layers + self._product_macs(keep))
 
     def expected(self, keep_prob: torch.Tensor) -> torch.Tensor:
         """Expected MACs when each component is kept with probability ``keep_prob`` (float64,
@@ -80,7 +102,12 @@ class MacsModel:
         )
         grouped = self.groups > 1
         per_layer = torch.where(grouped, in_kept * self.out_total / self.groups, in_kept * out_kept)
-        return (per_layer * self.unit + out_kept * self.out_unit).sum() + self.other
+        # a product's two operands are mostly one component (coupled heads): kept together
+        a, b = self.product_a, self.product_b
+        p_a = torch.where(a < 0, 1.0, keep_prob[a.clamp(min=0)])
+        p_b = torch.where((b < 0) | (b == a), 1.0, keep_prob[b.clamp(min=0)])
+        products = (self.product_unit * p_a * p_b).sum()
+        return (per_layer * self.unit + out_kept * self.out_unit).sum() + products + self.other
 
     def macs(self, keep: torch.Tensor) -> float:
         """Total MACs with ``keep`` (bool per component) applied."""

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from regprune.graph.groups import ChannelGroup, ParamSlice, SliceRole
+from regprune.graph.ops import ProductRecord
 from regprune.graph.tracer import FreeParam, Tracer
 from regprune.layers.rules import LayerRecord, is_per_channel_layer
 
@@ -59,6 +60,8 @@ class DependencyGraph:
         example_inputs: what the model was traced with (surgery probes constant channels with it).
         attention: the removable unit of a channel dim split into (heads, head_dim) in this
             trace (surgery refreshes head counts or head sizes by it).
+        products: the products between activations (attention's ``q k^T`` and ``attn v``),
+            whose MACs the allocation's MACs model follows.
     """
 
     groups: list[ChannelGroup]
@@ -71,6 +74,7 @@ class DependencyGraph:
     model_type: str = ""
     example_inputs: Any = None
     attention: str = "heads"
+    products: list[ProductRecord] = field(default_factory=list)
 
     def group_components(self, group_id: int) -> torch.Tensor:
         """Component id of each channel of a group, in channel order."""
@@ -121,6 +125,7 @@ def build_dependency_graph(model: nn.Module, tracer: Tracer) -> DependencyGraph:
         free_slicings=slicings,
         model_type=type(model).__name__,
         attention=tracer.attention,
+        products=tracer.products,
     )
     slices = _all_slices(model, graph, slicings)
     for group in groups:

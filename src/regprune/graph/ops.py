@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -275,6 +276,51 @@ CONSTANT_OUTPUT = frozenset(
 )
 
 
+FILLED = frozenset(
+    [
+        "zeros",
+        "ones",
+        "full",
+        "zeros_like",
+        "ones_like",
+        "full_like",
+        "new_zeros",
+        "new_ones",
+        "new_full",
+    ]
+)
+"""Factories whose output holds one value everywhere."""
+
+
+def _track_same_along(tracer: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+    """Record along which dims a constant holds the same values (see ``Tracer.same_along``):
+    every dim for a filled factory's output; for an element-wise op, the dims along which every
+    operand is the same or broadcast."""
+    outputs = [t for t in iter_tensors(out) if isinstance(t, torch.Tensor)]
+    if not outputs:
+        return
+    if name in FILLED:
+        for tensor in outputs:
+            tracer.same_along[tensor] = frozenset(range(-tensor.dim(), 0))
+        return
+    if name not in ELEMENTWISE:
+        return
+    operands = [t for t in iter_tensors((args, kwargs)) if isinstance(t, torch.Tensor)]
+    if not any(t in tracer.same_along for t in operands):
+        return
+    for tensor in outputs:
+        dims = frozenset(
+            d
+            for d in range(-tensor.dim(), 0)
+            if all(
+                t.dim() < -d or t.shape[d] == 1 or d in tracer.same_along.get(t, ())
+                for t in operands
+            )
+        )
+        if dims:
+            tracer.same_along[tensor] = dims
+
+
 def canonical_name(func: Callable) -> str:
     """``__iadd__``, ``add_`` and ``add`` all name the same rule."""
     name = getattr(func, "__name__", "") or ""
@@ -294,6 +340,7 @@ def record_function(tracer: Tracer, func: Callable, args: tuple, kwargs: dict, o
     if name == "setitem":
         _setitem(tracer, args)
         return
+    _track_same_along(tracer, name, args, kwargs, out)
     outputs = list(iter_tensors(out))
     if not outputs or name in CONSTANT_OUTPUT:
         return
@@ -913,6 +960,89 @@ def _pin_against_constant(
             )
 
 
+def follow_heads(
+    tracer: Tracer, label: torch.Tensor, constant: torch.Tensor, constant_label: torch.Tensor
+) -> torch.Tensor:
+    """The label of a constant that meets attention scores ``label``, where it may follow
+    removed heads instead of pinning them.
+
+    A constant that is the same in every head and whose heads dim is the running attention
+    module's head count, which surgery refreshes (``layers.rules.HEAD_LAYOUTS``), is rebuilt
+    with the kept count by the pruned forward (T5's zero position bias of cross-attention,
+    ``torch.zeros(1, self.n_heads, q, k)``): it takes the heads' atoms, so any later reader of
+    the same tensor (the next layers, which reuse it) loses the same heads. "The same in every
+    head" is what the tracer saw a factory fill and element-wise ops keep
+    (``Tracer.same_along``), never a guess from values (which ``meta`` tracing does not have);
+    a per-head constant (ALiBi slopes) still pins the heads. Otherwise ``constant_label`` is
+    returned unchanged.
+    """
+    heads = tracer.refreshed_sizes().get("heads")
+    varying = varying_dims(label)
+    if heads is None or len(varying) != 1 or bool((constant_label >= 0).any()):
+        return constant_label
+    d = varying[0]
+    offset = label.dim() - constant.dim()
+    if d < offset or constant.shape[d - offset] != heads or label.size(d) != heads:
+        return constant_label
+    if d - label.dim() not in tracer.same_along.get(constant, ()):
+        return constant_label
+    units = label
+    for other in range(label.dim()):
+        if other != d:
+            units = units.narrow(other, 0, 1)
+    tracer.set_label(constant, units.reshape(units.shape[offset:]))
+    return units
+
+
+@dataclass
+class ProductRecord:
+    """One batched product between activations (``q @ k^T``, ``attn @ v``, the two inside
+    ``F.scaled_dot_product_attention``) whose MACs shrink with the channels of its operands.
+
+    Its MACs are ``macs_unit`` per kept position of the product's grid: the dims along which
+    either operand's label varies (heads, head_dim, the contracted dim), every other dim folded
+    into ``macs_unit``. ``a_atoms[i]`` / ``b_atoms[i]`` is the atom of each operand at grid
+    position ``i`` (-1 where it carries none); a position is kept when both are.
+    """
+
+    where: str
+    a_atoms: torch.Tensor
+    b_atoms: torch.Tensor
+    macs_unit: float
+
+
+MAX_PRODUCT_GRID = 1 << 20
+"""Products whose grid of varying positions is larger (a weight used in a matmul, one atom per
+element) are left to the constant part of the MACs model."""
+
+
+def _record_product(
+    tracer: Tracer,
+    la: torch.Tensor,
+    lb: torch.Tensor,
+    size_a: tuple[int, ...],
+    size_b: tuple[int, ...],
+) -> None:
+    """Record the product's MACs per kept position of its label grid (``Tracer.products``)."""
+    if not bool((la >= 0).any() or (lb >= 0).any()):
+        return
+    a, b = la.unsqueeze(-1), lb.unsqueeze(-3)
+    grid = torch.broadcast_shapes(tuple(a.shape), tuple(b.shape))
+    positions = math.prod(grid)
+    if positions > MAX_PRODUCT_GRID:
+        return
+    batch = torch.broadcast_shapes(size_a[:-2], size_b[:-2])
+    macs = math.prod(batch) * size_a[-2] * size_a[-1] * size_b[-1]
+    tracer.products.append(
+        ProductRecord(
+            tracer.where,
+            a.expand(grid).reshape(-1).clone(),
+            b.expand(grid).reshape(-1).clone(),
+            macs / positions,
+        )
+    )
+
+
 def product_label(
     tracer: Tracer,
     la: torch.Tensor,
@@ -935,6 +1065,7 @@ def product_label(
     """
     la, lb = compact(la.contiguous()), compact(lb.contiguous())
     ndim = la.dim()
+    _record_product(tracer, la, lb, size_a, size_b)
     batch_dims = list(range(ndim - 2))
     _pin_against_constant(tracer, la, lb, size_b, [*batch_dims, ndim - 1])
     _pin_against_constant(tracer, lb, la, size_a, [*batch_dims, ndim - 2])
@@ -1018,7 +1149,7 @@ def _scaled_dot_product_attention(
     size_kt = (*size_k[:-2], size_k[-1], size_k[-2])
     scores = product_label(tracer, lq, lk.transpose(-2, -1), tuple(query.shape), size_kt)
     if isinstance(mask, torch.Tensor):
-        lm = _padded(tracer, mask, ndim)
+        lm = follow_heads(tracer, scores, mask, _padded(tracer, mask, ndim))
         mask_size = (1,) * (ndim - mask.dim()) + tuple(mask.shape)
         _pin_against_constant(tracer, scores, lm, mask_size, list(range(ndim - 2)))
         shape = torch.broadcast_shapes(tuple(scores.shape), tuple(lm.shape))

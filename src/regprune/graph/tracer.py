@@ -23,7 +23,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from regprune.graph.atoms import AtomTable
 from regprune.graph.labels import atoms_in, channel_label, channel_vector, constant_label
 from regprune.graph.meta_shortcuts import shape_only_result
-from regprune.graph.ops import record_function
+from regprune.graph.ops import ProductRecord, record_function
 from regprune.inputs import as_call_args, iter_tensors, map_tensors
 from regprune.layers.rules import (
     LayerRecord,
@@ -108,7 +108,13 @@ class Tracer(TorchFunctionMode):
         self.on_meta = on_meta
         self.atoms = AtomTable()
         self.labels: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self.same_along: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        """Constants known to hold the same values along some dims (negative dim indices, so
+        broadcasting aligns them): what a factory fills and element-wise ops keep, the only way
+        to know it when tracing on ``meta``."""
         self.records: dict[str, LayerRecord] = {}
+        self.products: list[ProductRecord] = []
+        """Products between activations, in call order (their MACs follow kept heads)."""
         self.opaque: dict[str, str] = {}
         """Layers traced as black boxes (name -> reason), listed as kept whole."""
         self.free_params: dict[tuple[str, str], FreeParam] = {}

@@ -22,8 +22,9 @@ from regprune.layers.rules import head_layout_for, head_projections, head_sizes,
 HIDDEN_WIDTH_FIELD = "hidden_size"
 """The residual stream's width (GPT-2's ``n_embd`` answers to it through its attribute map)."""
 
-MLP_WIDTH_FIELDS = ("intermediate_size", "n_inner")
-"""Config fields of the MLP's hidden width (``n_inner``: GPT-2, ``None`` meaning 4 x hidden)."""
+MLP_WIDTH_FIELDS = ("intermediate_size", "n_inner", "d_ff")
+"""Config fields of the MLP's hidden width (``n_inner``: GPT-2, ``None`` meaning 4 x hidden;
+``d_ff``: T5)."""
 
 
 def is_hf_model(model: nn.Module) -> bool:
@@ -134,6 +135,12 @@ def _rebuild_mismatches(pruned: nn.Module, limit: int = 3) -> list[str]:
         f"{key}: {expected[key]} from the config, {tuple(tensor.shape)} pruned"
         for key, tensor in pruned.state_dict().items()
         if key in expected and expected[key] != tuple(tensor.shape)
+    ]
+    mismatches += [
+        f"{key}: not in {type(pruned).__name__}(config) (a bias compensation added to a layer "
+        "built without one)"
+        for key in pruned.state_dict()
+        if key not in expected
     ]
     if len(mismatches) > limit:
         mismatches = [*mismatches[:limit], f"... {len(mismatches) - limit} more"]

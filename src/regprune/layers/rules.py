@@ -705,6 +705,16 @@ HEAD_LAYOUTS: tuple[HeadLayout, ...] = (
     ),
     # timm Attention (one qkv projection, reshape(B, N, 3, num_heads, head_dim), attn_dim)
     HeadLayout("qkv", "head_dim", packed=3, heads=("num_heads",), width=("attn_dim",)),
+    # HF T5, mT5, ... (q / k / v / o, key_value_proj_dim; n_heads also sizes the zero position
+    # bias of cross-attention and the relative_attention_bias embedding)
+    HeadLayout(
+        "q",
+        "key_value_proj_dim",
+        key="k",
+        value="v",
+        heads=("n_heads",),
+        width=("inner_dim",),
+    ),
     # HF GPT-2 (one c_attn Conv1D cut by split(split_size))
     HeadLayout("c_attn", "head_dim", packed=3, heads=("num_heads",), width=("split_size",)),
 )

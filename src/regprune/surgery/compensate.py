@@ -327,9 +327,13 @@ def fold_removed_inputs(
 
 
 def _add_to_bias(module: nn.Module, delta: torch.Tensor) -> None:
-    """``module.bias += delta``; a layer built without a bias gets one (a new Parameter)."""
+    """``module.bias += delta``; a layer built without a bias gets one (a new Parameter),
+    unless ``delta`` is zero (dead ReLU channels): a bias of zeros would only change the
+    architecture (``from_pretrained`` of a bias-less layer drops it)."""
     weight = module.weight
     delta = delta.to(dtype=weight.dtype, device=weight.device)
+    if module.bias is None and not bool(delta.any()):
+        return
     with torch.no_grad():
         if module.bias is None:
             module.bias = nn.Parameter(delta.clone(), requires_grad=weight.requires_grad)
