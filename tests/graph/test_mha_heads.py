@@ -29,6 +29,7 @@ from regprune.surgery import (
     silence_channels,
 )
 from regprune.surgery.apply import kept_components
+from regprune.train import build_optimizer
 from tests.exactness import check_exact
 
 DIM, HEADS, HEAD_DIM, TOKENS = 32, 4, 8, 6
@@ -335,3 +336,33 @@ def test_nn_transformer_prunes_heads_exactly_and_its_d_model_follows_the_residua
     # nn.Transformer compares its inputs' width with d_model, which surgery refreshes
     result = rp.prune_with_result(model, x, target_macs=0.6)
     assert result.model.transformer.d_model == result.model.src.out_features < DIM
+
+
+@pytest.mark.parametrize("name", ["group_lasso", "l0_channel", "greg1", "slimming"])
+def test_regularization_methods_remove_whole_heads_of_a_vit(name: str) -> None:
+    """Issue 16, methods on heads: a head is one channel of its group, so group lasso's norm
+    and an L0 gate cover its q, k, v rows and out_proj columns together; a few training steps
+    in budget mode, then prune removes whole heads (head_dim unchanged) and the model runs."""
+    torch.manual_seed(0)
+    model = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64
+    )
+    x = torch.randn(4, 3, 32, 32)
+    method = rp.methods.get(name, model, x[:1], target_macs=0.7, total_steps=20)
+    optimizer = build_optimizer(model, lr=0.01, groups=method.optimizer_groups())
+    for _ in range(20):
+        loss = F.cross_entropy(model(x), torch.arange(4)) + method.penalty()
+        loss.backward()
+        method.after_backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        method.step()
+    small = method.prune().eval()
+    heads = [m.num_heads for m in small.modules() if isinstance(m, nn.MultiheadAttention)]
+    assert heads and min(heads) < 4  # whole heads went
+    for module in small.modules():
+        if isinstance(module, nn.MultiheadAttention):
+            assert module.head_dim == 8
+            assert module.in_proj_weight.shape[0] == 3 * 8 * module.num_heads
+    assert small(x).shape == (4, 1000)
+    assert rp.count(small, x[:1]).macs <= 0.7 * rp.count(model, x[:1]).macs
