@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from regprune.methods import PruningMethod
@@ -28,6 +27,8 @@ MAX_RATIO = 0.95
 
 
 def _importance(name: str):
+    import torch_pruning as tp  # here: budget_kwargs must import without the [bench] extra
+
     if name == "bn_scale":
         return tp.importance.BNScaleImportance()
     if name in ("group_norm", "growing_reg"):
@@ -54,6 +55,8 @@ def make_pruner(
     ``max_ratio`` is TP's ``max_pruning_ratio`` (the most of any one layer it may remove), the
     counterpart of our ``max_ratio``; ``None`` leaves TP's default (1.0).
     """
+    import torch_pruning as tp
+
     if name not in PEERS:
         raise ValueError(f"unknown Torch-Pruning peer {name!r}; choose one of {PEERS}")
     common = dict(
