@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from benchmarks.budget_pilot import accuracy, batches
 
 import regprune as rp
 from regprune.data import build_datasets
@@ -62,11 +63,6 @@ def tensors(train_images: int) -> tuple[torch.Tensor, ...]:
     return (*stack(splits.train, train_images), *stack(splits.test, 2000))
 
 
-def batches(x, y, seed: int, size: int = BATCH):
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    return [(x[order[i : i + size]], y[order[i : i + size]]) for i in range(0, len(x), size)]
-
-
 def train(model, x, y, steps: int, method=None, lr: float = 0.05, seed: int = 0) -> None:
     """``steps`` SGD steps (momentum 0.9, constant lr) over reshuffled passes, the library's
     loop; the method's own parameters (L0 gates) in their optimizer group."""
@@ -74,16 +70,10 @@ def train(model, x, y, steps: int, method=None, lr: float = 0.05, seed: int = 0)
     optimizer = build_optimizer(model, lr=lr, momentum=0.9, weight_decay=1e-4, groups=groups)
     order: list = []
     while len(order) < steps:
-        order += batches(x, y, seed=seed + len(order))
+        order += batches(x, y, seed=seed + len(order), size=BATCH)
     train_one_epoch(
         model, order[:steps], optimizer, F.cross_entropy, method, device="cpu", progress=False
     )
-
-
-def accuracy(model, x, y) -> float:
-    model.eval()
-    with torch.no_grad():
-        return float((model(x).argmax(1) == y).double().mean())
 
 
 def baseline(name: str, x, y, steps: int) -> torch.nn.Module:
@@ -110,7 +100,7 @@ def run_one(base, name: str, steps: int, data, finetune_steps: int) -> dict:
     before = accuracy(model, x_test, y_test)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        small = method.prune(data=batches(x, y, seed=0)[:4])
+        small = method.prune(data=batches(x, y, seed=0, size=BATCH)[:4])
     right_after = accuracy(small, x_test, y_test)
     finetune = method.finetune_method(small)
     train(small, x, y, finetune_steps, finetune, lr=0.01, seed=2)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
+
+from benchmarks.methods.report import mean_std
 
 from regprune.report import markdown_table, write_generated_block
 
@@ -28,13 +29,6 @@ def load(path: Path) -> dict[tuple[str, int], dict]:
     return {(r["label"], r["seed"]): r for r in rows if r.get("status", "ok") == "ok"}
 
 
-def mean_std(values: list[float], scale: float = 100.0) -> str:
-    values = [scale * v for v in values]
-    if len(values) < 2:
-        return f"{values[0]:.2f}" if values else "-"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
 def paired(rows: list[dict], other: dict[tuple[str, int], dict], label: str) -> str:
     diffs = [
         (r["seed"], r["acc_after_finetune"] - other[(label, r["seed"])]["acc_after_finetune"])
@@ -44,7 +38,7 @@ def paired(rows: list[dict], other: dict[tuple[str, int], dict], label: str) -> 
     if not diffs:
         return "-"
     per_seed = ", ".join(f"{100 * d:+.2f}" for _, d in sorted(diffs))
-    return f"{mean_std([d for _, d in diffs])} ({per_seed})"
+    return f"{mean_std([d for _, d in diffs], scale=100.0)} ({per_seed})"
 
 
 def table() -> str:
@@ -62,10 +56,10 @@ def table() -> str:
             [
                 label,
                 ",".join(str(r["seed"]) for r in rows),
-                mean_std([r["acc_before_prune"] for r in rows]),
-                mean_std([r["acc_after_prune"] for r in rows]),
-                mean_std([m.get("silent_share", 0.0) for m in removal]),
-                f"**{mean_std([r['acc_after_finetune'] for r in rows])}**",
+                mean_std([r["acc_before_prune"] for r in rows], scale=100.0),
+                mean_std([r["acc_after_prune"] for r in rows], scale=100.0),
+                mean_std([m.get("silent_share", 0.0) for m in removal], scale=100.0),
+                f"**{mean_std([r['acc_after_finetune'] for r in rows], scale=100.0)}**",
                 paired(rows, hand, label.removesuffix("_budget")),
                 paired(rows, hand, "tp_magnitude"),
             ]

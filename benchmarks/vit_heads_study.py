@@ -22,13 +22,15 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import time
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from benchmarks.budget_study import accuracy, tensors
+from benchmarks.budget_study import accuracy, batches, tensors
+from benchmarks.methods.report import mean_std
 
 import regprune as rp
 from regprune.report import describe_machine, markdown_table, write_generated_block
@@ -58,8 +60,7 @@ def train(model, x, y, steps: int, lr: float, seed: int, method=None) -> None:
     optimizer = build_optimizer(model, lr=lr, weight_decay=0.05, groups=groups, kind="adamw")
     order: list = []
     while len(order) < steps:
-        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + len(order)))
-        order += [(x[perm[i : i + BATCH]], y[perm[i : i + BATCH]]) for i in range(0, len(x), BATCH)]
+        order += batches(x, y, seed=seed + len(order), size=BATCH)
     train_one_epoch(
         model, order[:steps], optimizer, F.cross_entropy, method, device="cpu", progress=False
     )
@@ -165,15 +166,7 @@ def study(args) -> None:
 
 
 def report(args) -> None:
-    import statistics
-
     rows = [json.loads(line) for line in Path(args.out).read_text().splitlines()]
-
-    def mean_std(values):
-        values = [100 * v for v in values]
-        if len(values) < 2:
-            return f"{values[0]:.2f}"
-        return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
     table = []
     for name in METHODS:
@@ -184,11 +177,11 @@ def report(args) -> None:
             [
                 name,
                 ",".join(str(r["seed"]) for r in group),
-                mean_std([r["baseline"] for r in group]),
-                mean_std([r["before"] for r in group]),
-                mean_std([r["right_after"] for r in group]),
-                f"**{mean_std([r['finetuned'] for r in group])}**",
-                f"{statistics.mean(r['macs_kept'] for r in group):.3f}",
+                mean_std([r["baseline"] for r in group], scale=100.0),
+                mean_std([r["before"] for r in group], scale=100.0),
+                mean_std([r["right_after"] for r in group], scale=100.0),
+                f"**{mean_std([r['finetuned'] for r in group], scale=100.0)}**",
+                f"{statistics.fmean(r['macs_kept'] for r in group):.3f}",
                 " / ".join(str(r["heads"]) for r in group),
             ]
         )
