@@ -39,7 +39,9 @@ SELECT_CEILING = 100.0
 """While selecting, the strength stays within this multiple of where it started (our choice).
 The selection only has to separate, and a penalty on every channel acts with a lag the
 controller cannot see: on cpu_budget.yaml (94 steps, a check every step) group lasso's strength
-grew 1.3^38-fold, the task loss rose from 0.41 to 1.67 and fine-tuning ended at 51 %."""
+grew 1.3^38-fold, the task loss rose from 0.41 to 1.67 and fine-tuning ended at 51 %
+(commit f86a6f9, `python -m benchmarks.methods.run benchmarks/methods/configs/cpu_budget.yaml
+--seeds 0 --only group_lasso_budget`)."""
 
 SELECT_RATIO = 0.5
 """Where the selection stage's controller steers the would-be removal set: its 90th percentile
