@@ -205,8 +205,10 @@ def test_torchvision_models_on_meta_match_published_gmacs(name: str) -> None:
     if name == "resnet18":
         assert result.macs / 1e9 == pytest.approx(1.82, abs=0.01)
         assert format_count(result.params) == "11.69 M"
-    if name in ("swin_t", "maxvit_t"):
-        assert result.unattributed_macs > 0  # their attention is functional
+    if name == "maxvit_t":
+        assert result.unattributed_macs > 0  # its attention is functional
+    if name == "swin_t":  # functional too, but its window attention has a formula
+        assert result.unattributed_macs == 0
 
 
 @pytest.mark.parametrize(

@@ -542,35 +542,74 @@ def _check_reshape(
     vin = varying_dims(compact(label_in))
     vout = varying_dims(compact(label_out.contiguous()))
     atoms = atoms_in(compact(label_in))
-    if len(vin) > 1 or len(vout) > 1:
-        sizes = _requested_sizes(name, args, label_in.dim(), label_out.dim())
-        _check_grid_reshape(tracer, name, label_in, label_out.contiguous(), sizes)
-        return
-    if name not in ("view", "reshape") or not vout:
-        return
-    sizes = args[1:] if len(args) > 2 or not isinstance(args[1], (tuple, list)) else args[1]
-    sizes = list(sizes)
-    if len(sizes) == label_out.dim() and sizes[vout[0]] != -1:
-        tracer.atoms.lock(
-            atoms,
-            tracer.where,
-            f"'{name}' fixes the channel dim to {sizes[vout[0]]}; use -1 or flatten()",
-        )
+    requested = _requested_sizes(name, args, label_in.dim(), label_out.dim())
+    followed = None
+    try:
+        if len(vin) > 1 or len(vout) > 1:
+            _check_grid_reshape(tracer, name, label_in, label_out.contiguous(), requested)
+            return
+        if name not in ("view", "reshape") or not vout:
+            return
+        size = requested[vout[0]] if len(requested) == label_out.dim() else None
+        if size is None:
+            return
+        if _follows_shape(tracer, size, channel_vector(label_out, vout[0], 1)):
+            followed = vout[0]
+            return
+        reason = f"'{name}' fixes the channel dim to {size}; use -1 or flatten()"
+        tracer.atoms.lock(atoms, tracer.where, reason)
+    finally:
+        # a channel count read from a shape and written anywhere it does not follow its
+        # channels (``reshape(B, G, P, D)`` after heads that stay whole) keeps those channels
+        unfollowed = [n for d, n in enumerate(requested) if d != followed and n is not None]
+        _pin_shape_sources(unfollowed, f"'{name}' writes a channel count read from a shape")
+
+
+def _follows_shape(tracer: Tracer, size: Any, atoms: torch.Tensor | None) -> bool:
+    """Whether a size a reshape writes is read from a shape whose dim shrinks with ``atoms``.
+
+    ``B, C, H, W = x.shape; x.reshape(B, C, H // p, p, W // p, p)`` (torchvision's Swin and
+    MaxViT, most window attention) writes the channel count as a number that the pruned model
+    reads anew from its smaller input. The tracer hands out sizes that remember their source
+    (``tracer.ShapeInt``); the source dim is coupled with the channels written (they must
+    shrink alike for the size to stay true). A literal, or a number computed from a size, does
+    not follow.
+    """
+    label = getattr(size, "label", None)
+    if label is None or atoms is None:
+        return False
+    source = channel_vector(label, size.dim, int(size)) if size.dim < label.dim() else None
+    if source is None or source.numel() != atoms.numel() or bool((source < 0).any()):
+        return False
+    if bool((atoms < 0).any()):
+        return False
+    tracer.atoms.couple(source, atoms)
+    return True
+
+
+def _pin_shape_sources(sizes: Any, reason: str) -> None:
+    """Sizes read from a shape and written where a removal cannot follow them keep the
+    channels they count (``reshape(B, G, P, D)`` with D read from the input, after heads that
+    stay whole: the input's D channels must stay too)."""
+    for size in sizes:
+        if hasattr(size, "pin_source"):
+            size.pin_source(reason)
 
 
 def _requested_sizes(name: str, args: tuple, ndim_in: int, ndim_out: int) -> list[int | None]:
-    """Per output dim, the size the call writes as a number, or None where the size follows
-    the input (``-1``, ``flatten``, the dims ``unflatten`` leaves alone)."""
+    """Per output dim, the size the call writes as a number (as written: a size read from a
+    shape stays a ``ShapeInt``), or None where the size follows the input (``-1``,
+    ``flatten``, the dims ``unflatten`` leaves alone)."""
     if name == "flatten":
         return [None] * ndim_out
     if name in ("view_as", "reshape_as"):
         return [int(n) for n in args[1].shape]
     if name == "unflatten":
         dim = args[1] % ndim_in
-        new = [None if int(n) == -1 else int(n) for n in args[2]]
+        new = [None if int(n) == -1 else n for n in args[2]]
         return [None] * dim + new + [None] * (ndim_out - dim - len(new))
     sizes = args[1:] if len(args) > 2 or not isinstance(args[1], (tuple, list)) else args[1]
-    return [None if int(n) == -1 else int(n) for n in sizes]
+    return [None if int(n) == -1 else n for n in sizes]  # a ShapeInt stays one
 
 
 def _reshape_blocks(
@@ -629,23 +668,17 @@ def _check_grid_reshape(
                 if d == unit and sizes[d] is not None and sizes[d] == refreshed.get("heads"):
                     continue  # self.num_heads of a module whose heads surgery refreshes
                 if sizes[d] is not None:
-                    tracer.atoms.require_fixed(
-                        out_compact,
-                        d,
-                        tracer.where,
+                    reason = (
                         f"'{name}' writes the size of a channel dim that would shrink "
-                        f"(dim {d}: {sizes[d]}); write it as -1",
+                        f"(dim {d}: {sizes[d]}); write it as -1"
                     )
+                    tracer.atoms.require_fixed(out_compact, d, tracer.where, reason)
         elif len(big_out) == 1:
             if sizes[big_out[0]] is not None and sizes[big_out[0]] != refreshed.get("width"):
+                size = sizes[big_out[0]]
+                reason = f"'{name}' fixes merged channel dims to {size}; write it as -1"
                 for d in moved:
-                    tracer.atoms.require_fixed(
-                        in_compact,
-                        d,
-                        tracer.where,
-                        f"'{name}' fixes merged channel dims to {sizes[big_out[0]]}; "
-                        "write it as -1",
-                    )
+                    tracer.atoms.require_fixed(in_compact, d, tracer.where, reason)
         else:
             tracer.atoms.lock(
                 atoms_in(in_compact), tracer.where, f"'{name}' splits and merges channel dims"
@@ -862,12 +895,15 @@ def _pad(tracer: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None
     tensor, pad = args[0], kwargs.get("pad", args[1] if len(args) > 1 else None)
     mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
     label = expand_to(tracer.label(tensor), tensor.shape)
-    if mode == "constant":
+    padded_dims = {tensor.dim() - 1 - i // 2 for i in range(len(pad)) if pad[i]}
+    along_channels = bool(padded_dims & set(varying_dims(compact(label))))
+    if mode == "constant" and along_channels:
+        # new channels of a fixed value: they belong to no atom
         padded = F.pad(label, pad, mode="constant", value=-1)
+    elif along_channels:
+        raise ValueError(f"{mode} padding along a channel dim")
     else:
-        padded_dims = {tensor.dim() - 1 - i // 2 for i in range(len(pad)) if pad[i]}
-        if padded_dims & set(varying_dims(compact(label))):
-            raise ValueError(f"{mode} padding along a channel dim")
+        # rows of a channel's own (Swin's patch merging pads odd widths): they go with it
         padded = compact(label).expand(out.shape)
     tracer.set_label(out, compact(padded.contiguous()))
 

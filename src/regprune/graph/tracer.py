@@ -10,7 +10,8 @@ module hooks; everything else is followed function by function (see :mod:`regpru
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +22,9 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 from regprune.graph.atoms import AtomTable
-from regprune.graph.labels import atoms_in, channel_label, channel_vector, constant_label
+from regprune.graph.labels import atoms_in, channel_label, channel_vector, compact, constant_label
 from regprune.graph.meta_shortcuts import shape_only_result
-from regprune.graph.ops import ProductRecord, record_function
+from regprune.graph.ops import ProductRecord, record_function, unit_dim
 from regprune.inputs import as_call_args, iter_tensors, map_tensors
 from regprune.layers.rules import (
     LayerRecord,
@@ -46,6 +47,63 @@ grid two ways.
   k together, and separately of v and the output projection. Exact only where the attention
   scale does not follow head_dim (an explicit ``scale``); groups are marked inexact otherwise.
 """
+
+
+class ShapeInt(int):
+    """A size read from a traced activation's shape (``B, C, H, W = x.shape``, ``x.size(1)``).
+
+    It remembers the label of the tensor it was read from and the dim, so that a reshape that
+    writes it unchanged (``x.view(B, C, H * W)``) is known to follow that dim when channels go,
+    where a literal ``256`` would not. A number computed from it (``C // num_heads``) is a plain
+    int that no removal keeps true: computing with a channel count pins those channels (our
+    choice: the tracer cannot follow Python arithmetic, so it keeps what the arithmetic read).
+    """
+
+    label: torch.Tensor
+    dim: int
+    tracer: Tracer
+
+    @classmethod
+    def of(cls, value: int, label: torch.Tensor, dim: int, tracer: Tracer) -> ShapeInt:
+        size = cls(value)
+        size.label, size.dim, size.tracer = label, dim, tracer
+        return size
+
+    def pin_source(self, reason: str) -> None:
+        """Keep the channels this size counts: the model uses the number where a removal
+        cannot follow it."""
+        self.tracer.pin_shape_source(self, reason)
+
+
+def _in_torch(frame: Any) -> bool:
+    """Whether the code computing is torch's own (stride checks, shape inference): what torch
+    functions do with a size is their rule's business, not the model's arithmetic."""
+    module = frame.f_globals.get("__name__", "")
+    return module == "torch" or module.startswith("torch.")
+
+
+def _pinning(op: str) -> Callable[..., Any]:
+    method = getattr(int, op)
+
+    def compute(self: ShapeInt, *args: Any) -> Any:
+        if not _in_torch(sys._getframe(1)) and not self.tracer.busy:
+            self.pin_source("its channel count is read from a shape and computed with")
+        return method(self, *args)
+
+    compute.__name__ = op
+    return compute
+
+
+for _op in (
+    "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__floordiv__",
+    "__rfloordiv__", "__truediv__", "__rtruediv__", "__mod__", "__rmod__", "__pow__",
+    "__rpow__", "__neg__", "__divmod__", "__rdivmod__", "__lshift__", "__rshift__", "__float__",
+):  # fmt: skip
+    setattr(ShapeInt, _op, _pinning(_op))
+
+
+def _sizes_with_source(size: torch.Size, label: torch.Tensor, tracer: Tracer) -> torch.Size:
+    return torch.Size([ShapeInt.of(n, label, d, tracer) for d, n in enumerate(size)])
 
 
 class TraceError(RuntimeError, ValueError):
@@ -122,6 +180,7 @@ class Tracer(TorchFunctionMode):
         self.module_stack: list[str] = [""]
         self._suppress = 0
         self._busy = False
+        self._running = False
         self._owner: dict[int, tuple[str, str, bool]] = {}
         self._rule_modules: dict[str, LayerRule] = {}
         self._functionally_used_rule_modules: set[str] = set()
@@ -227,9 +286,11 @@ class Tracer(TorchFunctionMode):
         if owner is None:
             return constant_label(tensor.dim())
         module, attr, is_parameter = owner
-        if module in self._rule_modules:
-            # a conv/linear weight used outside its own forward (Swin's F.linear on qkv.weight):
-            # the layer is kept whole, so one locked atom stands for the whole tensor
+        rule = self._rule_modules.get(module)
+        if rule is not None and rule.trace_call is None:
+            # a conv/linear weight used outside its own forward (a model's F.linear on a
+            # layer's weight): the layer is kept whole, so one locked atom stands for the whole
+            # tensor. A multi-weight rule (attention) labels its own parameters as free ones.
             self._functionally_used_rule_modules.add(module)
             reason = f"{attr} of {module} is used outside its forward"
             label = self.atoms.new_locked(module, reason).reshape((1,) * tensor.dim())
@@ -244,6 +305,22 @@ class Tracer(TorchFunctionMode):
         label = self.free_params[key].atoms
         self.labels[tensor] = label
         return label
+
+    def pin_shape_source(self, size: ShapeInt, reason: str) -> None:
+        """Lock the channels along the dim a size was read from, if that dim can shrink (the
+        batch and spatial dims of an activation hold no channels; the head_dim of a head grid
+        whose unit is the head never shrinks). Only while tracing: a size the model kept in an
+        attribute may be computed with later."""
+        if not self._running:
+            return
+        with torch._C.DisableTorchFunction():
+            label = compact(size.label)
+            if size.dim >= label.dim() or label.size(size.dim) == 1:
+                return  # a batch or spatial dim
+            unit = unit_dim(self, label)
+            if unit is not None and size.dim != unit:
+                return  # a dim of a head grid that never shrinks (head_dim of whole heads)
+            self.atoms.lock(atoms_in(label), self.where, reason)
 
     def has_atoms(self, tensor: torch.Tensor) -> bool:
         return tensor in self.labels or id(tensor) in self._owner
@@ -296,11 +373,37 @@ class Tracer(TorchFunctionMode):
         return atom.reshape((1,) * tensor.dim())
 
     # ---- the mode -----------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        """Whether the tracer's own bookkeeping is running (not the model's code)."""
+        return self._busy
+
+    def _traced_label(self, tensor: torch.Tensor) -> torch.Tensor | None:
+        """The label of an activation the model's own code is looking at, None otherwise."""
+        if self._busy or self._suppress:
+            return None
+        return self.labels.get(tensor)
+
+    def _read_shape(self, tensor: torch.Tensor) -> torch.Size:
+        """``Tensor.shape`` while tracing: sizes of activations remember where they came from
+        (:class:`ShapeInt`). The attribute is C code that no torch-function mode sees, hence
+        a property on ``torch.Tensor`` for the duration of :meth:`run`."""
+        size = torch._C.TensorBase.shape.__get__(tensor)
+        label = self._traced_label(tensor)
+        return size if label is None else _sizes_with_source(size, label, self)
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = shape_only_result(func, args, kwargs) if self.on_meta else None
         if out is None:
             out = func(*args, **kwargs)
+        if func is torch.Tensor.size and args:
+            label = self._traced_label(args[0])
+            if label is not None and isinstance(out, torch.Size):
+                return _sizes_with_source(out, label, self)
+            if label is not None:
+                dim = args[1] if len(args) > 1 else kwargs["dim"]
+                return ShapeInt.of(out, label, dim % args[0].dim(), self)
         if self._busy or self._suppress:
             return out
         self._busy = True
@@ -403,6 +506,9 @@ class Tracer(TorchFunctionMode):
             )
         if self.on_meta:
             call = map_tensors(lambda x: x.to("meta") if x.is_floating_point() else x, call)
+        shadowed = torch.Tensor.__dict__.get("shape")  # a tracer inside a tracer's run
+        torch.Tensor.shape = property(self._read_shape)  # type: ignore[assignment]
+        self._running = True
         try:
             with torch.no_grad(), self:
                 if self.on_meta:
@@ -425,6 +531,11 @@ class Tracer(TorchFunctionMode):
                 f"cannot run under tracing, pass ignore=['{where}'] or replace it."
             ) from error
         finally:
+            self._running = False
+            if shadowed is None:
+                del torch.Tensor.shape
+            else:
+                torch.Tensor.shape = shadowed  # type: ignore[assignment]
             for handle in handles:
                 handle.remove()
         self._busy = True

@@ -5,7 +5,7 @@ folded; which layers are opaque; which per-channel layers need their size attrib
 The graph, surgery and regularizers import it; it imports none of them.
 """
 
-from regprune.layers.multihead import PrunedMultiheadAttention
+from regprune.layers.multihead import MULTIHEAD_FORMS, PrunedMultiheadAttention
 from regprune.layers.rules import (
     LAYER_RULES,
     MACS_FORMULAS,
@@ -24,15 +24,23 @@ from regprune.layers.rules import (
     rule_for,
     weight_layers,
 )
+from regprune.layers.window_attention import WINDOW_FORMS, PrunedShiftedWindowAttention
+
+PRUNED_FORMS = MULTIHEAD_FORMS | WINDOW_FORMS
+"""Classes whose pruned copy surgery gives a subclass (with an ``adopt`` classmethod), because
+the original forward cannot take the pruned sizes; :func:`regprune.surgery.load_pruned`
+restores them by this table."""
 
 __all__ = [
     "LAYER_RULES",
     "MACS_FORMULAS",
+    "PRUNED_FORMS",
     "WEIGHT_LAYER_TYPES",
     "LayerRecord",
     "LayerRule",
     "MacsFormula",
     "PrunedMultiheadAttention",
+    "PrunedShiftedWindowAttention",
     "is_batch_norm",
     "is_conv_like",
     "is_per_channel_layer",

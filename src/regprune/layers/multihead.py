@@ -153,8 +153,7 @@ def attend(
     return (out if batched else out.squeeze(0)), weights
 
 
-PRUNED_FORMS: dict[type[nn.Module], type[PrunedMultiheadAttention]] = {
+MULTIHEAD_FORMS: dict[type[nn.Module], type[nn.Module]] = {
     nn.MultiheadAttention: PrunedMultiheadAttention,
 }
-"""Classes whose pruned copy surgery gives a subclass, because the original forward cannot
-take the pruned sizes; :func:`regprune.surgery.load_pruned` restores them by this table."""
+"""``nn.MultiheadAttention`` and the form surgery gives its pruned copy."""

@@ -26,6 +26,14 @@ from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
 from regprune.layers.multihead import PrunedMultiheadAttention, attend
+from regprune.layers.window_attention import (
+    WINDOW_FORMS,
+    ShiftedWindowAttention,
+    ShiftedWindowAttentionV2,
+    attend_windows,
+    head_count,
+    window_geometry,
+)
 
 
 @dataclass
@@ -475,6 +483,113 @@ class MultiheadOutProjRule(LinearRule):
         return owner.register_forward_hook(hook, with_kwargs=True, prepend=True)
 
 
+class WindowQKVRule(LinearRule):
+    """The ``qkv`` of torchvision's Swin window attention, recorded by
+    :class:`WindowAttentionRule`: the attention calls ``F.linear`` on its weight, so its inputs
+    are what the attention module receives."""
+
+    def observe_inputs(
+        self, model: nn.Module, name: str, collect: Callable[[torch.Tensor], None]
+    ) -> RemovableHandle:
+        def hook(module: nn.Module, args: tuple) -> None:
+            collect(args[0])
+
+        return model.get_submodule(name.rpartition(".")[0]).register_forward_pre_hook(hook)
+
+
+class WindowProjRule(LinearRule):
+    """The ``proj`` of torchvision's Swin window attention: it reads the heads' outputs, which
+    no hook sees (recomputed from the attention's input when measured)."""
+
+    def observe_inputs(
+        self, model: nn.Module, name: str, collect: Callable[[torch.Tensor], None]
+    ) -> RemovableHandle:
+        def hook(module: nn.Module, args: tuple) -> None:
+            collect(attend_windows(module, args[0]))
+
+        return model.get_submodule(name.rpartition(".")[0]).register_forward_pre_hook(hook)
+
+
+class WindowAttentionRule(LayerRule):
+    """torchvision's Swin window attention (V1 and V2), pruned by whole heads and along the
+    residual width it reads and writes.
+
+    The module calls ``F.linear`` on ``qkv.weight`` and ``proj.weight`` and derives its head
+    size from its input's width, so it is traced whole: ``qkv`` is recorded with the residual
+    channels as inputs and ``3 x heads x head_dim`` rows, those of one head coupled into one
+    channel with that head's column of the relative position bias table (V1) or its
+    ``logit_scale`` and its row of the position-bias MLP's last layer (V2); ``proj`` reads the
+    v rows and writes the residual. Surgery slices ``qkv``, ``proj`` and the per-head
+    parameters, and gives the copy
+    :class:`~regprune.layers.window_attention.PrunedShiftedWindowAttention`, whose forward
+    takes the sizes from the parameters. Head_dim positions as the unit (``attention=
+    "head_dim"``) keep the heads whole.
+    """
+
+    module_type = ShiftedWindowAttention
+    weight_name = "qkv.weight"
+
+    def applies_to(self, module: nn.Module) -> bool:
+        return type(module) in WINDOW_FORMS or type(module) in WINDOW_FORMS.values()
+
+    def input_channels(self, module: nn.Module) -> int:
+        return module.qkv.in_features
+
+    def output_channels(self, module: nn.Module) -> int:
+        return module.proj.out_features
+
+    def trace_call(
+        self,
+        tracer: Any,
+        name: str,
+        module: nn.Module,
+        args: tuple,
+        kwargs: dict,
+        output: Any,
+    ) -> None:
+        x = args[0] if args else kwargs["x"]
+        heads = head_count(module)
+        inner = module.qkv.out_features // 3
+        head_dim = inner // heads
+        in_atoms = tracer.input_atoms(name, [x], self.input_channels(module))
+        qkv = tracer.records.get(f"{name}.qkv")
+        if qkv is None:
+            qkv = tracer.new_record(f"{name}.qkv", WindowQKVRule(), in_atoms, 3 * inner)
+            rows = qkv.out_atoms.reshape(3, heads, head_dim).transpose(0, 1).reshape(heads, -1)
+            tracer.atoms.couple(rows[:, :1].expand_as(rows), rows)
+            per_head = rows[:, 0]
+            if isinstance(module, ShiftedWindowAttentionV2):
+                scale = tracer.label(module.logit_scale).reshape(heads)
+                tracer.atoms.couple(per_head, scale)
+                mlp = f"{name}.cpb_mlp.2"
+                hidden = module.cpb_mlp[2].in_features
+                reason = "it computes the position bias from fixed coordinates"
+                hidden_atoms = tracer.atoms.new_locked(mlp, reason).expand(hidden).clone()
+                bias_mlp = tracer.new_record(mlp, LinearRule(), hidden_atoms, heads)
+                tracer.atoms.couple(per_head, bias_mlp.out_atoms)
+                bias_mlp.macs_unit += module.relative_coords_table.numel() / 2
+            else:
+                table = tracer.label(module.relative_position_bias_table)
+                tracer.atoms.couple(per_head[None, :].expand_as(table), table)
+            proj = module.proj
+            tracer.new_record(
+                f"{name}.proj", WindowProjRule(), qkv.out_atoms[2 * inner :], proj.out_features
+            )
+            if tracer.attention != "heads":
+                reason = "Swin's window attention is pruned by whole heads (attention='heads')"
+                tracer.atoms.lock(qkv.out_atoms, name, reason)
+        else:
+            tracer.atoms.couple(qkv.in_atoms, in_atoms)
+        proj = tracer.records[f"{name}.proj"]
+        pad_h, pad_w, _ = window_geometry(module, x)
+        tokens = x.shape[0] * pad_h * pad_w
+        window_tokens = module.window_size[0] * module.window_size[1]
+        qkv.macs_unit += tokens
+        qkv.out_macs_unit += 2 * tokens * window_tokens / 3  # q k^T and attn v, per q/k/v row
+        proj.macs_unit += tokens
+        tracer.label_channels(output, proj.out_atoms, output.dim() - 1)
+
+
 LAYER_RULES: tuple[LayerRule, ...] = (
     ConvRule(),
     ConvTransposeRule(),
@@ -482,6 +597,7 @@ LAYER_RULES: tuple[LayerRule, ...] = (
     EmbeddingRule(),
     HFConv1DRule(),
     MultiheadAttentionRule(),
+    WindowAttentionRule(),
 )
 
 OPAQUE_LAYERS: dict[type[nn.Module], str] = {
@@ -533,10 +649,30 @@ def _mha_macs(module: nn.MultiheadAttention, args: tuple, kwargs: dict, out: Any
     return in_proj + attention + out_proj
 
 
+def _window_attention_macs(
+    module: ShiftedWindowAttention, args: tuple, kwargs: dict, out: Any
+) -> int:
+    """qkv, the two products of each window's heads, proj, over the padded windows; and
+    Swin V2's position-bias MLP (run on its fixed coordinate table at every call)."""
+    x = args[0] if args else kwargs["x"]
+    pad_h, pad_w, _ = window_geometry(module, x)
+    tokens = x.shape[0] * pad_h * pad_w
+    window_tokens = module.window_size[0] * module.window_size[1]
+    inner = module.qkv.out_features // 3
+    macs = tokens * module.qkv.in_features * 3 * inner
+    macs += 2 * tokens * window_tokens * inner + tokens * inner * module.proj.out_features
+    if isinstance(module, ShiftedWindowAttentionV2):
+        positions = module.relative_coords_table.numel() // 2
+        for layer in (module.cpb_mlp[0], module.cpb_mlp[2]):
+            macs += positions * layer.in_features * layer.out_features
+    return macs
+
+
 MACS_FORMULAS: dict[type[nn.Module], MacsFormula] = {
     nn.modules.conv._ConvNd: _conv_macs,
     nn.Linear: _linear_macs,
     nn.MultiheadAttention: _mha_macs,
+    ShiftedWindowAttention: _window_attention_macs,
 }
 """The layers whose MACs :func:`regprune.count` takes from a formula rather than from the ops.
 
@@ -781,6 +917,11 @@ def refresh_head_sizes(module: nn.Module, unit: str = "heads") -> None:
     attention scale (``scaling``, ``scale``) is left as it was (our choice): the pruned module
     computes the same function, whatever a constructor would derive from the new sizes.
     """
+    form = WINDOW_FORMS.get(type(module))
+    if form is not None or type(module) in WINDOW_FORMS.values():
+        (form or type(module)).adopt(module)  # type: ignore[attr-defined]
+        module.num_heads = head_count(module)
+        return
     layout = head_layout_for(module)
     if layout is None:
         return

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from regprune.io import atomic_torch_save, read_weights_only
-from regprune.layers.multihead import PRUNED_FORMS
+from regprune.layers import PRUNED_FORMS
 
 FORMAT = "regprune.pruned/1"
 
@@ -53,7 +53,7 @@ SIZE_ATTRIBUTES = (
 
 
 def _pruned_forms(model: nn.Module) -> dict[str, str]:
-    """Modules that surgery gave a pruned form (:data:`~regprune.layers.multihead.PRUNED_FORMS`),
+    """Modules that surgery gave a pruned form (:data:`~regprune.layers.PRUNED_FORMS`),
     by name: the class name of that form."""
     forms = set(PRUNED_FORMS.values())
     return {name: type(m).__name__ for name, m in model.named_modules() if type(m) in forms}

@@ -1,0 +1,150 @@
+"""torchvision's Swin window attention with fewer heads than its residual width holds.
+
+``torchvision.models.swin_transformer.shifted_window_attention`` derives
+``head_dim = C // num_heads`` from the width ``C`` of its input and reshapes the heads' outputs
+back to ``C`` before ``proj``: once whole heads go while the residual stream keeps (or loses
+other) channels, the function cannot state the module. Surgery therefore gives the pruned copy a
+subclass (our choice, as for ``nn.MultiheadAttention``) that keeps every parameter name and the
+state_dict layout and whose forward takes the heads' width from ``qkv`` (``3 * heads *
+head_dim`` rows) and the head count from the per-head parameters (the relative position bias
+table's columns; Swin V2's ``logit_scale``). It computes what torchvision computes: windows,
+cyclic shift and its mask, the scaled (V1) or cosine (V2) scores plus the relative position
+bias, the output projection, the reverse shift, the unpadding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
+
+
+def window_geometry(module: ShiftedWindowAttention, x: torch.Tensor) -> tuple[int, int, list[int]]:
+    """The padded height and width of ``x`` (B, H, W, C) and the shift the module applies: none
+    along a dim that one window covers (torchvision's rule)."""
+    window = module.window_size
+    pad_h = math.ceil(x.shape[1] / window[0]) * window[0]
+    pad_w = math.ceil(x.shape[2] / window[1]) * window[1]
+    shift = list(module.shift_size)
+    if window[0] >= pad_h:
+        shift[0] = 0
+    if window[1] >= pad_w:
+        shift[1] = 0
+    return pad_h, pad_w, shift
+
+
+def _windows(x: torch.Tensor, window: list[int]) -> torch.Tensor:
+    """(B, H, W, C) -> (B * windows, window tokens, C)."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // window[0], window[0], w // window[1], window[1], c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window[0] * window[1], c)
+
+
+def _shift_mask(
+    pad_h: int, pad_w: int, window: list[int], shift: list[int], like: torch.Tensor
+) -> torch.Tensor:
+    """(windows, N, N): -100 between tokens that the cyclic shift brought together from
+    different regions of the image, 0 elsewhere."""
+    regions = like.new_zeros((pad_h, pad_w))
+    h_cuts = ((0, -window[0]), (-window[0], -shift[0]), (-shift[0], None))
+    w_cuts = ((0, -window[1]), (-window[1], -shift[1]), (-shift[1], None))
+    for i, (h0, h1) in enumerate(h_cuts):
+        for j, (w0, w1) in enumerate(w_cuts):
+            regions[h0:h1, w0:w1] = i * len(w_cuts) + j
+    regions = _windows(regions[None, :, :, None], window).squeeze(-1)
+    differ = regions.unsqueeze(1) != regions.unsqueeze(2)
+    return torch.zeros_like(differ, dtype=like.dtype).masked_fill(differ, -100.0)
+
+
+def head_count(module: ShiftedWindowAttention) -> int:
+    """The heads the module's per-head parameters hold."""
+    if isinstance(module, ShiftedWindowAttentionV2):
+        return module.logit_scale.shape[0]
+    return module.relative_position_bias_table.shape[1]
+
+
+def attend_windows(module: ShiftedWindowAttention, x: torch.Tensor) -> torch.Tensor:
+    """The heads' outputs, concatenated, that ``proj`` reads: (B * windows, N, heads x
+    head_dim) for an input (B, H, W, C). What :class:`PrunedShiftedWindowAttention` computes
+    before ``proj``, for torchvision's module as well (compensation measures ``proj``'s
+    inputs with it)."""
+    pad_h, pad_w, shift = window_geometry(module, x)
+    x = F.pad(x, (0, 0, 0, pad_w - x.shape[2], 0, pad_h - x.shape[1]))
+    if sum(shift) > 0:
+        x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    batch = x.shape[0]
+    tokens = _windows(x, module.window_size)
+    heads = head_count(module)
+    head_dim = module.qkv.weight.shape[0] // 3 // heads
+    qkv_bias = module.qkv.bias
+    v2 = isinstance(module, ShiftedWindowAttentionV2)
+    if v2 and qkv_bias is not None:  # V2 has no key bias (torchvision zeroes it per call)
+        qkv_bias = qkv_bias.clone()
+        qkv_bias[heads * head_dim : 2 * heads * head_dim] = 0
+    qkv = F.linear(tokens, module.qkv.weight, qkv_bias)
+    q, k, v = qkv.unflatten(-1, (3, heads, head_dim)).permute(2, 0, 3, 1, 4)
+    if v2:
+        scores = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        scores = scores * torch.clamp(module.logit_scale, max=math.log(100.0)).exp()
+    else:
+        scores = (q * head_dim**-0.5) @ k.transpose(-2, -1)
+    scores = scores + module.get_relative_position_bias()
+    if sum(shift) > 0:
+        mask = _shift_mask(pad_h, pad_w, module.window_size, shift, x)
+        windows = mask.shape[0]
+        scores = scores.unflatten(0, (batch, windows)) + mask[None, :, None]
+        scores = scores.flatten(0, 1)
+    weights = F.dropout(
+        F.softmax(scores, dim=-1), p=module.attention_dropout, training=module.training
+    )
+    return (weights @ v).transpose(1, 2).flatten(2)
+
+
+def _forward(self: ShiftedWindowAttention, x: torch.Tensor) -> torch.Tensor:
+    b, h, w, _ = x.shape
+    pad_h, pad_w, shift = window_geometry(self, x)
+    out = F.linear(attend_windows(self, x), self.proj.weight, self.proj.bias)
+    out = F.dropout(out, p=self.dropout, training=self.training)
+    window = self.window_size
+    out = out.reshape(b, pad_h // window[0], pad_w // window[1], window[0], window[1], -1)
+    out = out.permute(0, 1, 3, 2, 4, 5).reshape(b, pad_h, pad_w, -1)
+    if sum(shift) > 0:
+        out = torch.roll(out, shifts=(shift[0], shift[1]), dims=(1, 2))
+    return out[:, :h, :w, :].contiguous()
+
+
+class PrunedShiftedWindowAttention(ShiftedWindowAttention):
+    """Swin (V1) window attention whose heads may be fewer than its width // head_dim.
+
+    Made by surgery from a ``ShiftedWindowAttention`` (:meth:`adopt`, never constructed
+    directly); ``num_heads`` says the pruned count.
+    """
+
+    @classmethod
+    def adopt(cls, module: nn.Module) -> None:
+        """Give ``module`` (surgery's copy, or a model being loaded) this forward; surgery
+        then sets ``num_heads`` to :func:`head_count`, loading restores it."""
+        module.__class__ = cls
+
+    forward = _forward
+
+
+class PrunedShiftedWindowAttentionV2(ShiftedWindowAttentionV2):
+    """Swin V2 window attention (cosine scores, continuous position bias) whose heads may be
+    fewer than its width // head_dim; see :class:`PrunedShiftedWindowAttention`."""
+
+    @classmethod
+    def adopt(cls, module: nn.Module) -> None:
+        module.__class__ = cls
+
+    forward = _forward
+
+
+WINDOW_FORMS: dict[type[nn.Module], type[nn.Module]] = {
+    ShiftedWindowAttention: PrunedShiftedWindowAttention,
+    ShiftedWindowAttentionV2: PrunedShiftedWindowAttentionV2,
+}
+"""torchvision's window attention classes and the forms surgery gives their pruned copies."""

@@ -1,0 +1,195 @@
+"""torchvision's Swin (V1 and V2) pruned by whole heads and along its residual width, and
+channel counts read from a shape (``B, C, H, W = x.shape``) followed by reshapes.
+
+Each test builds a tiny real model and checks the exactness contract (zeroed channels and heads
+removed leave the outputs unchanged), the sizes surgery leaves, the MACs the counter and the
+allocation see, and the save/load round trip.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models.swin_transformer import (
+    PatchMergingV2,
+    ShiftedWindowAttention,
+    ShiftedWindowAttentionV2,
+    SwinTransformer,
+    SwinTransformerBlockV2,
+)
+
+import regprune as rp
+from regprune.graph import trace_graph
+from regprune.layers import PRUNED_FORMS
+from regprune.metrics import count
+from regprune.surgery import load_pruned, save_pruned
+from tests.exactness import check_exact
+
+HEADS = [2, 4]
+
+
+def tiny_swin(v2: bool) -> nn.Module:
+    """Two stages (2 and 4 heads of 8), windows of 4 on a 4x5 token grid after patching (so
+    the second block's shifted windows and the padding both run)."""
+    torch.manual_seed(0)
+    extra = {"block": SwinTransformerBlockV2, "downsample_layer": PatchMergingV2} if v2 else {}
+    model = SwinTransformer(
+        patch_size=[4, 4],
+        embed_dim=16,
+        depths=[2, 2],
+        num_heads=HEADS,
+        window_size=[4, 4],
+        stochastic_depth_prob=0.0,
+        num_classes=5,
+        **extra,
+    )
+    with torch.no_grad():  # random biases and tables, so that every part carries signal
+        for name, p in model.named_parameters():
+            if name.endswith(("bias", "relative_position_bias_table", "logit_scale")):
+                p.add_(0.2 * torch.randn_like(p))
+    return model.eval()
+
+
+def attentions(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, ShiftedWindowAttention)]
+
+
+def images() -> torch.Tensor:
+    return torch.randn(2, 3, 16, 20, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("v2", [False, True])
+@pytest.mark.parametrize("shift", [[0, 0], [2, 2]])
+@pytest.mark.parametrize("size", [(8, 8), (6, 11)])
+def test_pruned_form_computes_what_torchvision_computes(v2: bool, shift, size) -> None:
+    cls = ShiftedWindowAttentionV2 if v2 else ShiftedWindowAttention
+    torch.manual_seed(0)
+    module = cls(16, [4, 4], shift, 2).eval()
+    x = torch.randn(2, *size, 16)
+    form = copy.deepcopy(module)
+    PRUNED_FORMS[cls].adopt(form)
+    assert type(form) is not cls
+    with torch.no_grad():
+        torch.testing.assert_close(form(x), module(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_swin_heads_and_residual_are_removed_exactly(v2: bool) -> None:
+    model, x = tiny_swin(v2), images()
+    graph = trace_graph(model, x)
+    qkv = [g for g in graph.groups if any(p.endswith("attn.qkv") for p in g.producers)]
+    # one group per attention: its heads, each of 3 x 8 rows
+    assert sorted(g.size for g in qkv) == sorted(h for h in HEADS for _ in range(2))
+    assert not graph.unprunable or all("output" in str(u) for u in graph.unprunable)
+    pruned, _ = check_exact(model, x, 0.5)  # heads only: the residual is LayerNorm-coupled
+    for before, after in zip(attentions(model), attentions(pruned), strict=True):
+        assert after.num_heads == before.num_heads // 2
+        assert after.qkv.out_features == 3 * after.num_heads * 8
+    assert all(a.num_heads in HEADS for a in attentions(model))  # the caller's model
+    # the residual width (LayerNorm-coupled, so not in the exactness check) prunes as well
+    both = rp.prune(model, x, ratio=0.5)
+    for before, after in zip(attentions(model), attentions(both), strict=True):
+        assert after.qkv.in_features < before.qkv.in_features
+        assert after.proj.out_features == after.qkv.in_features
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_swin_macs_follow_the_plan_and_the_target_is_met(v2: bool) -> None:
+    model, x = tiny_swin(v2), images()
+    result = rp.prune_with_result(model, x, target_macs=0.5)
+    assert 0.49 <= result.macs_after / result.macs_before <= 0.5
+    assert result.macs_after == count(result.model, x).macs
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_pruned_swin_saves_loads_and_prunes_again(v2: bool, tmp_path) -> None:
+    model, x = tiny_swin(v2), images()
+    pruned = rp.prune(model, x, ratio=0.5)
+    save_pruned(pruned, tmp_path / "pruned.pt")
+    loaded = load_pruned(tiny_swin(v2), tmp_path / "pruned.pt").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), pruned(x), atol=0, rtol=0)
+    assert [a.num_heads for a in attentions(loaded)] == [a.num_heads for a in attentions(pruned)]
+    check_exact(pruned, x, 0.5)
+
+
+# ---- channel counts read from a shape ---------------------------------------------------
+
+
+class Windows(nn.Module):
+    """A conv net whose forward partitions its features into windows with sizes read from
+    the input's shape (MaxViT's and Swin's partition), in one of three spellings."""
+
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.spelling = spelling
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.mix = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        b, c, h, w = x.shape
+        if self.spelling == "shape":
+            y = x.reshape(b, c, h // 2, 2, w // 2, 2)
+        elif self.spelling == "size":
+            y = x.reshape(x.size(0), x.size(1), h // 2, 2, w // 2, 2)
+        elif self.spelling == "literal":
+            y = x.reshape(b, 8, h // 2, 2, w // 2, 2)
+        else:  # the count computed with: no removal keeps c // 2 * 2 a count of the channels
+            y = x.reshape(b, c // 2 * 2, h // 2, 2, w // 2, 2)
+        y = self.mix(y.permute(0, 2, 4, 3, 5, 1)).mean((1, 2, 3, 4))
+        return self.head(y)
+
+
+@pytest.mark.parametrize("spelling", ["shape", "size"])
+def test_a_channel_count_read_from_the_shape_follows_removal(spelling: str) -> None:
+    model, x = Windows(spelling).eval(), torch.randn(2, 3, 8, 8)
+    graph = trace_graph(model, x)
+    assert [g.size for g in graph.groups if "conv" in g.producers] == [8]
+    pruned, _ = check_exact(model, x, 0.5)
+    assert pruned.conv.out_channels == 4
+
+
+@pytest.mark.parametrize("spelling", ["literal", "computed"])
+def test_a_literal_or_computed_channel_count_keeps_the_channels(spelling: str) -> None:
+    model, x = Windows(spelling).eval(), torch.randn(2, 3, 8, 8)
+    graph = trace_graph(model, x)
+    assert not [g for g in graph.groups if "conv" in g.producers]
+    reasons = " ".join(str(u) for u in graph.unprunable)
+    assert "conv" in reasons and ("fixes the channel dim" in reasons or "computed" in reasons)
+    pruned = rp.prune(model, x, ratio=0.5)  # the rest still prunes, and the copy runs
+    assert pruned.conv.out_channels == 8
+
+
+def test_a_count_read_from_another_tensor_couples_the_two() -> None:
+    """``y.view(b, x.size(1), -1)``: y's channels must shrink with x's for the size to hold."""
+
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1)
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a, b = self.a(x), self.b(x)
+            flat = b.reshape(b.shape[0], a.shape[1], -1).mean(-1)
+            return self.head(torch.cat([a.mean((2, 3)), flat], 1))
+
+    model, x = Two().eval(), torch.randn(2, 3, 4, 4)
+    graph = trace_graph(model, x)
+    coupled = [g for g in graph.groups if {"a", "b"} <= set(g.producers)]
+    assert len(coupled) == 1
+    check_exact(model, x, 0.5)
+
+
+def test_shape_reading_is_restored_after_tracing() -> None:
+    model, x = Windows("shape").eval(), torch.randn(2, 3, 8, 8)
+    trace_graph(model, x)
+    assert "shape" not in torch.Tensor.__dict__
+    assert type(x.shape[1]) is int
