@@ -5,7 +5,7 @@ docs/coverage.md.
 
 Models (random weights, nothing downloaded): the tiny Hugging Face configs of
 ``tests/hf_models.py`` (BERT, ViT, GPT-2, Llama with grouped-query attention, T5), timm's
-``vit_tiny_patch16_224`` at 64 px and torchvision's ``vit_b_16`` at 224 px.
+``vit_tiny_patch16_224`` at 64 px and torchvision's ``vit_b_16`` and ``swin_t`` at 224 px.
 
 Ours: ``rp.prune_with_result(model, example, ratio=0.5)`` with its defaults; MACs before and
 after, what was kept whole and why, the engine's time (trace, plan, surgery) and the whole
@@ -58,6 +58,7 @@ MODELS = {
     "hf_t5": "HF `T5ForConditionalGeneration` (64 wide, 4 heads, 2+2 layers, 12 / 8 tokens)",
     "timm_vit_tiny": "timm `vit_tiny_patch16_224` at 64 px (3 heads, 12 layers)",
     "tv_vit_b_16": "torchvision `vit_b_16` (224 px, 12 heads, 12 layers)",
+    "tv_swin_t": "torchvision `swin_t` (224 px, 3-24 heads, 12 blocks)",
 }
 
 OUTPUT_LAYERS = ("lm_head", "head", "heads.head", "pooler.dense")
@@ -75,7 +76,8 @@ def build(name: str) -> tuple[torch.nn.Module, Any]:
         return model.eval(), torch.randn(1, 3, 64, 64)
     import torchvision
 
-    return torchvision.models.vit_b_16(weights=None).eval(), torch.randn(1, 3, 224, 224)
+    model = getattr(torchvision.models, name[3:])(weights=None)
+    return model.eval(), torch.randn(1, 3, 224, 224)
 
 
 def _warm_up() -> None:

@@ -37,8 +37,10 @@ def _prune(model, inputs) -> torch.nn.Module:
 
 
 def _gpt2_mlp_only(model) -> list[str]:
-    """GPT-2's config derives head_dim from n_embd / n_head: its heads stay whole to round-trip."""
-    return [n for n, _ in model.named_modules() if n.endswith("attn.c_attn")]
+    """GPT-2's config derives head_dim from n_embd / n_head: its heads and its residual width
+    (the token embedding's) stay whole to round-trip."""
+    heads = [n for n, _ in model.named_modules() if n.endswith("attn.c_attn")]
+    return [*heads, "transformer.wte"]
 
 
 @pytest.mark.parametrize("name", ["vit", "llama", "gpt2"])

@@ -68,6 +68,10 @@ def test_a_detector_keeps_its_task_widths_and_detects_on_other_image_sizes() -> 
     assert small.roi_heads.box_predictor.cls_score.out_features == 91  # COCO classes
     assert small.roi_heads.box_predictor.bbox_pred.out_features == 364
     assert small.roi_heads.box_head.fc6.out_features < 1024
+    # the pyramid's outputs go through roi_align (each channel pooled alone) and are gathered
+    # level by level into one tensor: prunable, every level alike
+    widths = {block[0].out_channels for block in small.backbone.fpn.layer_blocks}
+    assert len(widths) == 1 and widths.pop() < 256
     assert model.roi_heads.box_head.fc6.out_features == 1024  # the caller's model untouched
     with torch.no_grad():
         detections = small([torch.rand(3, 320, 320), torch.rand(3, 256, 300)])

@@ -10,11 +10,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from regprune.allocation import MacsModel, Plan, Target, allocate
 from regprune.graph import DependencyGraph, trace_graph
+from regprune.graph.tracer import tensors_on_meta
 from regprune.importance import Importance, get_importance
-from regprune.inputs import call_model, map_tensors
+from regprune.inputs import as_call_args, call_model, map_tensors
 from regprune.metrics import MacsCounter, count
 from regprune.modes import eval_mode
 from regprune.structures import structure_mismatch
@@ -64,12 +66,15 @@ def make_plan(
     graph: DependencyGraph | None = None,
     macs_model: MacsModel | None = None,
     attention: str = "heads",
+    grouped_conv: str = "channels",
 ) -> tuple[DependencyGraph, Plan]:
     """Trace, score and allocate: the plan a one-shot prune would apply (nothing is modified).
 
     ``attention`` is what a channel of a dim split into (heads, head_dim) is: ``"heads"``
     (whole heads, the default) or ``"head_dim"`` (:data:`regprune.graph.ATTENTION_UNITS`);
-    ignored when ``graph`` is given. ``scores`` overrides the importance criterion (one score
+    ``grouped_conv`` what a grouped conv loses: ``"channels"`` (the same channels inside every
+    group, the default) or ``"groups"`` (whole groups); both are ignored when ``graph`` is
+    given. ``scores`` overrides the importance criterion (one score
     per channel of every group of ``graph``, which must then be given too). ``graph`` and
     ``macs_model`` reuse a trace and a count already made (:func:`prune_with_result` does, to
     count the model once).
@@ -78,7 +83,9 @@ def make_plan(
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an integer, got {type(seed).__name__} {seed!r}")
     if graph is None:
-        graph = trace_graph(model, example_inputs, ignore=ignore, attention=attention)
+        graph = trace_graph(
+            model, example_inputs, ignore=ignore, attention=attention, grouped_conv=grouped_conv
+        )
     criterion = get_importance(importance, seed=seed)
     if scores is None:
         scores = criterion(model, graph)
@@ -100,9 +107,11 @@ def check_runs(model: nn.Module, example_inputs: Any, expected: Any) -> None:
         RuntimeError: the pruned model fails on the example inputs, or its outputs differ in
             structure, naming where (``at [0]['boxes']: shape (3, 5), expected (3, 4)``).
     """
+    output = _output_on_meta(model, example_inputs)
     try:
-        with eval_mode(model), torch.no_grad():
-            output = call_model(model, example_inputs)
+        if output is None:
+            with eval_mode(model), torch.no_grad():
+                output = call_model(model, example_inputs)
     except Exception as error:
         raise RuntimeError(
             f"the pruned model fails on the example inputs ({error}); please report this "
@@ -114,6 +123,28 @@ def check_runs(model: nn.Module, example_inputs: Any, expected: Any) -> None:
             f"the pruned model's outputs differ from the original's {problem}; please report "
             "this model, and pass ignore=[...] for the layer that produces that output meanwhile"
         )
+
+
+def _output_on_meta(model: nn.Module, example_inputs: Any) -> Any | None:
+    """The model's output computed on the ``meta`` device (shapes only, no arithmetic), or None
+    when its forward cannot run there (values read by Python control flow, an op without a meta
+    kernel, or a real error, which the real forward then reports).
+
+    Why: the check after surgery only compares structures and shapes, and a meta forward costs
+    the Python of one forward, not its MACs. The model is put back as it was (``eval_mode``
+    restores what a forward caches: meta tensors must not stay in the pruned model).
+    """
+    if any(p.is_meta for p in model.parameters()):
+        return None  # a meta model is checked by the plain forward, which is on meta anyway
+    call = as_call_args(example_inputs)
+    call = map_tensors(lambda x: x.to("meta") if x.is_floating_point() else x, call)
+    try:
+        with eval_mode(model), torch.no_grad():
+            return functional_call(
+                model, tensors_on_meta(model), call.args, call.kwargs, tie_weights=False
+            )
+    except Exception:
+        return None
 
 
 @dataclass
@@ -188,6 +219,7 @@ def prune_with_result(
         example_inputs,
         ignore=kwargs.pop("ignore", ()),
         attention=kwargs.pop("attention", "heads"),
+        grouped_conv=kwargs.pop("grouped_conv", "channels"),
     )
     phase("trace")
     original = _run_original(model, graph, example_inputs, observe_inputs=mode != "mean")
@@ -224,6 +256,7 @@ def prune(
     compensate: str | None = "constant",
     calibration: Iterable[Any] | None = None,
     attention: str = "heads",
+    grouped_conv: str = "channels",
 ) -> nn.Module:
     """One-shot structural pruning of any traceable model.
 
@@ -253,6 +286,10 @@ def prune(
             channel is: ``"heads"`` (whole heads; under grouped-query attention a kv head with
             the query heads reading it; the default) or ``"head_dim"`` (one position of every
             head). See docs/transformers.md.
+        grouped_conv: what a grouped conv (ResNeXt, RegNet) loses: ``"channels"`` (the same
+            channels inside every group, so the group count stays; the default) or
+            ``"groups"`` (whole groups). Depthwise convs always lose whole groups, and so does
+            a grouped conv whose positions something else couples (GroupNorm over its groups).
 
     Returns:
         A new, physically smaller ``nn.Module`` whose outputs have the original's structure
@@ -275,4 +312,5 @@ def prune(
         compensate=compensate,
         calibration=calibration,
         attention=attention,
+        grouped_conv=grouped_conv,
     ).model

@@ -52,8 +52,12 @@ def test_flatten_maps_one_channel_to_many_features() -> None:
     assert bool((counts == counts[0]).all())
 
 
-def test_grouped_convs_are_pruned_by_whole_groups() -> None:
-    graph = trace_graph(GroupedNet(), torch.randn(1, 3, 8, 8))
+@pytest.mark.parametrize("grouped_conv", ["channels", "groups"])
+def test_grouped_convs_under_groupnorm_blocks_are_pruned_by_whole_groups(grouped_conv) -> None:
+    """GroupNorm(4) over the 4-group conv's input blocks: the same channels inside every
+    group would couple every channel with every other (the default finds that and traces the
+    conv again by whole groups); whole groups leave 4 units."""
+    graph = trace_graph(GroupedNet(), torch.randn(1, 3, 8, 8), grouped_conv=grouped_conv)
     (group,) = graph.groups
     # GroupNorm(4 groups) couples stem channels 4 by 4, the depthwise conv follows them one by
     # one, and the 4-group conv ties its 4 input channels to its 6 outputs: 4 removable units

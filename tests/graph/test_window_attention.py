@@ -1,5 +1,6 @@
-"""torchvision's Swin (V1 and V2) pruned by whole heads and along its residual width, and
-channel counts read from a shape (``B, C, H, W = x.shape``) followed by reshapes.
+"""torchvision's Swin (V1 and V2) and MaxViT attention pruned by whole heads and along the
+residual width, and channel counts read from a shape (``B, C, H, W = x.shape``) followed by
+reshapes.
 
 Each test builds a tiny real model and checks the exactness contract (zeroed channels and heads
 removed leave the outputs unchanged), the sizes surgery leaves, the MACs the counter and the
@@ -12,7 +13,9 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torchvision.models.maxvit import MaxVit, RelativePositionalMultiHeadAttention
 from torchvision.models.swin_transformer import (
     PatchMergingV2,
     ShiftedWindowAttention,
@@ -26,6 +29,7 @@ from regprune.graph import trace_graph
 from regprune.layers import PRUNED_FORMS
 from regprune.metrics import count
 from regprune.surgery import load_pruned, save_pruned
+from regprune.train import build_optimizer
 from tests.exactness import check_exact
 
 HEADS = [2, 4]
@@ -116,6 +120,60 @@ def test_pruned_swin_saves_loads_and_prunes_again(v2: bool, tmp_path) -> None:
     check_exact(pruned, x, 0.5)
 
 
+# ---- MaxViT --------------------------------------------------------------------------------
+
+
+def tiny_maxvit() -> nn.Module:
+    """Two stages of MBConv + block and grid attention (heads of 8: 2 and 4 heads)."""
+    torch.manual_seed(0)
+    model = MaxVit(
+        input_size=(32, 32),
+        stem_channels=16,
+        partition_size=2,
+        block_channels=[16, 32],
+        block_layers=[1, 1],
+        head_dim=8,
+        stochastic_depth_prob=0.0,
+        num_classes=5,
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("bias", "relative_position_bias_table")):
+                p.add_(0.2 * torch.randn_like(p))
+    return model.eval()
+
+
+def relative_attentions(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, RelativePositionalMultiHeadAttention)]
+
+
+def test_maxvit_pruned_form_computes_what_torchvision_computes() -> None:
+    torch.manual_seed(0)
+    module = RelativePositionalMultiHeadAttention(32, 8, 16).eval()
+    x = torch.randn(2, 3, 16, 32)
+    form = copy.deepcopy(module)
+    PRUNED_FORMS[RelativePositionalMultiHeadAttention].adopt(form)
+    with torch.no_grad():
+        torch.testing.assert_close(form(x), module(x), atol=1e-6, rtol=1e-6)
+
+
+def test_maxvit_heads_and_widths_are_removed_exactly_and_counted(tmp_path) -> None:
+    model, x = tiny_maxvit(), torch.randn(2, 3, 32, 32)
+    graph = trace_graph(model, x)
+    assert [str(u) for u in graph.unprunable if "output" not in str(u)] == []
+    pruned, _ = check_exact(model, x, 0.5)
+    for before, after in zip(relative_attentions(model), relative_attentions(pruned), strict=True):
+        assert after.n_heads == before.n_heads // 2
+        assert after.to_qkv.out_features == 3 * after.n_heads * 8
+    result = rp.prune_with_result(model, x, target_macs=0.5)
+    assert 0.49 <= result.macs_after / result.macs_before <= 0.5
+    assert result.macs_after == count(result.model, x).macs
+    save_pruned(result.model, tmp_path / "pruned.pt")
+    loaded = load_pruned(tiny_maxvit(), tmp_path / "pruned.pt").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), result.model(x), atol=0, rtol=0)
+
+
 # ---- channel counts read from a shape ---------------------------------------------------
 
 
@@ -166,6 +224,33 @@ def test_a_literal_or_computed_channel_count_keeps_the_channels(spelling: str) -
     assert pruned.conv.out_channels == 8
 
 
+class ScaledByWidth(nn.Module):
+    """RAFT's correlation divides by ``sqrt(torch.tensor(num_channels))``; a hand-written mean
+    divides by ``x.shape[1]``: the channel count used as a value."""
+
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.spelling = spelling
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.spelling == "tensor":
+            x = x / torch.sqrt(torch.tensor(x.shape[1]))
+        else:
+            x = x / x.shape[1]
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("spelling", ["tensor", "divide"])
+def test_a_channel_count_used_as_a_value_keeps_the_channels(spelling: str) -> None:
+    graph = trace_graph(ScaledByWidth(spelling).eval(), torch.randn(2, 3, 8, 8))
+    assert not [g for g in graph.groups if "conv" in g.producers]
+    assert "used as a value" in " ".join(str(u) for u in graph.unprunable)
+
+
 def test_a_count_read_from_another_tensor_couples_the_two() -> None:
     """``y.view(b, x.size(1), -1)``: y's channels must shrink with x's for the size to hold."""
 
@@ -193,3 +278,26 @@ def test_shape_reading_is_restored_after_tracing() -> None:
     trace_graph(model, x)
     assert "shape" not in torch.Tensor.__dict__
     assert type(x.shape[1]) is int
+
+
+@pytest.mark.parametrize("name", ["group_lasso", "l0_channel", "greg1"])
+def test_regularization_methods_remove_whole_heads_of_a_swin(name: str) -> None:
+    """Methods on Swin's heads: a head is one channel of its group (qkv rows, bias-table
+    column, proj columns), so a few steps in budget mode and prune remove whole heads."""
+    model, x = tiny_swin(v2=False).train(), images()
+    method = rp.methods.get(name, model, x[:1], target_macs=0.6, total_steps=20)
+    optimizer = build_optimizer(model, lr=0.01, groups=method.optimizer_groups())
+    for _ in range(20):
+        loss = F.cross_entropy(model(x), torch.arange(2)) + method.penalty()
+        loss.backward()
+        method.after_backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        method.step()
+    small = method.prune().eval()
+    heads = [a.num_heads for a in attentions(small)]
+    assert heads and any(h < full for h, full in zip(heads, [2, 2, 4, 4], strict=True))
+    for attention in attentions(small):
+        assert attention.qkv.out_features == 3 * 8 * attention.num_heads
+    assert small(x).shape == (2, 5)
+    assert rp.count(small, x[:1]).macs <= 0.6 * rp.count(model.eval(), x[:1]).macs

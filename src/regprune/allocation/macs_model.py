@@ -2,7 +2,8 @@
 
 Budget search evaluates many candidate plans; building and counting each would cost a deep copy
 and a forward pass. Each traced layer's MACs are ``unit * in_kept * out_kept / groups_kept``
-(plus ``out_unit * out_kept`` for what its outputs cost alone: the attention matmuls of an
+(a grouped conv that loses channels inside its groups keeps its group count), plus
+``out_unit * out_kept`` for what its outputs cost alone (the attention matmuls of an
 ``nn.MultiheadAttention``'s heads), so one vectorized pass over the layers' atoms gives the MACs
 of any keep mask. Products between activations (``q k^T`` and ``attn v`` written with ``matmul``
 or inside ``F.scaled_dot_product_attention``) cost ``unit`` per kept position of their grid of
@@ -32,6 +33,10 @@ class MacsModel:
         self.unit = torch.tensor([r.macs_unit for r in records], dtype=torch.float64)
         self.out_unit = torch.tensor([r.out_macs_unit for r in records], dtype=torch.float64)
         self.groups = torch.tensor([r.groups for r in records], dtype=torch.float64)
+        self.whole_groups = torch.tensor(
+            [r.groups > 1 and not r.inside_groups for r in records], dtype=torch.bool
+        )
+        """Grouped layers that lose whole groups (the others keep their group count)."""
         self.out_total = torch.tensor([r.out_atoms.numel() for r in records], dtype=torch.float64)
         self.in_record = torch.cat(
             [torch.full((r.in_atoms.numel(),), i, dtype=torch.long) for i, r in enumerate(records)]
@@ -76,11 +81,10 @@ class MacsModel:
         out_kept = torch.zeros(n, dtype=torch.float64).index_add_(
             0, self.out_record, keep[self.out_component].double()
         )
-        grouped = self.groups > 1
         per_layer = torch.where(
-            grouped,
+            self.whole_groups,
             in_kept * self.out_total / self.groups * (out_kept > 0),
-            in_kept * out_kept,
+            in_kept * out_kept / torch.where(self.whole_groups, 1.0, self.groups),
         )
         layers = (per_layer * self.unit + out_kept * self.out_unit).sum()
         return float(layers + self._product_macs(keep))
@@ -91,7 +95,8 @@ class MacsModel:
 
         A layer's expected MACs take its inputs and outputs as independent (they are different
         groups' gates, except a depthwise layer's, whose MACs are linear in its kept channels
-        anyway); a grouped layer costs ``in_kept * out_total / groups`` as in :meth:`macs`.
+        anyway); a layer losing whole groups costs ``in_kept * out_total / groups`` as in
+        :meth:`macs`.
         """
         n = len(self.graph.records)
         unread = self.in_component < 0
@@ -100,8 +105,11 @@ class MacsModel:
         out_kept = keep_prob.new_zeros(n).index_add(
             0, self.out_record, keep_prob[self.out_component]
         )
-        grouped = self.groups > 1
-        per_layer = torch.where(grouped, in_kept * self.out_total / self.groups, in_kept * out_kept)
+        per_layer = torch.where(
+            self.whole_groups,
+            in_kept * self.out_total / self.groups,
+            in_kept * out_kept / torch.where(self.whole_groups, 1.0, self.groups),
+        )
         # a product's two operands are mostly one component (coupled heads): kept together
         a, b = self.product_a, self.product_b
         p_a = torch.where(a < 0, 1.0, keep_prob[a.clamp(min=0)])

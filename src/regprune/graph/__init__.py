@@ -64,6 +64,7 @@ def trace_graph(
     ignore: Iterable[nn.Module | str] = (),
     on_meta: bool = True,
     attention: str = "heads",
+    grouped_conv: str = "channels",
 ) -> DependencyGraph:
     """Trace ``model`` once on ``example_inputs`` and return its channel groups.
 
@@ -80,31 +81,72 @@ def trace_graph(
 
     ``attention`` is the removable unit where a channel dim is reshaped into (heads,
     head_dim): ``"heads"`` or ``"head_dim"`` (:data:`~regprune.graph.tracer.ATTENTION_UNITS`).
+    ``grouped_conv`` is the removable unit of a grouped conv: ``"channels"`` (the same channels
+    inside every group) or ``"groups"`` (whole groups); depthwise convs always lose whole groups
+    (:data:`~regprune.graph.tracer.GROUPED_CONV_UNITS`).
     """
     ignored = resolve_ignore(model, ignore)
     as_call_args(example_inputs)  # reject bad inputs before anything touches the model
     if on_meta:
         try:
-            graph = _trace_once(model, example_inputs, ignored, True, attention)
+            graph = _trace_once(model, example_inputs, ignored, True, attention, grouped_conv)
         except (TraceError, NotImplementedError, RuntimeError):
             graph = None  # fall back to a real forward, which also gives the real error
         if graph is not None:
             return graph
-    return _trace_once(model, example_inputs, ignored, False, attention)
+    return _trace_once(model, example_inputs, ignored, False, attention, grouped_conv)
 
 
 def _trace_once(
-    model: nn.Module, example_inputs: Any, ignored: list[str], on_meta: bool, attention: str
+    model: nn.Module,
+    example_inputs: Any,
+    ignored: list[str],
+    on_meta: bool,
+    attention: str,
+    grouped_conv: str,
 ) -> DependencyGraph:
     """One traced forward, the model restored after it: a meta attempt that fails after caching
     meta tensors in the model must not hand them to the real attempt (a head that caches its
     grid per input shape would find the shape unchanged and reuse a meta grid)."""
-    with eval_mode(model):
-        tracer = Tracer(model, ignored, on_meta=on_meta, attention=attention)
-        tracer.run(example_inputs)
-        graph = build_dependency_graph(model, tracer)
+    whole: frozenset[str] = frozenset()
+    while True:
+        with eval_mode(model):
+            tracer = Tracer(
+                model,
+                ignored,
+                on_meta=on_meta,
+                attention=attention,
+                grouped_conv=grouped_conv,
+                whole_groups=whole,
+            )
+            tracer.run(example_inputs)
+            graph = build_dependency_graph(model, tracer)
+        collapsed = _collapsed_inside_groups(graph)
+        if not collapsed:
+            break
+        whole |= collapsed  # at most one more trace: the convs named now lose whole groups
     graph.example_inputs = example_inputs
     return graph
+
+
+def _collapsed_inside_groups(graph: DependencyGraph) -> frozenset[str]:
+    """Grouped convs whose positions inside a group all ended up one channel.
+
+    Channels removed inside every group couple position ``i`` of every group; when something
+    else couples the positions of one group with each other (GroupNorm over the same blocks, as
+    in ResNeXt-GN, where a group of the norm is a group of the conv), nothing is left to
+    remove, while whole groups would be free: such a conv is traced again by whole groups.
+    """
+    collapsed = set()
+    for record in graph.records:
+        if not record.inside_groups:
+            continue
+        for atoms in (record.in_atoms, record.out_atoms):
+            first = atoms.reshape(record.groups, -1)[0]
+            first = first[first >= 0]
+            if first.numel() > 1 and graph.component[first].unique().numel() == 1:
+                collapsed.add(record.name)
+    return frozenset(collapsed)
 
 
 __all__ = [

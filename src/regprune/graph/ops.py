@@ -809,6 +809,8 @@ def _setitem(tracer: Tracer, args: tuple) -> None:
         isinstance(value, torch.Tensor) and tracer.has_atoms(value)
     ):
         return
+    if _fill_rows(tracer, target, index, value):
+        return
     label = expand_to(tracer.label(target), target.shape).clone()
     index = _to_label_args(tracer, index, set())
     if isinstance(value, torch.Tensor):
@@ -816,6 +818,47 @@ def _setitem(tracer: Tracer, args: tuple) -> None:
     else:
         label[index] = -1
     tracer.set_label(target, compact(label))
+
+
+def _fill_rows(tracer: Tracer, target: torch.Tensor, index: Any, value: Any) -> bool:
+    """``out[rows] = value``: rows (dim 0) of every channel written at once, as torchvision's
+    ``MultiScaleRoIAlign`` gathers each pyramid level's pooled boxes into one tensor. The
+    channels of every source are then the target's channels: they are coupled position by
+    position (every level loses the same channels), and a target that held a constant (the
+    ``zeros`` it was made as) takes them. False when the write is not of that form."""
+    rows_only = isinstance(index, int) or (
+        isinstance(index, torch.Tensor) and index.dim() == 1 and not index.is_floating_point()
+    )
+    if not rows_only or not isinstance(value, torch.Tensor) or target.dim() < 2:
+        return False
+    offset = 1 if isinstance(index, int) else 0  # an int index drops dim 0 of the region
+    value_label = _pad_dims(compact(tracer.label(value)), target.dim() - offset)
+    target_label = compact(tracer.label(target))
+    varying = varying_dims(value_label)
+    if len(varying) != 1 or varying[0] + offset == 0:
+        return False
+    dim = varying[0] + offset
+    atoms = channel_vector(value_label, varying[0], target.shape[dim])
+    if atoms is None or bool((atoms < 0).any()):
+        return False
+    held = channel_vector(target_label, dim, target.shape[dim])
+    if held is None:
+        return False
+    if bool((held >= 0).any()):
+        tracer.atoms.couple(held, atoms)
+    else:
+        tracer.label_channels(target, atoms, dim)
+    return True
+
+
+def _roi_pool(tracer: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+    """torchvision's ``roi_align`` / ``roi_pool``: every box of every channel is pooled alone,
+    an output of (boxes, channels, h, w) whose channels are the input's."""
+    x = args[0] if args else kwargs["input"]
+    channels = channel_vector(tracer.label(x), 1, x.shape[1])
+    if channels is None:
+        raise ValueError("its input has no channel structure")
+    tracer.label_channels(out, channels, 1)
 
 
 # ---- reductions -----------------------------------------------------------------------------
@@ -1206,4 +1249,6 @@ _HANDLERS: dict[str, Callable[[Tracer, str, tuple, dict, Any], None]] = {
     "layer_norm": _layer_norm,
     "prelu": _prelu,
     "stochastic_depth": _identity_like,
+    "roi_align": _roi_pool,
+    "roi_pool": _roi_pool,
 }

@@ -24,7 +24,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from regprune.graph.atoms import AtomTable
 from regprune.graph.labels import atoms_in, channel_label, channel_vector, compact, constant_label
 from regprune.graph.meta_shortcuts import shape_only_result
-from regprune.graph.ops import ProductRecord, record_function, unit_dim
+from regprune.graph.ops import ProductRecord, canonical_name, record_function, unit_dim
 from regprune.inputs import as_call_args, iter_tensors, map_tensors
 from regprune.layers.rules import (
     LayerRecord,
@@ -46,6 +46,23 @@ grid two ways.
 * ``"head_dim"``: one channel is one head_dim position, removed alike in every head: of q and
   k together, and separately of v and the output projection. Exact only where the attention
   scale does not follow head_dim (an explicit ``scale``); groups are marked inexact otherwise.
+"""
+
+
+GROUPED_CONV_UNITS = ("channels", "groups")
+"""How a grouped conv (``groups > 1``, more than one input and output channel per group) may
+shrink; one per trace.
+
+* ``"channels"`` (the default, our choice; Torch-Pruning does the same): one unit is one
+  position inside a group, taken in every group alike (input position ``i`` of every group, and
+  separately output position ``j``), so every group keeps the same width and the group count
+  stays. At ratio 0.5 a RegNet's grouped 3x3 convs lose half their MACs twice over (inputs and
+  outputs), as plain convs do.
+* ``"groups"``: one unit is a whole group, its inputs with its outputs; the group count
+  shrinks and the per-group layout is untouched.
+
+Depthwise convs (one input channel per group) always lose whole groups, and so does a conv
+whose positions inside a group end up all coupled (``graph._collapsed_inside_groups``).
 """
 
 
@@ -102,6 +119,31 @@ for _op in (
     setattr(ShapeInt, _op, _pinning(_op))
 
 
+SIZE_ARGUMENT_OPS = frozenset(
+    [
+        "view", "reshape", "expand", "broadcast_to", "repeat", "tile", "unflatten", "flatten",
+        "permute", "transpose", "movedim", "narrow", "split", "chunk", "tensor_split", "select",
+        "getitem", "setitem", "new_zeros", "new_ones", "new_empty", "zeros", "ones", "empty",
+        "rand", "randn", "size", "unfold",
+    ]
+)  # fmt: skip
+"""Torch functions whose integer arguments are sizes, dims or positions: a size read from a
+shape passed to them is checked by the op's own rule (a reshape follows or locks it; a factory
+sized by it makes a constant that locks what it meets). Any other torch function given a
+channel count (``torch.tensor(C)``, ``x / C``) uses it as a value, which no removal keeps true:
+those channels are pinned."""
+
+
+def _shape_ints(value: Any) -> list[ShapeInt]:
+    if isinstance(value, ShapeInt):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [s for v in value for s in _shape_ints(v)]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _shape_ints(v)]
+    return []
+
+
 def _sizes_with_source(size: torch.Size, label: torch.Tensor, tracer: Tracer) -> torch.Size:
     return torch.Size([ShapeInt.of(n, label, d, tracer) for d, n in enumerate(size)])
 
@@ -146,6 +188,27 @@ def _atoms_on_dim(record: LayerRecord, dim: int) -> torch.Tensor | None:
     return None
 
 
+def tensors_on_meta(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of ``model`` by qualified name, floating ones on the ``meta``
+    device (tied ones stay one tensor), for ``functional_call``.
+
+    On the meta device a forward computes shapes only: tracing a ViT-H costs the label
+    bookkeeping, not 167 GMACs. Integer buffers (index tables) stay real, since indexing with
+    them must give real shapes.
+    """
+    tensors = dict(model.named_parameters(remove_duplicate=False))
+    tensors |= {n: b for n, b in model.named_buffers(remove_duplicate=False) if b is not None}
+    converted: dict[int, torch.Tensor] = {}
+    state = {}
+    for name, tensor in tensors.items():
+        if id(tensor) not in converted:
+            converted[id(tensor)] = (
+                tensor.detach().to("meta") if tensor.is_floating_point() else tensor
+            )
+        state[name] = converted[id(tensor)]
+    return state
+
+
 class Tracer(TorchFunctionMode):
     """Records atoms, coupling edges, layer records and free parameters during one forward."""
 
@@ -155,10 +218,20 @@ class Tracer(TorchFunctionMode):
         ignored: Iterable[str] = (),
         on_meta: bool = False,
         attention: str = "heads",
+        grouped_conv: str = "channels",
+        whole_groups: Iterable[str] = (),
     ) -> None:
         super().__init__()
         if attention not in ATTENTION_UNITS:
             raise ValueError(f"attention must be one of {ATTENTION_UNITS}, got {attention!r}")
+        if grouped_conv not in GROUPED_CONV_UNITS:
+            raise ValueError(
+                f"grouped_conv must be one of {GROUPED_CONV_UNITS}, got {grouped_conv!r}"
+            )
+        self.grouped_conv = grouped_conv
+        self.whole_groups = frozenset(whole_groups)
+        """Grouped convs that lose whole groups whatever ``grouped_conv`` says (their positions
+        collapsed into one channel in a first trace: ``graph._collapsed_inside_groups``)."""
         self.model = model
         self.attention = attention
         """The removable unit of a channel dim split into (heads, head_dim): see
@@ -235,25 +308,13 @@ class Tracer(TorchFunctionMode):
 
     @staticmethod
     def _state(model: nn.Module, on_meta: bool) -> dict[str, torch.Tensor]:
-        """The tensors the traced forward will see, by qualified name.
-
-        On the meta device the forward computes shapes only: tracing a ViT-H costs the label
-        bookkeeping, not 167 GMACs. Integer buffers (index tables) stay real, since the tracer
-        replays indexing with them.
-        """
+        """The tensors the traced forward will see, by qualified name (on ``meta`` when
+        ``on_meta``: :func:`tensors_on_meta`)."""
+        if on_meta:
+            return tensors_on_meta(model)
         tensors = dict(model.named_parameters(remove_duplicate=False))
         tensors |= {n: b for n, b in model.named_buffers(remove_duplicate=False) if b is not None}
-        if not on_meta:
-            return tensors
-        converted: dict[int, torch.Tensor] = {}
-        state = {}
-        for name, tensor in tensors.items():
-            if id(tensor) not in converted:
-                converted[id(tensor)] = (
-                    tensor.detach().to("meta") if tensor.is_floating_point() else tensor
-                )
-            state[name] = converted[id(tensor)]
-        return state
+        return tensors
 
     @property
     def where(self) -> str:
@@ -406,6 +467,9 @@ class Tracer(TorchFunctionMode):
                 return ShapeInt.of(out, label, dim % args[0].dim(), self)
         if self._busy or self._suppress:
             return out
+        if canonical_name(func) not in SIZE_ARGUMENT_OPS:
+            for size in _shape_ints((args, kwargs)):
+                size.pin_source(f"its channel count is used as a value by '{canonical_name(func)}'")
         self._busy = True
         try:
             record_function(self, func, args, kwargs, out)
@@ -471,10 +535,21 @@ class Tracer(TorchFunctionMode):
         self.set_label(output, output_label(rule, record.out_atoms, output))
 
     def _couple_conv_groups(self, record: LayerRecord) -> None:
-        """A grouped conv is pruned by whole groups: couple every channel of a group."""
+        """A grouped conv keeps every group alike (:data:`GROUPED_CONV_UNITS`): couple each
+        position inside a group with the same position of every other group, or, for whole
+        groups (and depthwise convs), every channel of a group with its inputs."""
         groups = record.groups
         out_atoms = record.out_atoms.reshape(groups, -1)
         in_atoms = record.in_atoms.reshape(groups, -1)
+        inside = self.grouped_conv == "channels" and record.name not in self.whole_groups
+        if inside and in_atoms.size(1) > 1 and out_atoms.size(1) > 1:
+            record.inside_groups = True
+            self.atoms.couple(out_atoms[:1].expand_as(out_atoms), out_atoms)
+            self.atoms.couple(in_atoms[:1].expand_as(in_atoms), in_atoms)
+            if bool((in_atoms < 0).any()):
+                # a position that reads a fixed-size input in one group must stay in all
+                self.atoms.lock(in_atoms, record.name, "a group reads a fixed-size input")
+            return
         self.atoms.couple(out_atoms[:, :1].expand_as(out_atoms), out_atoms)
         self.atoms.couple(out_atoms[:, :1].expand_as(in_atoms), in_atoms)
         constant_input = (in_atoms < 0).any(dim=1)

@@ -28,6 +28,8 @@ from torch.utils.hooks import RemovableHandle
 from regprune.layers.multihead import PrunedMultiheadAttention, attend
 from regprune.layers.window_attention import (
     WINDOW_FORMS,
+    PrunedForm,
+    RelativePositionalMultiHeadAttention,
     ShiftedWindowAttention,
     ShiftedWindowAttentionV2,
     attend_windows,
@@ -55,6 +57,9 @@ class LayerRecord:
     out_macs_unit: float = 0.0
     """MACs of one output channel that no input channel scales (an attention's ``q k^T`` and
     ``attn v`` per q/k/v row of a head), so ``macs += out_kept * out_macs_unit``."""
+    inside_groups: bool = False
+    """A grouped conv that loses the same channels inside every group (the group count stays),
+    rather than whole groups: ``macs = in_kept * out_kept / groups * macs_unit``."""
 
 
 class LayerRule:
@@ -115,7 +120,8 @@ class LayerRule:
         return None
 
     unfoldable_because = (
-        "with groups or stride it spreads a constant input unevenly; no bias can stand for it"
+        "a strided or grouped transposed conv spreads a constant input unevenly; no bias can "
+        "stand for it"
     )
     """Why :meth:`response_to_constant_input` gives None, for the compensation report."""
 
@@ -140,12 +146,30 @@ def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
         setattr(module, name, value.detach().clone())
 
 
+def _grouped_keep(
+    keep_in: torch.Tensor, keep_out: torch.Tensor, groups: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The kept groups and, inside each, the kept input and output positions of a grouped
+    layer. Tracing makes every kept group keep the same positions (whole groups, or the same
+    channels in every group), which is what lets the result stay one grouped layer."""
+    kin, kout = keep_in.reshape(groups, -1), keep_out.reshape(groups, -1)
+    alive = kout.any(1) & kin.any(1)
+    if not bool(alive.any()):
+        return alive, kin[0] & False, kout[0] & False
+    inside_in, inside_out = kin[alive], kout[alive]
+    alike = (inside_in == inside_in[:1]).all() & (inside_out == inside_out[:1]).all()
+    if not bool(alike):
+        raise ValueError("a plan keeps different channels in the groups of a grouped layer")
+    return alive, inside_in[0], inside_out[0]
+
+
 class ConvRule(LayerRule):
     """Conv1d/2d/3d, including grouped and depthwise ones.
 
-    Grouped convs are pruned by whole groups (tracing couples every channel of a group), so the
-    per-group weight layout is untouched and only the group count changes: exact, and valid for
-    depthwise convs, where a group is one channel.
+    Grouped convs lose the same channels inside every group, or whole groups (tracing couples
+    the channels accordingly, ``graph.tracer.GROUPED_CONV_UNITS``); either way every kept group
+    keeps the same layout, so the result is one grouped conv: exact, and valid for depthwise
+    convs, where a group is one channel.
     """
 
     module_type = nn.modules.conv._ConvNd
@@ -168,14 +192,16 @@ class ConvRule(LayerRule):
         return float(y[:, :1].numel() * per_output_value)
 
     def slice_(self, module: nn.Module, keep_in: torch.Tensor, keep_out: torch.Tensor) -> None:
-        out_per_group = module.out_channels // module.groups
-        _replace(module, "weight", module.weight[keep_out])
         if module.bias is not None:
             _replace(module, "bias", module.bias[keep_out])
         if module.groups == 1:
-            _replace(module, "weight", module.weight[:, keep_in])
+            _replace(module, "weight", module.weight[keep_out][:, keep_in])
         else:
-            module.groups = int(keep_out.sum()) // out_per_group
+            alive, inside_in, inside_out = _grouped_keep(keep_in, keep_out, module.groups)
+            weight = module.weight.unflatten(0, (module.groups, -1))[alive]
+            weight = weight[:, inside_out][:, :, inside_in]
+            _replace(module, "weight", weight.flatten(0, 1))
+            module.groups = int(alive.sum())
         module.in_channels = int(keep_in.sum())
         module.out_channels = int(keep_out.sum())
 
@@ -184,10 +210,12 @@ class ConvRule(LayerRule):
     ) -> torch.Tensor | None:
         # every tap of the kernel sees the constant, except taps in the zero padding at the
         # border: exact in the interior (docs/architecture.md, "Lossless removal")
-        if module.groups != 1:
-            return None
         taps = module.weight.detach().flatten(2).sum(dim=2).to(values.dtype)
-        return taps.movedim(self.in_dim, 1) @ values  # (out, in) @ (in,)
+        if module.groups == 1:
+            return taps.movedim(self.in_dim, 1) @ values  # (out, in) @ (in,)
+        # output o of group k reads group k's inputs: (groups, out/g, in/g) @ (groups, in/g)
+        per_group = taps.unflatten(0, (module.groups, -1))
+        return (per_group @ values.reshape(module.groups, -1, 1)).reshape(-1)
 
 
 class ConvTransposeRule(ConvRule):
@@ -204,14 +232,16 @@ class ConvTransposeRule(ConvRule):
         return float(x[:, :1].numel() * module.weight[0, 0].numel())
 
     def slice_(self, module: nn.Module, keep_in: torch.Tensor, keep_out: torch.Tensor) -> None:
-        in_per_group = module.in_channels // module.groups
-        _replace(module, "weight", module.weight[keep_in])
         if module.bias is not None:
             _replace(module, "bias", module.bias[keep_out])
         if module.groups == 1:
-            _replace(module, "weight", module.weight[:, keep_out])
+            _replace(module, "weight", module.weight[keep_in][:, keep_out])
         else:
-            module.groups = int(keep_in.sum()) // in_per_group
+            alive, inside_in, inside_out = _grouped_keep(keep_in, keep_out, module.groups)
+            weight = module.weight.unflatten(0, (module.groups, -1))[alive]
+            weight = weight[:, inside_in][:, :, inside_out]
+            _replace(module, "weight", weight.flatten(0, 1))
+            module.groups = int(alive.sum())
         module.in_channels = int(keep_in.sum())
         module.out_channels = int(keep_out.sum())
 
@@ -221,7 +251,7 @@ class ConvTransposeRule(ConvRule):
         # a transposed conv spreads each input value over its kernel: interior outputs receive
         # every tap once per stride phase, so the fold is exact only for stride 1 (our choice:
         # strided transposed convs are not compensated)
-        if any(s != 1 for s in module.stride):
+        if any(s != 1 for s in module.stride) or module.groups != 1:
             return None
         return super().response_to_constant_input(module, values)
 
@@ -510,33 +540,47 @@ class WindowProjRule(LinearRule):
         return model.get_submodule(name.rpartition(".")[0]).register_forward_pre_hook(hook)
 
 
-class WindowAttentionRule(LayerRule):
-    """torchvision's Swin window attention (V1 and V2), pruned by whole heads and along the
-    residual width it reads and writes.
+class PackedHeadsRule(LayerRule):
+    """An attention module traced whole: one child projects the residual to packed q/k/v rows
+    (``3 x heads x head_dim``), another maps the v rows' heads back to the residual, and the
+    module's own forward (window partition, scores, position bias) sits between them.
 
-    The module calls ``F.linear`` on ``qkv.weight`` and ``proj.weight`` and derives its head
-    size from its input's width, so it is traced whole: ``qkv`` is recorded with the residual
-    channels as inputs and ``3 x heads x head_dim`` rows, those of one head coupled into one
-    channel with that head's column of the relative position bias table (V1) or its
-    ``logit_scale`` and its row of the position-bias MLP's last layer (V2); ``proj`` reads the
-    v rows and writes the residual. Surgery slices ``qkv``, ``proj`` and the per-head
-    parameters, and gives the copy
-    :class:`~regprune.layers.window_attention.PrunedShiftedWindowAttention`, whose forward
-    takes the sizes from the parameters. Head_dim positions as the unit (``attention=
-    "head_dim"``) keep the heads whole.
+    ``qkv`` is recorded with the residual channels as inputs, the rows of one head coupled into
+    one channel together with the module's per-head parameters (:meth:`couple_heads`); the
+    output child reads the v rows and writes the residual. Surgery slices both children and
+    the per-head parameters, and the module's pruned form (``layers.window_attention``) takes
+    the sizes from them. Its ``q k^T`` and ``attn v`` are ``out_macs_unit`` per q/k/v row, so
+    removed heads are credited with them. Head_dim positions as the unit
+    (``attention="head_dim"``) keep the heads whole.
     """
 
-    module_type = ShiftedWindowAttention
-    weight_name = "qkv.weight"
+    qkv_name = "qkv"
+    out_name = "proj"
+    qkv_rule: LayerRule = LinearRule()
+    out_rule: LayerRule = LinearRule()
 
     def applies_to(self, module: nn.Module) -> bool:
-        return type(module) in WINDOW_FORMS or type(module) in WINDOW_FORMS.values()
+        return isinstance(module, self.module_type) and (
+            type(module) in WINDOW_FORMS or type(module) in WINDOW_FORMS.values()
+        )
 
     def input_channels(self, module: nn.Module) -> int:
-        return module.qkv.in_features
+        return module.get_submodule(self.qkv_name).in_features
 
     def output_channels(self, module: nn.Module) -> int:
-        return module.proj.out_features
+        return module.get_submodule(self.out_name).out_features
+
+    def heads(self, module: nn.Module) -> int:
+        return module.relative_position_bias_table.shape[1]
+
+    def tokens(self, module: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+        """How many tokens the projections see, and how many keys each query scores."""
+        raise NotImplementedError
+
+    def couple_heads(self, tracer: Any, name: str, module: nn.Module, heads: torch.Tensor) -> None:
+        """Couple the module's per-head parameters with ``heads`` (one atom per head)."""
+        table = tracer.label(module.relative_position_bias_table)
+        tracer.atoms.couple(heads[None, :].expand_as(table), table)
 
     def trace_call(
         self,
@@ -548,46 +592,76 @@ class WindowAttentionRule(LayerRule):
         output: Any,
     ) -> None:
         x = args[0] if args else kwargs["x"]
-        heads = head_count(module)
-        inner = module.qkv.out_features // 3
-        head_dim = inner // heads
+        heads = self.heads(module)
+        inner = module.get_submodule(self.qkv_name).out_features // 3
         in_atoms = tracer.input_atoms(name, [x], self.input_channels(module))
-        qkv = tracer.records.get(f"{name}.qkv")
+        qkv = tracer.records.get(f"{name}.{self.qkv_name}")
         if qkv is None:
-            qkv = tracer.new_record(f"{name}.qkv", WindowQKVRule(), in_atoms, 3 * inner)
-            rows = qkv.out_atoms.reshape(3, heads, head_dim).transpose(0, 1).reshape(heads, -1)
+            qkv = tracer.new_record(f"{name}.{self.qkv_name}", self.qkv_rule, in_atoms, 3 * inner)
+            rows = qkv.out_atoms.reshape(3, heads, -1).transpose(0, 1).reshape(heads, -1)
             tracer.atoms.couple(rows[:, :1].expand_as(rows), rows)
-            per_head = rows[:, 0]
-            if isinstance(module, ShiftedWindowAttentionV2):
-                scale = tracer.label(module.logit_scale).reshape(heads)
-                tracer.atoms.couple(per_head, scale)
-                mlp = f"{name}.cpb_mlp.2"
-                hidden = module.cpb_mlp[2].in_features
-                reason = "it computes the position bias from fixed coordinates"
-                hidden_atoms = tracer.atoms.new_locked(mlp, reason).expand(hidden).clone()
-                bias_mlp = tracer.new_record(mlp, LinearRule(), hidden_atoms, heads)
-                tracer.atoms.couple(per_head, bias_mlp.out_atoms)
-                bias_mlp.macs_unit += module.relative_coords_table.numel() / 2
-            else:
-                table = tracer.label(module.relative_position_bias_table)
-                tracer.atoms.couple(per_head[None, :].expand_as(table), table)
-            proj = module.proj
-            tracer.new_record(
-                f"{name}.proj", WindowProjRule(), qkv.out_atoms[2 * inner :], proj.out_features
-            )
+            self.couple_heads(tracer, name, module, rows[:, 0])
+            out_channels = self.output_channels(module)
+            v_rows = qkv.out_atoms[2 * inner :]
+            tracer.new_record(f"{name}.{self.out_name}", self.out_rule, v_rows, out_channels)
             if tracer.attention != "heads":
-                reason = "Swin's window attention is pruned by whole heads (attention='heads')"
+                reason = f"{type(module).__name__} is pruned by whole heads (attention='heads')"
                 tracer.atoms.lock(qkv.out_atoms, name, reason)
         else:
             tracer.atoms.couple(qkv.in_atoms, in_atoms)
-        proj = tracer.records[f"{name}.proj"]
-        pad_h, pad_w, _ = window_geometry(module, x)
-        tokens = x.shape[0] * pad_h * pad_w
-        window_tokens = module.window_size[0] * module.window_size[1]
+        out = tracer.records[f"{name}.{self.out_name}"]
+        tokens, keys = self.tokens(module, x)
         qkv.macs_unit += tokens
-        qkv.out_macs_unit += 2 * tokens * window_tokens / 3  # q k^T and attn v, per q/k/v row
-        proj.macs_unit += tokens
-        tracer.label_channels(output, proj.out_atoms, output.dim() - 1)
+        qkv.out_macs_unit += 2 * tokens * keys / 3  # q k^T and attn v, per q/k/v row
+        out.macs_unit += tokens
+        tracer.label_channels(output, out.out_atoms, output.dim() - 1)
+
+
+class WindowAttentionRule(PackedHeadsRule):
+    """torchvision's Swin window attention (V1 and V2): ``F.linear`` on ``qkv.weight`` and
+    ``proj.weight`` over padded, shifted windows, a head size derived from the input's width.
+    A head's per-head parameters are its column of the relative position bias table (V1), or
+    its ``logit_scale`` and its row of the position-bias MLP's last layer (V2)."""
+
+    module_type = ShiftedWindowAttention
+    weight_name = "qkv.weight"
+    qkv_rule = WindowQKVRule()
+    out_rule = WindowProjRule()
+
+    def heads(self, module: nn.Module) -> int:
+        return head_count(module)
+
+    def tokens(self, module: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+        pad_h, pad_w, _ = window_geometry(module, x)
+        return x.shape[0] * pad_h * pad_w, module.window_size[0] * module.window_size[1]
+
+    def couple_heads(self, tracer: Any, name: str, module: nn.Module, heads: torch.Tensor) -> None:
+        if not isinstance(module, ShiftedWindowAttentionV2):
+            super().couple_heads(tracer, name, module, heads)
+            return
+        tracer.atoms.couple(heads, tracer.label(module.logit_scale).reshape(-1))
+        mlp = f"{name}.cpb_mlp.2"
+        hidden = module.cpb_mlp[2].in_features
+        reason = "it computes the position bias from fixed coordinates"
+        hidden_atoms = tracer.atoms.new_locked(mlp, reason).expand(hidden).clone()
+        bias_mlp = tracer.new_record(mlp, LinearRule(), hidden_atoms, heads.numel())
+        tracer.atoms.couple(heads, bias_mlp.out_atoms)
+        bias_mlp.macs_unit += module.relative_coords_table.numel() / 2
+
+
+class RelativeAttentionRule(PackedHeadsRule):
+    """MaxViT's ``RelativePositionalMultiHeadAttention``: ``to_qkv`` split with ``chunk``,
+    scores by ``einsum`` with a relative position bias, the heads merged back to the input's
+    width ``D`` before ``merge``. Its products are counted by the op counter inside the module
+    (no formula)."""
+
+    module_type = RelativePositionalMultiHeadAttention
+    weight_name = "to_qkv.weight"
+    qkv_name = "to_qkv"
+    out_name = "merge"
+
+    def tokens(self, module: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+        return x.numel() // x.shape[-1], x.shape[-2]
 
 
 LAYER_RULES: tuple[LayerRule, ...] = (
@@ -598,6 +672,7 @@ LAYER_RULES: tuple[LayerRule, ...] = (
     HFConv1DRule(),
     MultiheadAttentionRule(),
     WindowAttentionRule(),
+    RelativeAttentionRule(),
 )
 
 OPAQUE_LAYERS: dict[type[nn.Module], str] = {
@@ -918,9 +993,8 @@ def refresh_head_sizes(module: nn.Module, unit: str = "heads") -> None:
     computes the same function, whatever a constructor would derive from the new sizes.
     """
     form = WINDOW_FORMS.get(type(module))
-    if form is not None or type(module) in WINDOW_FORMS.values():
-        (form or type(module)).adopt(module)  # type: ignore[attr-defined]
-        module.num_heads = head_count(module)
+    if form is not None or isinstance(module, PrunedForm):
+        (form or type(module)).refresh(module)  # type: ignore[attr-defined]
         return
     layout = head_layout_for(module)
     if layout is None:

@@ -1,4 +1,4 @@
-"""torchvision's Swin window attention with fewer heads than its residual width holds.
+"""torchvision's window attention (Swin, MaxViT) with fewer heads than its residual width holds.
 
 ``torchvision.models.swin_transformer.shifted_window_attention`` derives
 ``head_dim = C // num_heads`` from the width ``C`` of its input and reshapes the heads' outputs
@@ -10,6 +10,10 @@ head_dim`` rows) and the head count from the per-head parameters (the relative p
 table's columns; Swin V2's ``logit_scale``). It computes what torchvision computes: windows,
 cyclic shift and its mask, the scaled (V1) or cosine (V2) scores plus the relative position
 bias, the output projection, the reverse shift, the unpadding.
+
+MaxViT's ``RelativePositionalMultiHeadAttention`` reshapes the heads' outputs back to its input
+width ``D`` before ``merge`` in the same way; its pruned form writes ``-1`` there and takes the
+head count from its relative position bias table.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
 from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
 
 
@@ -116,35 +121,60 @@ def _forward(self: ShiftedWindowAttention, x: torch.Tensor) -> torch.Tensor:
     return out[:, :h, :w, :].contiguous()
 
 
-class PrunedShiftedWindowAttention(ShiftedWindowAttention):
-    """Swin (V1) window attention whose heads may be fewer than its width // head_dim.
-
-    Made by surgery from a ``ShiftedWindowAttention`` (:meth:`adopt`, never constructed
-    directly); ``num_heads`` says the pruned count.
-    """
+class PrunedForm:
+    """What the pruned forms share: surgery's copy (or a model being loaded) takes the form's
+    forward by :meth:`adopt`; after slicing, :meth:`refresh` also sets the head count it holds
+    (loading restores it from the saved sizes instead)."""
 
     @classmethod
     def adopt(cls, module: nn.Module) -> None:
-        """Give ``module`` (surgery's copy, or a model being loaded) this forward; surgery
-        then sets ``num_heads`` to :func:`head_count`, loading restores it."""
         module.__class__ = cls
+
+    @classmethod
+    def refresh(cls, module: nn.Module) -> None:
+        cls.adopt(module)
+        module.num_heads = head_count(module)
+
+
+class PrunedShiftedWindowAttention(PrunedForm, ShiftedWindowAttention):
+    """Swin (V1) window attention whose heads may be fewer than its width // head_dim; made
+    by surgery (never constructed directly), ``num_heads`` says the pruned count."""
 
     forward = _forward
 
 
-class PrunedShiftedWindowAttentionV2(ShiftedWindowAttentionV2):
+class PrunedShiftedWindowAttentionV2(PrunedForm, ShiftedWindowAttentionV2):
     """Swin V2 window attention (cosine scores, continuous position bias) whose heads may be
     fewer than its width // head_dim; see :class:`PrunedShiftedWindowAttention`."""
 
-    @classmethod
-    def adopt(cls, module: nn.Module) -> None:
-        module.__class__ = cls
-
     forward = _forward
+
+
+class PrunedRelativePositionalMultiHeadAttention(PrunedForm, RelativePositionalMultiHeadAttention):
+    """MaxViT's attention whose heads may be fewer than its width // head_dim: the heads'
+    outputs are merged back with ``-1`` rather than the input's width, and ``n_heads`` is the
+    pruned count (the columns of the relative position bias table). The score scale
+    (``scale_factor``, from the original width) is kept: the same function."""
+
+    @classmethod
+    def refresh(cls, module: nn.Module) -> None:
+        cls.adopt(module)
+        module.n_heads = module.relative_position_bias_table.shape[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, g, p, _ = x.shape
+        q, k, v = self.to_qkv(x).unflatten(-1, (3, self.n_heads, self.head_dim)).unbind(-3)
+        q, k, v = (t.transpose(2, 3) for t in (q, k, v))  # (B, G, H, P, DH)
+        scores = q @ (k * self.scale_factor).transpose(-2, -1)
+        weights = F.softmax(scores + self.get_relative_positional_bias(), dim=-1)
+        out = (weights @ v).transpose(2, 3).reshape(b, g, p, -1)
+        return self.merge(out)
 
 
 WINDOW_FORMS: dict[type[nn.Module], type[nn.Module]] = {
     ShiftedWindowAttention: PrunedShiftedWindowAttention,
     ShiftedWindowAttentionV2: PrunedShiftedWindowAttentionV2,
+    RelativePositionalMultiHeadAttention: PrunedRelativePositionalMultiHeadAttention,
 }
-"""torchvision's window attention classes and the forms surgery gives their pruned copies."""
+"""torchvision's window attention classes and the forms surgery gives their pruned copies
+(each with ``adopt``, for loading, and ``refresh``, after slicing)."""

@@ -12,8 +12,14 @@ import torch
 from torch import nn
 
 from regprune.layers.hf_config import refresh_hf_config
-from regprune.layers.rules import refresh_attributes, refresh_head_sizes, refresh_widths
+from regprune.layers.rules import (
+    LayerRecord,
+    refresh_attributes,
+    refresh_head_sizes,
+    refresh_widths,
+)
 from regprune.surgery.compensate import (
+    CONSTANT_RTOL,
     CompensationReport,
     InputStats,
     check_compensate,
@@ -174,12 +180,50 @@ def compensate_cuts(
     if first_probe_stats is not None and not set(cuts) <= set(first_probe_stats):
         missing = sorted(set(cuts) - set(first_probe_stats))
         raise ValueError(f"first_probe_stats lacks cut layers {missing[:3]}")
-    stats = measure_inputs(model, graph, cuts, batches, first_probe_stats)
+    if (
+        mode == "constant"
+        and first_probe_stats is not None
+        and not _any_constant(cuts, first_probe_stats)
+    ):
+        # a second batch widens every range, the kept channels' too, so a dropped input's
+        # range relative to theirs can shrink, but not tenfold from one perturbed batch (our
+        # margin): what varies this much on the example inputs is not constant, and the
+        # perturbed probe (one more forward of the original) could fold nothing
+        stats = {name: first_probe_stats[name] for name in cuts}
+    else:
+        stats = measure_inputs(model, graph, cuts, batches, first_probe_stats)
     return fold_removed_inputs(model, pruned, graph, cuts, mode, stats)
+
+
+def _any_constant(cuts: Cuts, stats: dict[str, InputStats]) -> bool:
+    """Whether any dropped input could be constant (within ten times ``CONSTANT_RTOL``) by
+    ``stats`` of the example inputs alone."""
+    for name, (drop, _) in cuts.items():
+        entry = stats[name]
+        if entry.total is None:
+            return True  # not seen: let the full measurement say
+        if bool((entry.relative_range(drop)[drop] <= 10 * CONSTANT_RTOL).any()):
+            return True
+    return False
 
 
 Cuts = dict[str, tuple[torch.Tensor, torch.Tensor]]
 """Per layer that loses some of its inputs: (dropped inputs, kept outputs) masks."""
+
+
+def inputs_cut(
+    record: LayerRecord, keep_in: torch.Tensor, keep_out: torch.Tensor
+) -> torch.Tensor | None:
+    """The inputs a layer loses while outputs that read them stay (what compensation folds),
+    None if there are none. A grouped conv that loses whole groups loses their inputs with
+    the outputs that read them: nothing is left to fold into."""
+    dropped = ~keep_in
+    if record.groups > 1 and dropped.numel():
+        alive = keep_out.reshape(record.groups, -1).any(1, keepdim=True)
+        dropped = (dropped.reshape(record.groups, -1) & alive).reshape(-1)
+    if not dropped.numel() or not bool(dropped.any()) or not bool(keep_in.any()):
+        return None
+    return dropped
 
 
 def cut_model(model: nn.Module, graph: DependencyGraph, plan: Plan) -> tuple[nn.Module, Cuts]:
@@ -195,9 +239,9 @@ def cut_model(model: nn.Module, graph: DependencyGraph, plan: Plan) -> tuple[nn.
         keep_out = atoms_kept(graph, keep, record.out_atoms)
         if bool(keep_in.all()) and bool(keep_out.all()):
             continue
-        # grouped convs lose whole groups, inputs with their outputs: nothing left to fold into
-        if record.groups == 1 and keep_in.numel() and not keep_in.all() and keep_in.any():
-            cuts[record.name] = (~keep_in, keep_out)
+        dropped = inputs_cut(record, keep_in, keep_out)
+        if dropped is not None:
+            cuts[record.name] = (dropped, keep_out)
         record.rule.slice_(module, keep_in, keep_out)
         sliced.add(record.name)
     for slicing in graph.free_slicings:
@@ -247,7 +291,8 @@ def _refresh_sizes_read_by_forward(
             + "; ".join(problems)
             + ". Sizes that differ between layers: prune with scope='local' and a ratio (the "
             "same count in every layer); a head size the config derives from hidden_size "
-            "(BERT, GPT-2): keep the heads whole (ignore= the q/k/v projections). Or save "
+            "(BERT, GPT-2): keep the heads and the residual width whole (ignore= the q/k/v "
+            "projections and the token embedding). Or save "
             "with regprune.surgery.save_pruned / load_pruned",
             stacklevel=3,
         )

@@ -191,13 +191,13 @@ def _batch_inputs(batch: Any) -> CallArgs:
 def consumers_that_may_lose_inputs(graph: DependencyGraph) -> list[str]:
     """The layers a plan can cut inputs from: those whose compensation needs input statistics.
 
-    Grouped convs lose whole groups, inputs with their outputs (nothing left to fold into), and
-    a layer whose inputs are all locked loses none, whatever the plan.
+    Grouped convs that lose whole groups lose inputs with their outputs (nothing left to fold
+    into), and a layer whose inputs are all locked loses none, whatever the plan.
     """
     names = []
     for record in graph.records:
         atoms = record.in_atoms[record.in_atoms >= 0]
-        if record.groups == 1 and bool(
+        if (record.groups == 1 or record.inside_groups) and bool(
             (graph.group_of_component[graph.component[atoms]] >= 0).any()
         ):
             names.append(record.name)

@@ -34,6 +34,7 @@ SIZE_ATTRIBUTES = (
     "nf",
     "nx",
     "num_heads",
+    "n_heads",
     "num_attention_heads",
     "num_key_value_heads",
     "num_key_value_groups",
