@@ -154,14 +154,13 @@ def _real_forwards(model: nn.Module) -> list[str]:
 
 def test_prune_runs_the_original_twice_when_removed_channels_may_be_constant() -> None:
     # once for the MACs, the output shapes and the first compensation probe together, once for
-    # the perturbed probe; the pruned model's check runs on the meta device (it used to be
-    # 4 + 1 real forwards)
+    # the perturbed probe; the pruned model once for the check (it used to be 4 + 1)
     model = create_model("resnet20", num_classes=10).eval()
     graph, plan = make_plan(model, X32, ratio=0.5)
     silenced = silence_channels(model, graph, plan)  # constant channels: the probe has work
     calls = _real_forwards(silenced)
     rp.prune(silenced, X32, ratio=0.5)
-    assert sorted(calls) == ["original", "original"]
+    assert sorted(calls) == ["original", "original", "pruned"]
 
 
 def test_prune_runs_the_original_once_when_nothing_removed_looks_constant() -> None:
@@ -175,7 +174,7 @@ def test_prune_runs_the_original_once_when_nothing_removed_looks_constant() -> N
     )
     calls = _real_forwards(model)
     result = rp.prune_with_result(model, X32, ratio=0.5)
-    assert calls == ["original"]
+    assert calls == ["original", "pruned"]
     assert result.compensation.removed_inputs > 0 and result.compensation.constant_inputs == 0
 
 
@@ -193,12 +192,24 @@ class ReadsValues(nn.Module):
         return self.b(y).mean((2, 3))
 
 
-def test_the_check_runs_the_pruned_model_for_real_when_meta_cannot() -> None:
-    model = ReadsValues()
-    calls = _real_forwards(model)
+def test_the_check_of_a_large_model_runs_on_meta_and_for_real_only_when_meta_cannot() -> None:
+    # rp.prune asks for the meta check from regprune.api.META_CHECK_MACS on
+    model = create_model("resnet20", num_classes=10).eval()
     pruned = rp.prune(model, X32, ratio=0.5)
-    assert pruned.a.out_channels == 4
-    assert calls.count("pruned") == 1, calls
+    with torch.no_grad():
+        expected = pruned(X32).to("meta")
+    calls = _real_forwards(pruned)
+    check_runs(pruned, X32, expected, on_meta=True)
+    assert calls == []
+    model = ReadsValues()
+    pruned = rp.prune(model, X32, ratio=0.5)
+    with torch.no_grad():
+        expected = pruned(X32).to("meta")
+    calls = _real_forwards(pruned)
+    check_runs(pruned, X32, expected, on_meta=True)
+    assert calls == ["original"]  # the meta forward failed: the real one ran
+    with pytest.raises(RuntimeError, match="outputs differ"):
+        check_runs(pruned, X32, torch.zeros(1, 3, device="meta"), on_meta=True)
 
 
 def test_mean_compensation_runs_the_original_once_plus_its_calibration_batches() -> None:
@@ -207,7 +218,7 @@ def test_mean_compensation_runs_the_original_once_plus_its_calibration_batches()
     batches = [torch.randn(4, 3, 32, 32) for _ in range(3)]
     rp.prune(model, X32, ratio=0.5, compensate="mean", calibration=batches)
     assert calls.count("original") == 1 + len(batches)
-    assert calls.count("pruned") == 0  # the check runs on the meta device
+    assert calls.count("pruned") == 1
 
 
 @pytest.mark.parametrize("target", [{"ratio": 0.5}, {"target_macs": 0.5}])

@@ -95,9 +95,17 @@ def make_plan(
     return graph, plan
 
 
-def check_runs(model: nn.Module, example_inputs: Any, expected: Any) -> None:
+META_CHECK_MACS = 5e9
+"""From this many MACs of the pruned model on, its check runs on the ``meta`` device first
+(our choice, measured in docs/engine_speed.md): below, a real forward costs less than the
+meta one's overhead (moving every tensor's description to ``meta``, ``functional_call``)."""
+
+
+def check_runs(model: nn.Module, example_inputs: Any, expected: Any, on_meta: bool = False) -> None:
     """Run the pruned model once; its outputs must have the structure of ``expected`` (the
     original outputs, or the same structure of meta tensors: only shapes are compared).
+    ``on_meta`` tries the forward on the meta device first (shapes only, see
+    :func:`_output_on_meta`).
 
     The same containers, keys and lengths, and at every tensor the same dtype and shape, except
     the first dim: a detector returns as many boxes as its weights find, so a pruned detector's
@@ -107,7 +115,7 @@ def check_runs(model: nn.Module, example_inputs: Any, expected: Any) -> None:
         RuntimeError: the pruned model fails on the example inputs, or its outputs differ in
             structure, naming where (``at [0]['boxes']: shape (3, 5), expected (3, 4)``).
     """
-    output = _output_on_meta(model, example_inputs)
+    output = _output_on_meta(model, example_inputs) if on_meta else None
     try:
         if output is None:
             with eval_mode(model), torch.no_grad():
@@ -233,9 +241,9 @@ def prune_with_result(
         model, pruned, graph, cuts, mode, calibration, first_probe_stats=original.input_stats
     )
     phase("compensation")
-    check_runs(pruned, example_inputs, original.outputs)
-    phase("check")
     macs_after = round(macs_model.macs(kept_components(graph, plan)))
+    check_runs(pruned, example_inputs, original.outputs, on_meta=macs_after >= META_CHECK_MACS)
+    phase("check")
     return PruneResult(
         pruned, plan, graph, round(macs_model.total), macs_after, compensation, phase_s
     )
