@@ -342,3 +342,22 @@ def test_results_are_frozen() -> None:
 )
 def test_format_count(value: float, text: str) -> None:
     assert format_count(value) == text
+
+
+def test_a_parameter_view_given_to_a_module_under_no_grad_is_counted() -> None:
+    """timm's PiT and CaiT pass ``cls_token.expand(...)`` to a module: a view of a parameter
+    made under ``no_grad`` requires grad but has no grad function, which torch's module
+    tracker (inside FlopCounterMode) cannot hook."""
+
+    class TokenNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.token = nn.Parameter(torch.randn(1, 1, 8))
+            self.mix = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            tokens = self.token.expand(x.shape[0], -1, -1)
+            return self.mix(tokens) + x
+
+    model, x = TokenNet(), torch.randn(2, 1, 8)
+    assert count(model, x).macs == 2 * 8 * 8

@@ -205,6 +205,7 @@ class MacsCounter:
         self.model = model
         self._hooked = _hooked_modules(model)
         self._op_counter = FlopCounterMode(display=False, custom_mapping=EXTRA_OP_FORMULAS)
+        self._op_counter.mod_tracker = _TotalsOnly()
         self._call_order: list[str] = []
         self._records = {
             name: _Record(name, formula, self._op_counter, self._call_order)
@@ -251,6 +252,22 @@ class MacsCounter:
             per_layer=layers if per_layer else (),
             unattributed_macs=unattributed_macs,
         )
+
+
+class _TotalsOnly:
+    """Stands in for ``FlopCounterMode``'s module tracker: we attribute MACs to modules with our
+    own hooks and read only the total. Why: torch's ``ModuleTracker`` registers autograd hooks
+    on every module input that requires grad, and fails on a view of a parameter made under
+    ``no_grad`` (timm's PiT and CaiT pass ``cls_token.expand(...)`` to a module: "Expected
+    gradient function to be set")."""
+
+    parents = frozenset({"Global"})
+
+    def __enter__(self) -> _TotalsOnly:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 class _Record:
