@@ -41,3 +41,17 @@ def test_timm_model_prunes_shrinks_keeps_its_classifier_and_is_exact(name: str) 
         assert result.model(x).shape == (1, 10)
 
     check_exact(model, x, ratio=0.5)
+
+
+@pytest.mark.parametrize("name", ["pit_ti_224", "hiera_tiny_224"])
+def test_timm_models_with_their_own_attention_spelling_prune_exactly(name: str) -> None:
+    """PiT gives a module a view of its cls token made under no_grad (the MACs counter must
+    not hook it); Hiera's attention reshapes with ``self.heads`` and ``self.dim_out``, sizes
+    surgery refreshes. Both at the 224 px their position tables fix."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    x = torch.rand(1, 3, 224, 224)
+    result = rp.prune_with_result(model, x, ratio=0.5)
+    assert result.macs_after < 0.6 * result.macs_before
+    assert rp.count(result.model, x).macs == result.macs_after
+    check_exact(model, x, ratio=0.5)

@@ -914,8 +914,11 @@ HEAD_LAYOUTS: tuple[HeadLayout, ...] = (
         heads=("num_attention_heads",),
         width=("all_head_size",),
     ),
-    # timm Attention (one qkv projection, reshape(B, N, 3, num_heads, head_dim), attn_dim)
-    HeadLayout("qkv", "head_dim", packed=3, heads=("num_heads",), width=("attn_dim",)),
+    # timm Attention (one qkv projection, reshape(B, N, 3, num_heads, head_dim), attn_dim);
+    # Hiera's MaskUnitAttention spells them heads / dim_out
+    HeadLayout(
+        "qkv", "head_dim", packed=3, heads=("num_heads", "heads"), width=("attn_dim", "dim_out")
+    ),
     # HF T5, mT5, ... (q / k / v / o, key_value_proj_dim; n_heads also sizes the zero position
     # bias of cross-attention and the relative_attention_bias embedding)
     HeadLayout(
