@@ -29,8 +29,8 @@ from regprune.surgery import (
     silence_channels,
 )
 from regprune.surgery.apply import kept_components
-from regprune.train import build_optimizer
 from tests.exactness import check_exact
+from tests.method_steps import sparsify
 
 DIM, HEADS, HEAD_DIM, TOKENS = 32, 4, 8, 6
 
@@ -349,14 +349,7 @@ def test_regularization_methods_remove_whole_heads_of_a_vit(name: str) -> None:
     )
     x = torch.randn(4, 3, 32, 32)
     method = rp.methods.get(name, model, x[:1], target_macs=0.7, total_steps=20)
-    optimizer = build_optimizer(model, lr=0.01, groups=method.optimizer_groups())
-    for _ in range(20):
-        loss = F.cross_entropy(model(x), torch.arange(4)) + method.penalty()
-        loss.backward()
-        method.after_backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        method.step()
+    sparsify(model, method, x, torch.arange(4), steps=20)
     small = method.prune().eval()
     heads = [m.num_heads for m in small.modules() if isinstance(m, nn.MultiheadAttention)]
     assert heads and min(heads) < 4  # whole heads went

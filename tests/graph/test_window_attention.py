@@ -13,7 +13,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models.maxvit import MaxVit, RelativePositionalMultiHeadAttention
 from torchvision.models.swin_transformer import (
@@ -29,8 +28,8 @@ from regprune.graph import trace_graph
 from regprune.layers import PRUNED_FORMS
 from regprune.metrics import count
 from regprune.surgery import load_pruned, save_pruned
-from regprune.train import build_optimizer
 from tests.exactness import check_exact
+from tests.method_steps import sparsify
 
 HEADS = [2, 4]
 
@@ -286,14 +285,7 @@ def test_regularization_methods_remove_whole_heads_of_a_swin(name: str) -> None:
     column, proj columns), so a few steps in budget mode and prune remove whole heads."""
     model, x = tiny_swin(v2=False).train(), images()
     method = rp.methods.get(name, model, x[:1], target_macs=0.6, total_steps=20)
-    optimizer = build_optimizer(model, lr=0.01, groups=method.optimizer_groups())
-    for _ in range(20):
-        loss = F.cross_entropy(model(x), torch.arange(2)) + method.penalty()
-        loss.backward()
-        method.after_backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        method.step()
+    sparsify(model, method, x, torch.arange(2), steps=20)
     small = method.prune().eval()
     heads = [a.num_heads for a in attentions(small)]
     assert heads and any(h < full for h, full in zip(heads, [2, 2, 4, 4], strict=True))
