@@ -10,6 +10,7 @@ from torch import nn
 
 from regprune.graph import TraceError, trace_graph
 from regprune.models import create_model
+from tests.exactness import check_exact
 from tests.zoo import ConcatNet, GroupedNet, TokenNet
 
 
@@ -35,11 +36,35 @@ def test_concat_gives_each_producer_its_own_offsets() -> None:
     assert bn_b.channel_of.tolist() == [-1] * 8 + list(range(6))
 
 
-def test_chunk_locks_the_chunked_producer_only() -> None:
+def test_chunk_into_equal_halves_couples_them_position_by_position() -> None:
+    """``chunk(2)`` cuts where the dim's size says when the forward runs: halves that lose the
+    same positions stay equal, so channel j of each half is one unit (C2f in YOLOv8)."""
     graph = trace_graph(ConcatNet(), torch.randn(1, 3, 8, 8))
-    locked = {u.layer: u.reason for u in graph.unprunable}
-    assert "chunk" in locked["c"]
+    (chunked,) = [g for g in graph.groups if g.producers == ["c"]]
+    assert chunked.size == 5
+    out = next(s for s in chunked.slices if s.module == "c" and s.role == "out")
+    assert out.channel_of.tolist() == list(range(5)) * 2
     assert ("d",) in {tuple(g.producers) for g in graph.groups}
+    pruned, _ = check_exact(ConcatNet().eval(), torch.randn(2, 3, 8, 8), 0.5)
+    assert pruned.c.out_channels < 10 and pruned.c.out_channels % 2 == 0
+
+
+def test_chunk_into_unequal_parts_or_split_at_literal_sizes_locks() -> None:
+    class Cut(nn.Module):
+        def __init__(self, spelling: str) -> None:
+            super().__init__()
+            self.spelling = spelling
+            self.c, self.d = nn.Conv2d(3, 9, 1), nn.Conv2d(9, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = self.c(x)
+            parts = z.chunk(2, 1) if self.spelling == "chunk" else z.split((4, 5), 1)
+            return self.d(torch.cat([parts[1], parts[0]], 1)).mean((2, 3))
+
+    for spelling in ("chunk", "split"):  # 9 channels chunk into 5 + 4
+        graph = trace_graph(Cut(spelling), torch.randn(1, 3, 4, 4))
+        locked = {u.layer: u.reason for u in graph.unprunable}
+        assert spelling in locked["c"]
 
 
 def test_flatten_maps_one_channel_to_many_features() -> None:

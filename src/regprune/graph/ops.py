@@ -748,6 +748,27 @@ def _split_of_refreshed_width(
     return True
 
 
+def _chunk_into_equal_parts(
+    tracer: Tracer, name: str, label: torch.Tensor, args: tuple, kwargs: dict
+) -> bool:
+    """``chunk(n, dim)`` of a channel dim into equal parts (YOLOv8's C2f: ``cv1(x).chunk(2, 1)``):
+    the part size is computed from the dim when the forward runs, so the cut follows removals
+    that keep the parts equal. The parts are coupled position by position (every part loses
+    the same positions). True when handled so."""
+    if name != "chunk" or len(varying_dims(label)) != 1:
+        return False
+    parts = args[1] if len(args) > 1 else kwargs.get("chunks")
+    dim = kwargs.get("dim", args[2] if len(args) > 2 else 0) % label.dim()
+    total = label.size(dim)
+    if not isinstance(parts, int) or parts < 2 or dim not in varying_dims(label):
+        return False
+    if total % parts:
+        return False  # unequal parts: the last one's size would change differently
+    chunks = label.movedim(dim, -1).unflatten(-1, (parts, total // parts))
+    fix_dim(tracer, chunks, chunks.dim() - 2)
+    return True
+
+
 def _check_selection(
     tracer: Tracer,
     name: str,
@@ -766,6 +787,8 @@ def _check_selection(
     if not varying_dims(compact_in):
         return
     if _split_of_refreshed_width(tracer, name, compact_in, args, kwargs or {}):
+        return
+    if _chunk_into_equal_parts(tracer, name, compact_in, args, kwargs or {}):
         return
     atoms = atoms_in(compact_in)
     tensor_index = name == "getitem" and any(
