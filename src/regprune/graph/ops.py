@@ -674,8 +674,11 @@ def _check_grid_reshape(
                     )
                     tracer.atoms.require_fixed(out_compact, d, tracer.where, reason)
         elif len(big_out) == 1:
-            if sizes[big_out[0]] is not None and sizes[big_out[0]] != refreshed.get("width"):
-                size = sizes[big_out[0]]
+            size = sizes[big_out[0]]
+            # a width read from a shape (MetaFormer's reshape(B, N, C), C the block input's)
+            # is not the attention's own width that surgery refreshes, even when equal to it
+            refreshed_width = size == refreshed.get("width") and not hasattr(size, "label")
+            if size is not None and not refreshed_width:
                 reason = f"'{name}' fixes merged channel dims to {size}; write it as -1"
                 for d in moved:
                     tracer.atoms.require_fixed(in_compact, d, tracer.where, reason)
