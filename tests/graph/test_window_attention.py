@@ -299,12 +299,11 @@ def test_a_width_read_from_the_input_is_not_the_attentions_refreshed_width() -> 
     """MetaFormer's attention merges its heads with ``reshape(B, N, C)``, ``C`` the block
     input's width (equal in number to the attention's own): heads that shrank would no longer
     fill ``C``, so the heads and that width stay whole and the pruned model runs."""
-    timm = pytest.importorskip("timm")
-    from timm.models.metaformer import Attention
+    Attention = pytest.importorskip("timm.models.metaformer").Attention
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 64), Attention(64, head_dim=16), nn.Linear(64, 4)).eval()
     x = torch.randn(2, 5, 8)
     graph = trace_graph(model, x)
     assert not [g for g in graph.groups if any(p.endswith("qkv") for p in g.producers)]
-    assert timm is not None and rp.prune(model, x, ratio=0.5)(x).shape == (2, 5, 4)
+    assert rp.prune(model, x, ratio=0.5)(x).shape == (2, 5, 4)

@@ -124,7 +124,7 @@ def _trace_once(
         collapsed = _collapsed_inside_groups(graph)
         if not collapsed:
             break
-        whole |= collapsed  # at most one more trace: the convs named now lose whole groups
+        whole |= collapsed  # retrace with them by whole groups; each round adds one at least
     graph.example_inputs = example_inputs
     return graph
 

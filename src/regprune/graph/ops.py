@@ -730,42 +730,40 @@ def _selected_dims(name: str, args: tuple, kwargs: dict, ndim: int) -> list[int]
     return [dim % ndim] if isinstance(dim, int) else None
 
 
-def _split_of_refreshed_width(
-    tracer: Tracer, name: str, label: torch.Tensor, args: tuple, kwargs: dict
-) -> bool:
-    """``split(self.split_size)`` of a packed q/k/v projection whose width surgery refreshes
-    (GPT-2): the chunks are coupled position by position, so each loses the same heads and the
-    refreshed size stays true for all. True when handled so."""
-    if name != "split" or len(varying_dims(label)) != 1:
-        return False
-    size = args[1] if len(args) > 1 else kwargs.get("split_size")
-    width = tracer.refreshed_sizes().get("width")
-    dim = kwargs.get("dim", args[2] if len(args) > 2 else 0) % label.dim()
-    total = label.size(dim)
-    if not isinstance(size, int) or size != width or dim not in varying_dims(label):
-        return False
-    if total % size or total == size:
-        return False
-    chunks = label.movedim(dim, -1).unflatten(-1, (total // size, size))
-    fix_dim(tracer, chunks, chunks.dim() - 2)
-    return True
+def _equal_parts_that_follow(
+    tracer: Tracer, name: str, args: tuple, kwargs: dict, total: int
+) -> int | None:
+    """How many equal parts a cut of a ``total``-wide dim makes whose size follows removals,
+    None for any other cut.
+
+    * ``chunk(n)`` (YOLOv8's C2f: ``cv1(x).chunk(2, 1)``): the part size is computed from the
+      dim when the forward runs.
+    * ``split(self.split_size)`` of a packed q/k/v projection whose width surgery refreshes
+      (GPT-2).
+    """
+    if name == "chunk":
+        parts = args[1] if len(args) > 1 else kwargs.get("chunks")
+        return parts if isinstance(parts, int) and parts >= 2 else None
+    if name == "split":
+        size = args[1] if len(args) > 1 else kwargs.get("split_size")
+        width = tracer.refreshed_sizes().get("width")
+        if isinstance(size, int) and size == width and total % size == 0 and total > size:
+            return total // size
+    return None
 
 
-def _chunk_into_equal_parts(
+def _cut_into_equal_parts(
     tracer: Tracer, name: str, label: torch.Tensor, args: tuple, kwargs: dict
 ) -> bool:
-    """``chunk(n, dim)`` of a channel dim into equal parts (YOLOv8's C2f: ``cv1(x).chunk(2, 1)``):
-    the part size is computed from the dim when the forward runs, so the cut follows removals
-    that keep the parts equal. The parts are coupled position by position (every part loses
-    the same positions). True when handled so."""
-    if name != "chunk" or len(varying_dims(label)) != 1:
+    """A channel dim cut into equal parts whose size follows removals
+    (:func:`_equal_parts_that_follow`): the parts are coupled position by position, so every
+    part loses the same positions and they stay equal. True when handled so."""
+    if len(varying_dims(label)) != 1:
         return False
-    parts = args[1] if len(args) > 1 else kwargs.get("chunks")
     dim = kwargs.get("dim", args[2] if len(args) > 2 else 0) % label.dim()
     total = label.size(dim)
-    if not isinstance(parts, int) or parts < 2 or dim not in varying_dims(label):
-        return False
-    if total % parts:
+    parts = _equal_parts_that_follow(tracer, name, args, kwargs, total)
+    if parts is None or dim not in varying_dims(label) or total % parts:
         return False  # unequal parts: the last one's size would change differently
     chunks = label.movedim(dim, -1).unflatten(-1, (parts, total // parts))
     fix_dim(tracer, chunks, chunks.dim() - 2)
@@ -789,9 +787,7 @@ def _check_selection(
     compact_in = compact(label_in)
     if not varying_dims(compact_in):
         return
-    if _split_of_refreshed_width(tracer, name, compact_in, args, kwargs or {}):
-        return
-    if _chunk_into_equal_parts(tracer, name, compact_in, args, kwargs or {}):
+    if _cut_into_equal_parts(tracer, name, compact_in, args, kwargs or {}):
         return
     atoms = atoms_in(compact_in)
     tensor_index = name == "getitem" and any(

@@ -513,29 +513,20 @@ class MultiheadOutProjRule(LinearRule):
         return owner.register_forward_hook(hook, with_kwargs=True, prepend=True)
 
 
-class WindowQKVRule(LinearRule):
-    """The ``qkv`` of torchvision's Swin window attention, recorded by
-    :class:`WindowAttentionRule`: the attention calls ``F.linear`` on its weight, so its inputs
-    are what the attention module receives."""
+class WindowLinearRule(LinearRule):
+    """``qkv`` or ``proj`` of torchvision's Swin window attention, recorded by
+    :class:`WindowAttentionRule`: the attention calls ``F.linear`` on their weights, so no hook
+    on them sees their inputs. ``qkv`` reads what the attention receives; ``proj`` reads the
+    heads' outputs, recomputed from it when measured."""
+
+    def __init__(self, reads_heads: bool) -> None:
+        self.reads_heads = reads_heads
 
     def observe_inputs(
         self, model: nn.Module, name: str, collect: Callable[[torch.Tensor], None]
     ) -> RemovableHandle:
         def hook(module: nn.Module, args: tuple) -> None:
-            collect(args[0])
-
-        return model.get_submodule(name.rpartition(".")[0]).register_forward_pre_hook(hook)
-
-
-class WindowProjRule(LinearRule):
-    """The ``proj`` of torchvision's Swin window attention: it reads the heads' outputs, which
-    no hook sees (recomputed from the attention's input when measured)."""
-
-    def observe_inputs(
-        self, model: nn.Module, name: str, collect: Callable[[torch.Tensor], None]
-    ) -> RemovableHandle:
-        def hook(module: nn.Module, args: tuple) -> None:
-            collect(attend_windows(module, args[0]))
+            collect(attend_windows(module, args[0]) if self.reads_heads else args[0])
 
         return model.get_submodule(name.rpartition(".")[0]).register_forward_pre_hook(hook)
 
@@ -625,8 +616,8 @@ class WindowAttentionRule(PackedHeadsRule):
 
     module_type = ShiftedWindowAttention
     weight_name = "qkv.weight"
-    qkv_rule = WindowQKVRule()
-    out_rule = WindowProjRule()
+    qkv_rule = WindowLinearRule(reads_heads=False)
+    out_rule = WindowLinearRule(reads_heads=True)
 
     def heads(self, module: nn.Module) -> int:
         return head_count(module)
