@@ -85,7 +85,8 @@ class PruningMethod:
         """Return a new, physically smaller model; the model being trained is left untouched.
 
         ``data`` is a few (inputs, targets) batches from the training set, for methods that
-        score channels by the loss (HGSR) or compare candidates (AdaPruner); others ignore it.
+        score channels by the loss (HGSR), compare candidates (AdaPruner) or re-estimate BN
+        statistics that stochastic gates skewed (L0); others ignore it.
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement prune()")
 

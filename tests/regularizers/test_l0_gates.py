@@ -8,9 +8,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from regprune.graph.groups import ChannelGroup
+from regprune.graph.groups import ChannelGroup, ParamSlice
 from regprune.regularizers import BETA, GAMMA, ZETA, HardConcreteGate, L0Regularizer
-from tests.regularizers.tiny import Tiny
+from tests.regularizers.tiny import Tiny, make_tiny
 
 
 def sigmoid(x: float) -> float:
@@ -196,9 +196,55 @@ def test_one_draw_is_shared_by_every_slice_during_a_forward(tiny: Tiny, group: C
 
     tiny.bn.register_forward_hook(record)
     tiny.train()
-    tiny(torch.randn(2, 3, 2, 2))
-    # channel 0 has a non-zero bias and gamma: both read the same z
-    assert seen["bias"][0].item() == pytest.approx(seen["gamma"][0].item())
+    for _ in range(20):
+        tiny(torch.randn(2, 3, 2, 2))
+        # channel 0 has a non-zero bias and gamma: both read the same draw (the bias, before
+        # the BN, its mask z > 0; gamma z itself)
+        z = seen["gamma"][0].item()
+        assert seen["bias"][0].item() == (1.0 if z > 0 else 0.0)
+
+
+def test_filters_before_a_norm_take_the_mask_so_running_statistics_match_eval(tiny: Tiny, group):
+    """A BN's batch statistics cancel a scaling of its input, so z on the filters before it
+    would only reach the running statistics (a mean of z * y over draws) and break eval mode."""
+    reference = make_tiny()
+    reg = L0Regularizer(tiny, [group], lam=1.0, num_samples=1, granularity="channel")
+    gate = reg.gates[0]
+    gate.sample = lambda: torch.full_like(gate.log_alpha, 0.5)  # every draw open, inside (0, 1)
+    tiny.train()
+    reference.train()
+    x = torch.randn(8, 3, 2, 2)
+    with torch.no_grad():
+        scaled = tiny(x)
+        reference(x)
+    assert torch.allclose(tiny.bn.running_mean, reference.bn.running_mean)
+    assert torch.allclose(tiny.bn.running_var, reference.bn.running_var)
+    # the draw still acts through the BN's scale and shift
+    with torch.no_grad():
+        assert not torch.allclose(scaled, reference(x))
+
+
+def test_filters_without_a_norm_are_scaled_by_the_gate():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    every = torch.arange(4)
+    group = ChannelGroup(
+        id=0,
+        size=4,
+        slices=[
+            ParamSlice("0", "weight", 0, "out", every),
+            ParamSlice("0", "bias", 0, "out", every),
+            ParamSlice("2", "weight", 1, "in", every),
+        ],
+        producers=["0"],
+    )
+    reg = L0Regularizer(model, [group], lam=1.0, num_samples=1, granularity="channel")
+    gate = reg.gates[0]
+    gate.sample = lambda: torch.full_like(gate.log_alpha, 0.5)
+    model.train()
+    gate.hold()
+    ratio = model[0].weight / model[0].parametrizations.weight.original
+    gate.release()
+    assert torch.allclose(ratio[ratio == ratio], torch.tensor(0.5))  # NaN where W was 0
 
 
 def test_channel_penalty_counts_every_parameter_of_the_channel(tiny: Tiny, group):
