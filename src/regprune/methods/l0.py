@@ -202,9 +202,7 @@ class L0Channel(GraphMethod):
         return {f"group{k}": v.float().cpu() for k, v in self.regularizer.test_gates().items()}
 
 
-def _baked_with_statistics(
-    regularizer: L0Regularizer, data: CalibrationData | None
-) -> nn.Module:
+def _baked_with_statistics(regularizer: L0Regularizer, data: CalibrationData | None) -> nn.Module:
     """The test-gated copy, its BatchNorm statistics re-estimated on ``data`` when given.
 
     Why (**our choice**; the paper's networks are evaluated as trained): the running
