@@ -331,3 +331,24 @@ def test_baked_copy_matches_bake_and_leaves_the_gated_model_as_it_was():
     reg.bake()
     model.eval()
     assert torch.equal(model(x), baked(x))
+
+
+def test_gates_settle_to_their_test_value_from_settle_at_and_resume_settled(tiny: Tiny, group):
+    reg = L0Regularizer(tiny, [group], lam=1.0, num_samples=1, granularity="channel")
+    reg.settle_at = 3
+    gate = reg.gates[0]
+    set_log_alpha(gate, [0.0, 0.5, 1.0, -0.5])  # test gates strictly inside (0, 1)
+    gate.train()
+    for _ in range(3):
+        assert not torch.equal(gate(), gate.test_gate())  # sampled draws while learning
+        reg.step(tiny)
+    with torch.no_grad():
+        assert torch.equal(gate(), gate.test_gate())  # settled: the network that is kept
+    state = reg.state_dict()
+    fresh = make_tiny()
+    other = L0Regularizer(fresh, [group], lam=1.0, num_samples=1, granularity="channel")
+    other.settle_at = 3
+    other.load_state_dict(state)
+    other.gates[0].train()
+    with torch.no_grad():
+        assert torch.equal(other.gates[0](), other.gates[0].test_gate())

@@ -66,7 +66,9 @@ class L0Channel(GraphMethod):
             themselves (**budget mode**): no per-gate penalty, a Lagrangian constraint on the
             expected MACs (``target_macs``) or the expected kept channels (``ratio``) instead,
             its target warmed up to be reached at half of ``silence_at`` of the budget
-            (:mod:`regprune.regularizers.lagrangian`; Wang et al. 2020, CoFi 2022).
+            (:mod:`regprune.regularizers.lagrangian`; Wang et al. 2020, CoFi 2022); from
+            ``silence_at`` on the gates take their test value in training too
+            (:attr:`L0Regularizer.settle_at`).
         silence_at: share of the budget by which the removed set should be silent (0.8).
         constraint_lr: the multipliers' Adam learning rate (default: sized to the budget).
         **target: optional (required in budget mode). Without a target the channels whose test
@@ -115,6 +117,7 @@ class L0Channel(GraphMethod):
             self.regularizer.constraint = self._cost_constraint(
                 total_steps, silence_at, constraint_lr
             )
+            self.regularizer.settle_at = round(silence_at * total_steps)
             warn_if_too_short(total_steps, self.name)
         self._gates_at_prune: dict[int, torch.Tensor] = {}
 
@@ -309,6 +312,7 @@ class L0Weight(PruningMethod):
             self.regularizer.constraint = ExpectedCostConstraint(
                 kept_share, 1.0 - ratio, total_steps, reach_at=0.5 * silence_at, lr=constraint_lr
             )
+            self.regularizer.settle_at = round(silence_at * total_steps)
             warn_if_too_short(total_steps, self.name)
         self.masks: dict[str, torch.Tensor] | None = None
 

@@ -73,6 +73,8 @@ class HardConcreteGate(nn.Module):
         size = (shape,) if isinstance(shape, int) else tuple(shape)
         self.log_alpha = nn.Parameter(torch.empty(size))
         self._held: torch.Tensor | None = None
+        self.settled = False
+        """True: the test gate in training mode too (see :attr:`L0Regularizer.settle_at`)."""
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -91,11 +93,11 @@ class HardConcreteGate(nn.Module):
         return (torch.sigmoid(self.log_alpha) * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
 
     def forward(self) -> torch.Tensor:
-        """The held draw inside :meth:`hold` / :meth:`release`, else a sample (training) or the
-        test gate (eval)."""
+        """The held draw inside :meth:`hold` / :meth:`release`, else a sample (training, not
+        settled) or the test gate (eval, or settled)."""
         if self._held is not None:
             return self._held
-        return self.sample() if self.training else self.test_gate()
+        return self.sample() if self.training and not self.settled else self.test_gate()
 
     def hold(self) -> None:
         """Fix one draw until :meth:`release`.
@@ -264,6 +266,15 @@ class L0Regularizer(Regularizer):
             raise ValueError("nothing to gate: the targets select no parameter")
         self.constraint: ExpectedCostConstraint | None = None
         """Optional Lagrangian on the expected cost of channel gates (budget mode)."""
+        self.settle_at: int | None = None
+        """From this many steps on, the gates use their test value in training too (budget
+        mode sets it to ``silence_at`` of the budget; **our choice**, not the paper's). Why: a
+        network trained under sampled gates is not the one the test gates define: every BN
+        after a gate averages its statistics over draws of ``z`` in (0, 1) (on ResNet-20 the
+        gated model read 70.9 % in eval mode and 82.3 % with its statistics recomputed), and
+        the weights adapt to noise the pruned model never sees. Once the gates have met the
+        target, the rest of the budget trains the network that will be kept."""
+        self.steps = 0
         self._hooks: list[Any] = []
         self._install_hooks()
 
@@ -314,6 +325,13 @@ class L0Regularizer(Regularizer):
             gate.clamp_()
         if self.constraint is not None:
             self.constraint.update()
+        self.steps += 1
+        self._settle()
+
+    def _settle(self) -> None:
+        settled = self.settle_at is not None and self.steps >= self.settle_at
+        for gate in self.gates.values():
+            gate.settled = settled
 
     def test_gates(self) -> dict[int | str, torch.Tensor]:
         """Deterministic gates, detached: by group id (channel) or module name (weight)."""
@@ -390,7 +408,8 @@ class L0Regularizer(Regularizer):
         """``lam`` and ``log_alpha`` of every gate (also in ``model.state_dict()``; kept here
         so the regularizer restores on its own)."""
         state = super().state_dict() | {
-            "log_alpha": {key: gate.log_alpha.detach().clone() for key, gate in self.gates.items()}
+            "log_alpha": {key: gate.log_alpha.detach().clone() for key, gate in self.gates.items()},
+            "steps": self.steps,
         }
         if self.constraint is not None:
             state["constraint"] = self.constraint.state_dict()
@@ -409,6 +428,8 @@ class L0Regularizer(Regularizer):
                 gate.log_alpha.copy_(saved[key])
         if self.constraint is not None:
             self.constraint.load_state_dict(state["constraint"])
+        self.steps = int(state.get("steps", 0))
+        self._settle()
 
     def _hold_gates(self, module: nn.Module, args: Any) -> None:
         for gate in self.gates.values():
