@@ -124,20 +124,21 @@ def test_the_pipeline_passes_the_budget_where_a_method_takes_one() -> None:
 
 @pytest.mark.parametrize("name", ["slimming", "group_lasso", "hgsr", "adapruner"])
 def test_a_penalty_on_every_channel_selects_then_silences_its_set_in_budget(name: str) -> None:
-    """Given only the budget: the paper's penalty selects for 40 % of it, then growing L2 makes
-    that set silent by 80 %; prune removes exactly that set, silent where it is read."""
-    from regprune.regularizers.staged import SelectThenSilence
+    """Given only the budget: the paper's penalty selects for SELECT_SHARE of it, then growing
+    L2 makes that set silent by 80 %; prune removes exactly that set, silent where it is read."""
+    from regprune.regularizers.staged import SELECT_SHARE, SelectThenSilence
 
     torch.manual_seed(0)
     model = create_model("resnet20", num_classes=10, in_channels=1)
     method = methods.get(name, model, X, target_macs=0.5, max_ratio=0.7, total_steps=60)
     staged = method.regularizer
     assert method.strength_mode == "budget" and isinstance(staged, SelectThenSilence)
-    train_steps(model, method, 23, lr=0.5)
+    select = round(SELECT_SHARE * 60)
+    train_steps(model, method, select - 1, lr=0.5)
     assert staged.selecting and method.budget_active()
-    train_steps(model, method, 1, lr=0.5)  # the 24th step (0.4 x 60) fixes the set
+    train_steps(model, method, 1, lr=0.5)  # the last selection step fixes the set
     assert not staged.selecting and not method.budget_active() and staged.masks is not None
-    train_steps(model, method, 24, lr=0.5)  # to 0.8 of the budget
+    train_steps(model, method, 48 - select, lr=0.5)  # to 0.8 of the budget
     assert not method.wants_more_training()
     data = [(X.repeat(4, 1, 1, 1) + 0.1 * torch.randn(4, *X.shape[1:]), torch.arange(4))] * 2
     method.prune(data=data)
@@ -151,7 +152,7 @@ def test_select_then_silence_resumes_exactly_in_either_stage(tmp_path) -> None:
     torch.manual_seed(0)
     model = create_model("resnet20", num_classes=10, in_channels=1)
     method = methods.get("group_lasso", model, X, ratio=0.5, total_steps=40)
-    for steps in (10, 10):  # once while selecting, once while silencing
+    for steps in (5, 10):  # once while selecting (8 steps), once while silencing
         train_steps(model, method, steps, lr=0.5)
         torch.save(method.state_dict(), tmp_path / "m.pt")
         twin = methods.get(
