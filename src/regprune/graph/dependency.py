@@ -163,12 +163,17 @@ def _form_groups(
     group_first.scatter_reduce_(0, group_index, first_atom[candidates], "amin")
     group_rank = torch.empty_like(group_first)
     group_rank[torch.argsort(group_first)] = torch.arange(group_first.numel())
-    group_of[candidates] = group_rank[group_index]
-    for gid in range(unique_signatures.numel()):
-        members = candidates[group_of[candidates] == gid]
-        order = torch.argsort(first_atom[members])
-        channel_of[members[order]] = torch.arange(members.numel())
-        groups.append(ChannelGroup(id=gid, size=members.numel()))
+    candidate_group = group_rank[group_index]
+    group_of[candidates] = candidate_group
+    # channels in producer-atom order within each group, all groups in one sort (a loop over
+    # groups was a quarter of mobilenet_v2's trace)
+    order = torch.argsort(first_atom[candidates], stable=True)
+    order = order[torch.argsort(candidate_group[order], stable=True)]
+    sizes = torch.bincount(candidate_group, minlength=unique_signatures.numel())
+    starts = torch.cumsum(sizes, 0) - sizes
+    sorted_group = candidate_group[order]
+    channel_of[candidates[order]] = torch.arange(order.numel()) - starts[sorted_group]
+    groups = [ChannelGroup(id=gid, size=int(size)) for gid, size in enumerate(sizes.tolist())]
     for record in records:
         for gid in torch.unique(group_of[component[record.out_atoms]]).tolist():
             if gid >= 0:
