@@ -128,15 +128,23 @@ class InputStats:
         no evidence and is skipped, as if the layer had not been called."""
         if x.numel() == 0:
             return
-        flat = x.detach().movedim(dim, 0).reshape(x.shape[dim], -1).double()
-        total, low, high = flat.sum(dim=1), flat.amin(dim=1), flat.amax(dim=1)
+        x = x.detach()
+        dim = dim % x.dim()
+        others = [d for d in range(x.dim()) if d != dim]
+        if others:
+            # reductions over the other dims in place: no channel-first copy and no float64
+            # copy of the activation (they were a third of the measuring forward's time)
+            total = x.sum(dim=others, dtype=torch.float64)
+            low, high = x.amin(dim=others).double(), x.amax(dim=others).double()
+        else:
+            total = low = high = x.double()
         if self.total is None:
             self.total, self.low, self.high = total, low, high
         else:
             self.total += total
             self.low = torch.minimum(self.low, low)
             self.high = torch.maximum(self.high, high)
-        self.count += flat.shape[1]
+        self.count += x.numel() // x.shape[dim]
 
     def relative_range(self, drop: torch.Tensor) -> torch.Tensor:
         """Range of every input channel over the median range of the channels not in ``drop``."""
