@@ -516,6 +516,8 @@ class Tracer(TorchFunctionMode):
             return
         x_label = self.label(x)
         in_atoms = input_channel_atoms(rule, x_label, x, module)
+        if in_atoms is None and self._mixes_along_another_dim(name, module, rule, x, output):
+            return
         if in_atoms is None:
             in_atoms = self.atoms.new_locked(name, "its input has no channel structure")
             in_atoms = in_atoms.expand(rule.input_channels(module)).clone()
@@ -533,6 +535,36 @@ class Tracer(TorchFunctionMode):
             self.atoms.couple(record.in_atoms, in_atoms)
         record.macs_unit += rule.macs_unit(module, x, output)
         self.set_label(output, output_label(rule, record.out_atoms, output))
+
+    def _mixes_along_another_dim(
+        self, name: str, module: nn.Module, rule: LayerRule, x: torch.Tensor, output: torch.Tensor
+    ) -> bool:
+        """A linear layer applied along a dim that carries no channels while another dim does
+        (MLP-Mixer's and gMLP's token mixing: ``proj(v.transpose(-1, -2))``): each channel's
+        row is mixed on its own, so the channels pass through it, removable, and the layer
+        itself has nothing to cut. Its MACs shrink with those channels: they are recorded as a
+        product over them (:class:`ProductRecord`), not as a layer. With a bias, a zeroed
+        channel leaves the layer as that bias (one value per token, which no consumer's bias
+        can absorb), so those channels are marked inexact."""
+        dim = rule.input_channel_dim(x)
+        last = x.dim() - 1
+        if dim != last or rule.output_channel_dim(output) != output.dim() - 1:
+            return False
+        if output.dim() != x.dim() or rule.groups(module) != 1:
+            return False
+        label = compact(self.label(x))
+        if label.size(last) != 1 or not bool((label >= 0).any()):
+            return False
+        macs = rule.macs_unit(module, x, output) * rule.input_channels(module)
+        macs *= rule.output_channels(module)
+        grid = label.reshape(-1).clone()
+        self.products.append(
+            ProductRecord(name, grid, torch.full_like(grid, -1), macs / grid.numel())
+        )
+        if getattr(module, "bias", None) is not None:
+            self.atoms.mark_inexact(atoms_in(label))
+        self.set_label(output, label)
+        return True
 
     def _couple_conv_groups(self, record: LayerRecord) -> None:
         """A grouped conv keeps every group alike (:data:`GROUPED_CONV_UNITS`): couple each

@@ -1,0 +1,63 @@
+"""A linear layer along a dim that carries no channels (MLP-Mixer's token mixing): the channels
+on the other dim pass through it, removable, and its MACs shrink with them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import regprune as rp
+from regprune.graph import trace_graph
+from tests.exactness import check_exact
+
+X = torch.randn(2, 3, 16, 16)
+
+
+class TokenMixer(nn.Module):
+    """Patch embedding (16 channels over 16 tokens), a token-mixing linear, a channel MLP."""
+
+    def __init__(self, bias: bool = False) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 16, 4, stride=4)
+        self.tokens = nn.Linear(16, 16, bias=bias)
+        self.channels = nn.Linear(16, 32)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x).flatten(2)  # (B, C, N): tokens on the last dim
+        x = x + self.tokens(x)  # mixes tokens, channel by channel
+        x = torch.relu(self.channels(x.transpose(1, 2)))  # (B, N, hidden)
+        return self.head(x.mean(1))
+
+
+def test_channels_pass_through_a_token_mixing_linear_and_prune_exactly() -> None:
+    torch.manual_seed(0)
+    model = TokenMixer().eval()
+    graph = trace_graph(model, X)
+    sizes = {tuple(g.producers): g.size for g in graph.groups}
+    assert sizes[("embed",)] == 16  # the embedding's channels are removable
+    assert "tokens" not in {r.name for r in graph.records}  # nothing of it is cut
+    assert not [u for u in graph.unprunable if u.layer in ("embed", "tokens")]
+    pruned, _ = check_exact(model, X, 0.5)
+    assert pruned.tokens.weight.shape == (16, 16)  # the token mixer keeps its shape
+    assert pruned.embed.out_channels < 16
+
+
+def test_with_a_bias_the_channels_through_the_mixer_are_inexact() -> None:
+    """A zeroed channel leaves a biased token mixer as the bias, one value per token."""
+    torch.manual_seed(0)
+    model = TokenMixer(bias=True).eval()
+    graph = trace_graph(model, X)
+    embed = next(g for g in graph.groups if g.producers == ["embed"])
+    assert not embed.exact
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_token_mixers_macs_follow_the_removed_channels(bias: bool) -> None:
+    torch.manual_seed(0)
+    model = TokenMixer(bias).eval()
+    result = rp.prune_with_result(model, X, ratio=0.5, ignore=[model.head])
+    assert result.macs_before == rp.count(model, X).macs
+    assert result.macs_after == pytest.approx(rp.count(result.model, X).macs, rel=1e-9)
+    assert result.macs_after < result.macs_before
