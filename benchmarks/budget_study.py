@@ -3,6 +3,7 @@
     python -m benchmarks.budget_study --model resnet20 --steps 50 250 1000
     python -m benchmarks.budget_study --model vgg11 --steps 50 250 1000
     python -m benchmarks.budget_study --report docs/budget_study.md
+    python -m benchmarks.budget_study --model resnet20 --trajectory group_lasso --steps 1000
 
 Per model: a baseline trained ``--baseline-steps`` SGD steps on 4,000 Fashion-MNIST training
 images (seed 0, cached under runs/budget_study/), then per method and budget a copy trained
@@ -120,6 +121,30 @@ def run_one(base, name: str, steps: int, data, finetune_steps: int) -> dict:
     }
 
 
+def trajectory(args) -> None:
+    """One method's run of ``study``, its test accuracy printed every ``--eval-every`` steps
+    (how much one evaluation at a constant lr moves); nothing is written."""
+    data = tensors(args.train_images)
+    x, y, x_test, y_test = data
+    base = baseline(args.model, x, y, args.baseline_steps)
+    steps = args.steps[0]
+    model = copy.deepcopy(base)
+    torch.manual_seed(0)
+    method = rp.methods.get(args.trajectory, model, x[:1], target_macs=0.5, total_steps=steps)
+    groups = method.optimizer_groups()
+    optimizer = build_optimizer(model, lr=0.05, momentum=0.9, weight_decay=1e-4, groups=groups)
+    order: list = []
+    while len(order) < steps:  # the batches train() draws for seed=1
+        order += batches(x, y, seed=1 + len(order), size=BATCH)
+    for start in range(0, steps, args.eval_every):
+        chunk = order[start : min(start + args.eval_every, steps)]
+        train_one_epoch(
+            model, chunk, optimizer, F.cross_entropy, method, device="cpu", progress=False
+        )
+        phase = getattr(method.regularizer, "phase", "")
+        print(f"step {start + len(chunk)}: {accuracy(model, x_test, y_test):.4f} {phase}")
+
+
 def study(args) -> None:
     data = tensors(args.train_images)
     x, y, x_test, y_test = data
@@ -198,10 +223,16 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=4000)
     parser.add_argument("--out", default="docs/budget_study.jsonl")
     parser.add_argument("--report", help="write the table into this markdown file and stop")
+    parser.add_argument(
+        "--trajectory", metavar="METHOD", help="print one method's accuracy along its run"
+    )
+    parser.add_argument("--eval-every", type=int, default=100)
     args = parser.parse_args()
     torch.set_num_threads(1)  # one run per core: two models side by side on 2 cores
     if args.report:
         report(args)
+    elif args.trajectory:
+        trajectory(args)
     else:
         study(args)
 
