@@ -61,3 +61,36 @@ def test_the_token_mixers_macs_follow_the_removed_channels(bias: bool) -> None:
     assert result.macs_before == rp.count(model, X).macs
     assert result.macs_after == pytest.approx(rp.count(result.model, X).macs, rel=1e-9)
     assert result.macs_after < result.macs_before
+
+
+class FunctionalQKV(nn.Module):
+    """EVA's attention input: ``F.linear`` on a layer's own weight with a bias concatenated from
+    two parameters and a zero buffer, the layer itself never called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 12)
+        self.qkv = nn.Linear(12, 3 * 6, bias=False)
+        self.q_bias = nn.Parameter(torch.randn(6))
+        self.register_buffer("k_bias", torch.zeros(6), persistent=False)
+        self.v_bias = nn.Parameter(torch.randn(6))
+        self.head = nn.Linear(18, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = torch.cat((self.q_bias, self.k_bias, self.v_bias))
+        h = torch.relu(nn.functional.linear(self.embed(x), weight=self.qkv.weight, bias=bias))
+        return self.head(h)
+
+
+def test_a_functional_linear_on_a_layers_weight_is_that_layers_call() -> None:
+    torch.manual_seed(0)
+    model = FunctionalQKV().eval()
+    x = torch.randn(3, 8)
+    graph = trace_graph(model, x)
+    assert "qkv" in {r.name for r in graph.records}
+    assert not graph.unprunable or all("qkv" not in u.layer for u in graph.unprunable)
+    pruned, _ = check_exact(model, x, 0.5)
+    assert pruned.qkv.weight.shape[0] < 18 and pruned.qkv.weight.shape[1] < 12
+    assert pruned.q_bias.numel() + pruned.k_bias.numel() + pruned.v_bias.numel() == (
+        pruned.qkv.weight.shape[0]
+    )

@@ -1260,7 +1260,28 @@ def _scaled_dot_product_attention(
     tracer.set_label(out, product_label(tracer, scores, lv, scores_size, size_v))
 
 
+def _functional_linear(tracer: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+    """``F.linear`` on a linear layer's own weight, outside its forward: that layer's call, its
+    output channels coupled with the bias given (EVA concatenates q, zero k and v biases)."""
+    x = kwargs.get("input", args[0] if args else None)
+    weight = kwargs.get("weight", args[1] if len(args) > 1 else None)
+    bias = kwargs.get("bias", args[2] if len(args) > 2 else None)
+    layer = tracer.layer_of_weight(weight)
+    if layer is None or not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
+        raise ValueError("its weight is not a linear layer's own")
+    if bias is not None:
+        bias_atoms = channel_vector(tracer.label(bias), 0, bias.shape[0])
+        if bias_atoms is None:
+            raise ValueError("its bias has no channel structure")
+    record = tracer.record_functional_call(layer, x, out)
+    if record is None:
+        raise ValueError("its input is not read along the last dim")
+    if bias is not None:
+        tracer.atoms.couple(record.out_atoms, bias_atoms)
+
+
 _HANDLERS: dict[str, Callable[[Tracer, str, tuple, dict, Any], None]] = {
+    "linear": _functional_linear,
     "matmul": _matmul,
     "bmm": _matmul,
     "scaled_dot_product_attention": _scaled_dot_product_attention,
