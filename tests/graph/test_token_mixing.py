@@ -91,6 +91,7 @@ def test_a_functional_linear_on_a_layers_weight_is_that_layers_call() -> None:
     assert not graph.unprunable or all("qkv" not in u.layer for u in graph.unprunable)
     pruned, _ = check_exact(model, x, 0.5)
     assert pruned.qkv.weight.shape[0] < 18 and pruned.qkv.weight.shape[1] < 12
-    assert pruned.q_bias.numel() + pruned.k_bias.numel() + pruned.v_bias.numel() == (
-        pruned.qkv.weight.shape[0]
+    assert (
+        pruned.q_bias.numel() + pruned.k_bias.numel() + pruned.v_bias.numel()
+        == (pruned.qkv.weight.shape[0])
     )
