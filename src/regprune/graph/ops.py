@@ -1261,22 +1261,29 @@ def _scaled_dot_product_attention(
 
 
 def _functional_linear(tracer: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
-    """``F.linear`` on a linear layer's own weight, outside its forward: that layer's call, its
-    output channels coupled with the bias given (EVA concatenates q, zero k and v biases)."""
+    """``F.linear`` on a linear layer's own weight: that layer's call, outside its forward (EVA
+    concatenates q, zero k and v biases) or inside a subclass's own forward (timm's
+    ``Linear``); a bias that is not the layer's own is coupled with its output channels."""
     x = kwargs.get("input", args[0] if args else None)
     weight = kwargs.get("weight", args[1] if len(args) > 1 else None)
     bias = kwargs.get("bias", args[2] if len(args) > 2 else None)
-    layer = tracer.layer_of_weight(weight)
-    if layer is None or not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
+    found = tracer.layer_of_weight(weight)
+    if found is None or not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
         raise ValueError("its weight is not a linear layer's own")
+    layer, rule = found
+    if tracer.owns(layer, "bias", bias):
+        bias = None  # sliced with the layer
+    elif bias is None and getattr(tracer.model.get_submodule(layer), "bias", None) is not None:
+        raise ValueError("the call leaves out the layer's own bias")
+    bias_atoms = None
     if bias is not None:
         bias_atoms = channel_vector(tracer.label(bias), 0, bias.shape[0])
         if bias_atoms is None:
             raise ValueError("its bias has no channel structure")
-    record = tracer.record_functional_call(layer, x, out)
+    record = tracer.record_functional_call(layer, rule, x, out)
     if record is None:
         raise ValueError("its input is not read along the last dim")
-    if bias is not None:
+    if bias_atoms is not None:
         tracer.atoms.couple(record.out_atoms, bias_atoms)
 
 

@@ -31,6 +31,7 @@ from regprune.layers.rules import (
     LayerRule,
     opaque_reason,
     refreshed_head_sizes,
+    rule_by_type,
     rule_for,
 )
 
@@ -536,25 +537,29 @@ class Tracer(TorchFunctionMode):
         record.macs_unit += rule.macs_unit(module, x, output)
         self.set_label(output, output_label(rule, record.out_atoms, output))
 
-    def layer_of_weight(self, tensor: Any) -> str | None:
-        """The name of the single-weight layer (a linear) whose own weight ``tensor`` is, or
-        None: a model's ``F.linear(x, layer.weight, bias)`` outside the layer's forward."""
+    def layer_of_weight(self, tensor: Any) -> tuple[str, LayerRule] | None:
+        """The single-weight layer whose own weight ``tensor`` is, and its rule, or None: a
+        model's ``F.linear(x, layer.weight, bias)`` outside the layer's forward (EVA), or the
+        forward of a layer class that overrides it (timm's ``Linear``)."""
         owner = self._owner.get(id(tensor)) if isinstance(tensor, torch.Tensor) else None
         if owner is None:
             return None
         module, attr, _ = owner
-        rule = self._rule_modules.get(module)
+        rule = self._rule_modules.get(module) or rule_by_type(self.model.get_submodule(module))
         if rule is None or rule.trace_call is not None or attr != rule.weight_name:
             return None
-        return module
+        return module, rule
+
+    def owns(self, module: str, attr: str, tensor: Any) -> bool:
+        """Whether ``tensor`` is ``module``'s own parameter ``attr``."""
+        return self._owner.get(id(tensor), (None, None))[:2] == (module, attr)
 
     def record_functional_call(
-        self, name: str, x: torch.Tensor, output: torch.Tensor
+        self, name: str, rule: LayerRule, x: torch.Tensor, output: torch.Tensor
     ) -> LayerRecord | None:
         """Record ``output = layer(x)`` computed by a functional call on the layer's weight, as
         if the layer had been called (EVA's qkv: ``F.linear(x, qkv.weight, qkv_bias)``)."""
         module = self.model.get_submodule(name)
-        rule = self._rule_modules[name]
         if rule.input_channel_dim(x) != x.dim() - 1 or rule.groups(module) != 1:
             return None
         self._record_layer(name, module, rule, (x,), output)

@@ -776,6 +776,18 @@ def rule_for(module: nn.Module) -> LayerRule | None:
     return None
 
 
+def rule_by_type(module: nn.Module) -> LayerRule | None:
+    """The single-weight rule of the layer type ``module`` is an instance of, even when its
+    class overrides ``forward`` (timm's ``Linear``): a functional call on its own weight, inside
+    or outside that forward, is that layer's call (:meth:`Tracer.layer_of_weight`)."""
+    if parametrize.is_parametrized(module):
+        return None
+    for rule in LAYER_RULES:
+        if rule.trace_call is None and isinstance(module, rule.module_type):
+            return rule
+    return None
+
+
 def opaque_reason(module: nn.Module) -> str | None:
     if parametrize.is_parametrized(module):
         return PARAMETRIZED_REASON

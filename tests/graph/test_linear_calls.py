@@ -1,5 +1,7 @@
-"""A linear layer along a dim that carries no channels (MLP-Mixer's token mixing): the channels
-on the other dim pass through it, removable, and its MACs shrink with them."""
+"""Linear layers called in ways other than ``layer(x)``: along a dim that carries no channels
+(MLP-Mixer's token mixing: the channels on the other dim pass through it, removable, and its
+MACs shrink with them), as ``F.linear`` on the layer's own weight outside its forward (EVA), and
+from a subclass's own forward (timm's ``Linear``)."""
 
 from __future__ import annotations
 
@@ -95,3 +97,23 @@ def test_a_functional_linear_on_a_layers_weight_is_that_layers_call() -> None:
         pruned.q_bias.numel() + pruned.k_bias.numel() + pruned.v_bias.numel()
         == (pruned.qkv.weight.shape[0])
     )
+
+
+class OwnForwardLinear(nn.Linear):
+    """timm's ``Linear``: a subclass whose forward calls ``F.linear`` on its own parameters."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight, self.bias)
+
+
+def test_a_linear_subclass_with_its_own_forward_prunes_like_a_linear() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), OwnForwardLinear(16, 12), nn.ReLU())
+    model.append(nn.Linear(12, 4))
+    x = torch.randn(3, 8)
+    graph = trace_graph(model, x)
+    assert {"0", "2", "4"} <= {r.name for r in graph.records}
+    assert not graph.unprunable or all(u.layer == "4" for u in graph.unprunable)
+    pruned, _ = check_exact(model.eval(), x, 0.5)
+    assert pruned[2].weight.shape[0] < 12 and pruned[2].bias.shape == pruned[2].weight.shape[:1]
+    assert pruned[2].out_features == pruned[2].weight.shape[0]
