@@ -11,7 +11,7 @@ import regprune as rp
 from regprune.allocation import BudgetError
 from regprune.api import check_runs, make_plan
 from regprune.models import create_model
-from regprune.surgery import apply_plan_with_report, silence_channels
+from regprune.surgery import apply_plan_with_report, silence_channels, zero_channels
 
 X32 = torch.randn(1, 3, 32, 32)
 
@@ -156,11 +156,35 @@ def test_prune_runs_the_original_twice_when_removed_channels_may_be_constant() -
     # once for the MACs, the output shapes and the first compensation probe together, once for
     # the perturbed probe; the pruned model once for the check (it used to be 4 + 1)
     model = create_model("resnet20", num_classes=10).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.bias.fill_(0.5)  # a silenced channel then emits 0.5, not 0
     graph, plan = make_plan(model, X32, ratio=0.5)
     silenced = silence_channels(model, graph, plan)  # constant channels: the probe has work
     calls = _real_forwards(silenced)
     rp.prune(silenced, X32, ratio=0.5)
     assert sorted(calls) == ["original", "original", "pruned"]
+
+
+def test_prune_skips_the_perturbed_probe_when_the_flat_removed_inputs_are_zero() -> None:
+    # silenced channels behind BN shifts of 0 emit 0: folding them adds nothing whether or not
+    # they are constant, so the perturbed probe (one more forward of the original) is skipped
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 3),
+        nn.Flatten(),
+    ).eval()
+    graph, plan = make_plan(model, X32, ratio=0.5)
+    silenced = silence_channels(model, graph, plan)
+    calls = _real_forwards(silenced)
+    result = rp.prune_with_result(silenced, X32, ratio=0.5)
+    assert calls == ["original", "pruned"]
+    with torch.no_grad():
+        zeroed = zero_channels(silenced, result.graph, result.plan)
+        assert torch.allclose(result.model(X32), zeroed(X32), atol=1e-5)
 
 
 def test_prune_runs_the_original_once_when_nothing_removed_looks_constant() -> None:
