@@ -3,7 +3,8 @@
     python -m benchmarks.budget_study --model resnet20 --steps 50 250 1000
     python -m benchmarks.budget_study --model vgg11 --steps 50 250 1000
     python -m benchmarks.budget_study --report docs/budget_study.md
-    python -m benchmarks.budget_study --model resnet20 --trajectory group_lasso --steps 1000
+    python -m benchmarks.budget_study --model resnet20 --trajectory group_lasso --steps 1000 \
+        --recalibrate
 
 Per model: a baseline trained ``--baseline-steps`` SGD steps on 4,000 Fashion-MNIST training
 images (seed 0, cached under runs/budget_study/), then per method and budget a copy trained
@@ -36,7 +37,7 @@ from regprune.data import build_datasets
 from regprune.io import atomic_torch_save, read_weights_only
 from regprune.models import create_model
 from regprune.report import describe_machine, markdown_table, write_generated_block
-from regprune.train import build_optimizer, train_one_epoch
+from regprune.train import build_optimizer, recalibrate_batch_norm, train_one_epoch
 
 METHODS = (
     "oneshot",
@@ -142,7 +143,12 @@ def trajectory(args) -> None:
             model, chunk, optimizer, F.cross_entropy, method, device="cpu", progress=False
         )
         phase = getattr(method.regularizer, "phase", "")
-        print(f"step {start + len(chunk)}: {accuracy(model, x_test, y_test):.4f} {phase}")
+        line = f"step {start + len(chunk)}: {accuracy(model, x_test, y_test):.4f}"
+        if args.recalibrate:
+            twin = copy.deepcopy(model)
+            recalibrate_batch_norm(twin, batches(x, y, seed=7, size=BATCH)[:16])
+            line += f", BN statistics re-estimated {accuracy(twin, x_test, y_test):.4f}"
+        print(f"{line} {phase}", flush=True)
 
 
 def study(args) -> None:
@@ -227,6 +233,12 @@ def main() -> None:
         "--trajectory", metavar="METHOD", help="print one method's accuracy along its run"
     )
     parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="with --trajectory: also the accuracy of a copy whose BatchNorm statistics are "
+        "re-estimated on 16 training batches (not for L0: its gates live in the model)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)  # one run per core: two models side by side on 2 cores
     if args.report:
