@@ -1271,9 +1271,9 @@ def _functional_linear(tracer: Tracer, name: str, args: tuple, kwargs: dict, out
     if found is None or not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
         raise ValueError("its weight is not a linear layer's own")
     layer, rule = found
-    if tracer.owns(layer, "bias", bias):
+    if tracer.owns(layer, rule.bias_name, bias):
         bias = None  # sliced with the layer
-    elif bias is None and getattr(tracer.model.get_submodule(layer), "bias", None) is not None:
+    elif bias is None and rule.bias(tracer.model.get_submodule(layer)) is not None:
         raise ValueError("the call leaves out the layer's own bias")
     bias_atoms = None
     if bias is not None:

@@ -590,7 +590,7 @@ class Tracer(TorchFunctionMode):
         self.products.append(
             ProductRecord(name, grid, torch.full_like(grid, -1), macs / grid.numel())
         )
-        if getattr(module, "bias", None) is not None:
+        if rule.bias(module) is not None:
             self.atoms.mark_inexact(atoms_in(label))
         self.set_label(output, label)
         return True

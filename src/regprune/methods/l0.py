@@ -216,8 +216,7 @@ def _baked_with_statistics(regularizer: L0Regularizer, data: CalibrationData | N
     (docs/budget_study.md, "Channel L0 and BatchNorm").
     """
     baked = regularizer.baked_copy()
-    if data:
-        recalibrate_batch_norm(baked, data)
+    recalibrate_batch_norm(baked, data or [])
     return baked
 
 

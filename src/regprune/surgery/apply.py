@@ -208,10 +208,8 @@ def _any_constant(cuts: Cuts, stats: dict[str, InputStats]) -> bool:
         if entry.total is None or entry.low is None or entry.high is None:
             return True  # not seen: let the full measurement say
         low, high = entry.low.cpu(), entry.high.cpu()
-        spread = high - low
-        kept = spread[~drop]
-        tolerance = 10 * CONSTANT_RTOL * (float(kept.median()) if kept.numel() else 0.0)
-        flat = spread <= tolerance
+        tolerance = 10 * CONSTANT_RTOL * entry.kept_scale(drop)
+        flat = high - low <= tolerance
         away_from_zero = torch.maximum(low.abs(), high.abs()) > tolerance
         if bool((flat & away_from_zero)[drop].any()):
             return True

@@ -133,7 +133,7 @@ class InputStats:
         others = [d for d in range(x.dim()) if d != dim]
         if others:
             # reductions over the other dims in place: no channel-first copy and no float64
-            # copy of the activation (they were a third of the measuring forward's time)
+            # copy of the activation (peak memory of the measuring forward)
             total = x.sum(dim=others, dtype=torch.float64)
             low, high = x.amin(dim=others).double(), x.amax(dim=others).double()
         else:
@@ -146,11 +146,15 @@ class InputStats:
             self.high = torch.maximum(self.high, high)
         self.count += x.numel() // x.shape[dim]
 
+    def kept_scale(self, drop: torch.Tensor) -> float:
+        """The median range of the channels not in ``drop`` (0 when none is kept)."""
+        kept = (self.high - self.low).cpu()[~drop]
+        return float(kept.median()) if kept.numel() else 0.0
+
     def relative_range(self, drop: torch.Tensor) -> torch.Tensor:
         """Range of every input channel over the median range of the channels not in ``drop``."""
         spread = (self.high - self.low).cpu()
-        kept = spread[~drop]
-        scale = float(kept.median()) if kept.numel() else 0.0
+        scale = self.kept_scale(drop)
         if scale > 0:
             return spread / scale
         return torch.where(spread > 0, torch.inf, 0.0).double()
