@@ -15,10 +15,10 @@ minimized in the weights and gates, *maximized* in ``lambda_1, lambda_2`` (gradi
 The linear term acts only while the share is above the target (**our choice**; CoFi's is
 ``lambda_1 * (r - t)``): ``lambda_1`` grows while the gates lag the warm-up, and with the
 two-sided term it kept pushing them closed long after they had passed the target, until it had
-come down again: on ResNet-20 after 250 budget steps the expected share was 0.35 against a
-target of 0.5, 48 kept channels had closed gates (zeros in the pruned model) and the gated
-model read 80.8 % against 83.3 %. Below the target only the quadratic term acts, and it pulls
-the share back up. Here the warm-up
+come down again: on ResNet-20 after 250 budget steps 48 kept channels had closed gates
+(zeros in the pruned model) and the gated model read 80.8 % against 83.3 %; with this term
+none, and 83.8 % (docs/budget_study.md, "Channel L0 and BatchNorm"). Below the target only the
+quadratic term acts, and it pulls the share back up. Here the warm-up
 ends at ``reach_at`` of the budget (**our choice**: 0.5 of ``silence_at``, so the gates close
 with time left to settle), and the multipliers step with Adam (as CoFi's) at a rate sized to the
 budget: ``lr = LR_SCALE / ramp_steps`` (**our choice**, see docs/methods.md for the pilot).
