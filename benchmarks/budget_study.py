@@ -10,8 +10,9 @@ Per model: a baseline trained ``--baseline-steps`` SGD steps on 4,000 Fashion-MN
 images (seed 0, cached under runs/budget_study/), then per method and budget a copy trained
 ``steps`` steps with the method given **only** ``total_steps`` and the target (50 % of the
 MACs; default ``max_ratio``, default strengths), pruned, and fine-tuned ``--finetune-steps``
-steps. Test accuracy on 2,000 test images: the baseline, before pruning, right after (with the
-default compensation), after fine-tuning; the removal report says how many removed channel
+steps. Test accuracy on 2,000 test images: the baseline, as trained, before pruning (the
+network the method cuts, ``model_to_prune``: after a penalty, BN statistics re-estimated on the
+4 calibration batches), right after (with the default compensation), after fine-tuning; the removal report says how many removed channel
 inputs were silent where they are read. ``oneshot`` is the same training without a penalty,
 pruned by L1 (what removal costs when nothing was silenced).
 
@@ -99,10 +100,12 @@ def run_one(base, name: str, steps: int, data, finetune_steps: int) -> dict:
     method = rp.methods.get(name, model, x[:1], target_macs=0.5, **budget)
     start = time.perf_counter()
     train(model, x, y, steps, method, seed=1)
-    before = accuracy(model, x_test, y_test)
+    calibration = batches(x, y, seed=0, size=BATCH)[:4]
+    as_trained = accuracy(model, x_test, y_test)
+    before = accuracy(method.model_to_prune(calibration), x_test, y_test)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        small = method.prune(data=batches(x, y, seed=0, size=BATCH)[:4])
+        small = method.prune(data=calibration)
     right_after = accuracy(small, x_test, y_test)
     finetune = method.finetune_method(small)
     train(small, x, y, finetune_steps, finetune, lr=0.01, seed=2)
@@ -111,6 +114,7 @@ def run_one(base, name: str, steps: int, data, finetune_steps: int) -> dict:
         "method": name,
         "steps": steps,
         "strength_mode": getattr(method, "strength_mode", "-"),
+        "as_trained": as_trained,
         "before": before,
         "right_after": right_after,
         "finetuned": accuracy(small, x_test, y_test),
@@ -186,6 +190,7 @@ def report(args) -> None:
         "steps",
         "mode",
         "baseline",
+        "as trained",
         "before prune (vs baseline)",
         "right after prune (vs before)",
         "after fine-tune",
@@ -202,6 +207,7 @@ def report(args) -> None:
                 str(r["steps"]),
                 r["strength_mode"],
                 f"{100 * r['baseline']:.1f}",
+                f"{100 * r['as_trained']:.1f}",
                 f"{100 * r['before']:.1f} ({100 * (r['before'] - r['baseline']):+.1f})",
                 f"{100 * r['right_after']:.1f} ({100 * (r['right_after'] - r['before']):+.1f})",
                 f"{100 * r['finetuned']:.1f}",

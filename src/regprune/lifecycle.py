@@ -86,9 +86,17 @@ class PruningMethod:
 
         ``data`` is a few (inputs, targets) batches from the training set, for methods that
         score channels by the loss (HGSR), compare candidates (AdaPruner) or re-estimate BN
-        statistics that stochastic gates skewed (L0); others ignore it.
+        statistics that a penalty or stochastic gates left behind (:meth:`model_to_prune`);
+        one-shot methods ignore it.
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement prune()")
+
+    def model_to_prune(self, data: CalibrationData | None = None) -> nn.Module:
+        """The network :meth:`prune` cuts, as it computes at test time: the trained model here;
+        structural methods trained under a penalty return a copy whose BN statistics are
+        re-estimated on ``data`` (:meth:`GraphMethod.model_to_prune`), L0 its test-gated copy.
+        The pipeline reports its accuracy as "before pruning"."""
+        return self.model
 
     def removal_report(self) -> dict[str, Any]:
         """After :meth:`prune`: how silent the removed set was (for logs and the run report)."""

@@ -187,9 +187,10 @@ class AdaPruner(GraphMethod):
         recalibration, held_out = list(data[:half]), list(data[half:])
         candidates: dict[str, tuple[Plan, nn.Module, Any]] = {}
         self.candidate_losses = {}
+        source = self.model_to_prune(data)
         for criterion in self.candidates:
             plan = self.plan_for(criterion(self.model, self.graph))
-            candidate = self.apply(plan, data)
+            candidate = self.apply(plan, data, source=source)
             recalibrate_batch_norm(candidate, recalibration)
             self.candidate_losses[criterion.name] = proxy_loss(candidate, held_out)
             candidates[criterion.name] = (plan, candidate, self.last_compensation)

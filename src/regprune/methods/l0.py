@@ -164,7 +164,7 @@ class L0Channel(GraphMethod):
             int(k): g.log_alpha.detach().double().cpu() for k, g in self.regularizer.gates.items()
         }
         self._gates_at_prune = gates
-        baked = _baked_with_statistics(self.regularizer, data)
+        baked = self.model_to_prune(data)
         if self.target is None:
             masks = {}
             for gid, gate in gates.items():
@@ -176,6 +176,10 @@ class L0Channel(GraphMethod):
         plan = self.plan_from_scores(log_alpha, comparable=True)
         _warn_closed_but_kept(gates, plan.drop_masks())
         return self.apply(plan, data, source=baked)
+
+    def model_to_prune(self, data: CalibrationData | None = None) -> nn.Module:
+        """The test-gated copy, its BN statistics re-estimated (:func:`_baked_with_statistics`)."""
+        return _baked_with_statistics(self.regularizer, data)
 
     def schedule_warnings(self, plan: Plan) -> list[str]:
         gates = self._gates_at_prune
@@ -315,8 +319,12 @@ class L0Weight(PruningMethod):
             warn_if_too_short(total_steps, self.name)
         self.masks: dict[str, torch.Tensor] | None = None
 
+    def model_to_prune(self, data: CalibrationData | None = None) -> nn.Module:
+        """The test-gated copy, its BN statistics re-estimated (:func:`_baked_with_statistics`)."""
+        return _baked_with_statistics(self.regularizer, data)
+
     def prune(self, data: CalibrationData | None = None) -> nn.Module:
-        baked = _baked_with_statistics(self.regularizer, data)
+        baked = self.model_to_prune(data)
         self.masks = {n: (p.detach() == 0).cpu() for n, p in prunable_weights(baked).items()}
         return baked
 

@@ -85,11 +85,28 @@ def sparsify(ctx: RunContext, progress: Progress) -> PhaseResult:
 
 
 def prune(ctx: RunContext, progress: Progress) -> PhaseResult:
-    """Surgery: test accuracy before, ``method.prune(calibration data)``, accuracy after."""
+    """Surgery: test accuracy before, ``method.prune(calibration data)``, accuracy after.
+
+    "Before" is the accuracy of the network the method cuts (:meth:`model_to_prune`: after a
+    penalty, BN statistics re-estimated on the calibration batches); the model as trained,
+    when it differs, is logged and kept as ``acc_as_trained``.
+    """
     method = ctx.method if ctx.method is not None else ctx.restore_method("sparsify")
     ctx.reseed("prune")
     test = ctx.loaders.test
-    acc_before = evaluate(method.model, test, ctx.device)["acc"]
+    calibration = ctx.calibration_batches()
+    to_prune = method.model_to_prune(calibration)
+    acc_before = evaluate(to_prune, test, ctx.device)["acc"]
+    acc_as_trained = acc_before
+    if to_prune is not method.model:
+        acc_as_trained = evaluate(method.model, test, ctx.device)["acc"]
+        logger.info(
+            "[prune] test acc %.2f %% as trained, %.2f %% with BN statistics re-estimated on "
+            "the calibration batches (the network pruning cuts)",
+            100 * acc_as_trained,
+            100 * acc_before,
+        )
+    del to_prune
     baseline = progress.phases.get("pretrain", {}).get("acc_baseline")
     fell = ""
     if baseline is not None and acc_before < baseline - FELL_BELOW_BASELINE:
@@ -102,7 +119,7 @@ def prune(ctx: RunContext, progress: Progress) -> PhaseResult:
         logger.warning("[prune] %s", fell)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pruned = method.prune(ctx.calibration_batches())
+        pruned = method.prune(calibration)
     removal = dict(method.removal_report())
     if caught:
         removal["warnings"] = [str(w.message) for w in caught]
@@ -143,7 +160,12 @@ def prune(ctx: RunContext, progress: Progress) -> PhaseResult:
         )
     ctx.wait_for_main()
     ctx.method = method
-    return {"acc_before_prune": acc_before, "acc_after_prune": acc_after, "removal": removal}
+    return {
+        "acc_before_prune": acc_before,
+        "acc_as_trained": acc_as_trained,
+        "acc_after_prune": acc_after,
+        "removal": removal,
+    }
 
 
 def finetune(ctx: RunContext, progress: Progress) -> PhaseResult:
