@@ -12,9 +12,10 @@ images (seed 0, cached under runs/budget_study/), then per method and budget a c
 MACs; default ``max_ratio``, default strengths), pruned, and fine-tuned ``--finetune-steps``
 steps. Test accuracy on 2,000 test images: the baseline, as trained, before pruning (the
 network the method cuts, ``model_to_prune``: after a penalty, BN statistics re-estimated on the
-4 calibration batches), right after (with the default compensation), after fine-tuning; the removal report says how many removed channel
-inputs were silent where they are read. ``oneshot`` is the same training without a penalty,
-pruned by L1 (what removal costs when nothing was silenced).
+4 calibration batches), right after (with the default compensation), after fine-tuning; the
+removal report says how many removed channel inputs were silent where they are read.
+``oneshot`` is the same training without a penalty, pruned by L1 (what removal costs when
+nothing was silenced).
 
 Every finished row is appended to ``--out`` (JSON lines) at once; a rerun skips the rows it
 has, so an interrupted study resumes where it stopped.
