@@ -1144,6 +1144,25 @@ def _record_product(
     )
 
 
+def _couple_contracted(tracer: Tracer, la: torch.Tensor, lb: torch.Tensor) -> None:
+    """Couple position k of ``la (..., M, K)`` with position k of ``lb (..., K, N)``, for every
+    row m and column n: one component per (batch index, k) holding the atoms of ``la[..., :, k]``
+    and ``lb[..., k, :]``.
+
+    Why not pair every (m, k, n): where a label varies along M and N (a class token
+    concatenated to the tokens, MViT's pooled attention) that grid has M x K x N entries,
+    a billion at 16x224x224, and the trace ran out of memory. Each side is coupled with one
+    atom of the other side's set instead (the largest: >= 0 exactly when the set has an atom),
+    which joins the same components: an atom with no atom on the other side stays alone, as
+    it did when every pair had one position without an atom.
+    """
+    other_b = lb.amax(dim=-1, keepdim=True).transpose(-1, -2)  # (..., 1, K)
+    other_a = la.amax(dim=-2, keepdim=True).transpose(-1, -2)  # (..., K, 1)
+    for label, other in ((la, other_b), (lb, other_a)):
+        shape = torch.broadcast_shapes(tuple(label.shape), tuple(other.shape))
+        tracer.atoms.couple(label.expand(shape), other.expand(shape))
+
+
 def product_label(
     tracer: Tracer,
     la: torch.Tensor,
@@ -1171,9 +1190,7 @@ def product_label(
     _pin_against_constant(tracer, la, lb, size_b, [*batch_dims, ndim - 1])
     _pin_against_constant(tracer, lb, la, size_a, [*batch_dims, ndim - 2])
     if la.size(-1) > 1 or lb.size(-2) > 1:
-        a, b = la.unsqueeze(-1), lb.unsqueeze(-3)
-        shape = torch.broadcast_shapes(tuple(a.shape), tuple(b.shape))
-        tracer.atoms.couple(a.expand(shape), b.expand(shape))
+        _couple_contracted(tracer, la, lb)
     varying_batch = [d for d in batch_dims if la.size(d) > 1 or lb.size(d) > 1]
     for d in varying_batch:
         if tracer.attention == "heads":
