@@ -193,14 +193,20 @@ def report(args) -> None:
         "baseline",
         "as trained",
         "before prune (vs baseline)",
+        "vs no penalty",
         "right after prune (vs before)",
         "after fine-tune",
         "silent / removed inputs",
         "MACs kept",
     ]
     order = {m: i for i, m in enumerate(METHODS)}
+    # the same training without a penalty: one evaluation at a constant lr moves by points, so
+    # this is what the penalty itself cost before pruning
+    unpenalized = {(r["model"], r["steps"]): r["before"] for r in rows if r["method"] == "oneshot"}
     table = []
     for r in sorted(rows, key=lambda r: (r["model"], r["steps"], order.get(r["method"], 99))):
+        reference = unpenalized.get((r["model"], r["steps"]))
+        against = "-" if reference is None else f"{100 * (r['before'] - reference):+.1f}"
         table.append(
             [
                 r["model"],
@@ -210,6 +216,7 @@ def report(args) -> None:
                 f"{100 * r['baseline']:.1f}",
                 f"{100 * r['as_trained']:.1f}",
                 f"{100 * r['before']:.1f} ({100 * (r['before'] - r['baseline']):+.1f})",
+                against,
                 f"{100 * r['right_after']:.1f} ({100 * (r['right_after'] - r['before']):+.1f})",
                 f"{100 * r['finetuned']:.1f}",
                 f"{r['silent']}/{r['removed']}",

@@ -9,7 +9,7 @@ import torch
 
 from regprune import methods
 from regprune.models import create_model
-from regprune.regularizers.budget import SILENT_RATIO, BudgetSchedule
+from regprune.regularizers.budget import SHORT_BUDGET_STEPS, SILENT_RATIO, BudgetSchedule
 from tests.methods.test_methods_unit import X, train_steps
 
 
@@ -225,6 +225,13 @@ def test_unstructured_greg_never_empties_a_zero_initialized_layer() -> None:
     ],
 )
 def test_every_budget_mode_warns_when_the_budget_is_too_short(name: str, target: dict) -> None:
-    model = create_model("resnet20", num_classes=10, in_channels=1)
+    def fresh():  # L0 installs its gates on the model it is given
+        return create_model("resnet20", num_classes=10, in_channels=1)
+
     with pytest.warns(UserWarning, match="too short to silence anything"):
-        methods.get(name, model, X, total_steps=10, **target)
+        methods.get(name, fresh(), X, total_steps=10, **target)
+    with pytest.warns(UserWarning, match="faster than the network adapts"):
+        methods.get(name, fresh(), X, total_steps=100, **target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        methods.get(name, fresh(), X, total_steps=SHORT_BUDGET_STEPS, **target)
