@@ -399,10 +399,14 @@ def merge_operands(tracer: Tracer, operands: list[torch.Tensor], shape: torch.Si
         for j, other in enumerate(expanded):
             if i != j:
                 _lock_against_constant(tracer, label, other, sizes[j])
-    merged = expanded[0]
-    for label in expanded[1:]:
-        tracer.atoms.couple(merged, label)
-        merged = torch.where(merged >= 0, merged, label)
+    # the smallest label first: coupled atoms are interchangeable, and where a label varies
+    # along tokens only because a class token was concatenated (MViT), a per-channel operand
+    # (a norm's weight) gives the output a per-channel label again, keeping later labels small
+    order = sorted(range(len(labels)), key=lambda i: labels[i].numel())
+    merged = expanded[order[0]]
+    for i in order[1:]:
+        tracer.atoms.couple(merged, expanded[i])
+        merged = torch.where(merged >= 0, merged, expanded[i])
     return compact(merged.contiguous())
 
 
@@ -1210,7 +1214,17 @@ def product_label(
             return label.narrow(dim, 0, 1)  # the head's unit: all its channels are coupled
         return torch.full_like(label.narrow(dim, 0, 1), -1)
 
-    ra, rb = contracted(la, ndim - 1), contracted(lb, ndim - 2)
+    ra, rb = compact(contracted(la, ndim - 1)), compact(contracted(lb, ndim - 2))
+    if ra.size(-2) > 1 and rb.size(-1) > 1 and varying_batch and tracer.attention == "heads":
+        # each side's head unit varies along its tokens: a class token's row took another path
+        # (MViT pools every token but that one), so its atoms differ from the other rows'. They
+        # are one head all the same: couple each head's atoms along both token dims and let one
+        # atom per head label the scores
+        head = ra.amax(dim=-2, keepdim=True)
+        tracer.atoms.couple(ra, head.expand_as(ra))
+        shape = torch.broadcast_shapes(tuple(rb.shape), tuple(head.shape))
+        tracer.atoms.couple(rb.expand(shape), head.expand(shape))
+        ra, rb = head, head
     if ra.size(-2) > 1 and rb.size(-1) > 1:
         raise ValueError("both operands carry channels on the product's output dims")
     shape = torch.broadcast_shapes(tuple(ra.shape), tuple(rb.shape))
