@@ -137,3 +137,20 @@ def test_state_dict_round_trips_through_weights_only_load(tiny: Tiny, group: Cha
     zero_grads(tiny)
     restored.apply_to_grads(tiny)
     assert tiny.bn.weight.grad.tolist() == [0.0, -S, 0.0, S]
+
+
+def test_the_proximal_step_zeroes_a_crossing_and_holds_zero_only_in_the_mask(tiny: Tiny, group):
+    # masked: channels 0-2 (1.0, -0.5, 0.0); channel 3 (2.0) is kept and never clipped
+    regularizer = BNScaleL1([group], s=S)
+    regularizer.set_mask({group.id: torch.tensor([True, True, True, False])})
+    regularizer.remember_signs(tiny)
+    with torch.no_grad():  # a step that flips channel 0, keeps 1, moves 2 off zero, flips 3
+        tiny.bn.weight.copy_(torch.tensor([-0.25, -0.25, 0.5, -1.0]))
+    regularizer.zero_the_crossed(tiny)
+    assert tiny.bn.weight.tolist() == [0.0, -0.25, 0.0, -1.0]
+    # the next step: momentum carries the zeroed channel 0 off zero; it is held there again
+    regularizer.remember_signs(tiny)
+    with torch.no_grad():
+        tiny.bn.weight.copy_(torch.tensor([0.125, -0.125, -0.125, -1.0]))
+    regularizer.zero_the_crossed(tiny)
+    assert tiny.bn.weight.tolist() == [0.0, -0.125, 0.0, -1.0]

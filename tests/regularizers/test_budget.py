@@ -80,6 +80,29 @@ def test_masksparsity_budget_mode_drives_its_set_down_and_resumes_exactly(tmp_pa
     assert twin.regularizer.s == method.regularizer.s == method.budget.strength
     train_steps(model, method, 18, lr=0.5)
     assert method.budget.last_ratio < 0.5 * method.budget.start_ratio
+    train_steps(model, method, 12, lr=0.5)  # the whole budget: the masked set is silent
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        method.prune()
+    report = method.removal_report()
+    assert report["silent_inputs"] >= 0.9 * report["removed_inputs"]
+
+
+def test_a_masked_penalty_raises_through_a_loss_rise_a_global_one_backs_off() -> None:
+    """MaskSparsity's penalty touches only what goes: a loss 50 % over its start (batch noise
+    at a constant lr, or the removal itself) must not hold it; slimming's selection, which
+    shrinks every channel, backs off."""
+    model = create_model("resnet20", num_classes=10, in_channels=1)
+    masked = methods.get("masksparsity", model, X, ratio=0.5, total_steps=100).budget
+    every = methods.get("slimming", model, X, ratio=0.5, total_steps=100).budget
+    for schedule in (masked, every):
+        schedule.observe_loss(0.2)
+        schedule.update(2, 0.9)  # control starts: the reference loss is 0.2
+        for _ in range(20):
+            schedule.observe_loss(0.3)
+        before = schedule.strength
+        schedule.update(40, 0.9)  # far behind the path, loss 1.5x its start
+        assert (schedule.strength > before) is (schedule is masked)
 
 
 def test_explicit_strengths_and_paper_defaults_are_kept() -> None:

@@ -119,6 +119,7 @@ class GraphMethod(PruningMethod):
         silence_at: float,
         end_ratio: float = SILENT_RATIO,
         ceiling: float | None = None,
+        loss_tolerance: float = 0.25,
     ) -> float:
         """The strength to start with, and the mode: an explicit strength is used as given
         (reproducing a paper or a tuned run); otherwise with ``total_steps`` the budget drives
@@ -137,6 +138,7 @@ class GraphMethod(PruningMethod):
             silence_at=silence_at,
             end_ratio=end_ratio,
             ceiling=ceiling,
+            loss_tolerance=loss_tolerance,
             owner=self.name,
         )
         return initial

@@ -173,11 +173,15 @@ class BNScaleL1(Regularizer):
                 self._signs.append((gid, index, torch.sign(gamma.index_select(dim, positions))))
 
     def zero_the_crossed(self, model: nn.Module) -> None:
-        """Set to zero every penalized scale whose sign the last step flipped: the proximal
-        form of the L1 step. Why: the subgradient ``s * sign(gamma)`` makes a scale that
-        reached zero jitter around it with an amplitude of about ``lr * s / (1 - momentum)``,
-        so with a constant learning rate the channel never goes quiet; clipping at the
-        crossing holds it at zero (budget mode only: the papers use the plain subgradient)."""
+        """Set to zero every penalized scale whose sign the last step changed, and keep the
+        ones at zero there: the proximal form of the L1 step. Why: the subgradient
+        ``s * sign(gamma)`` makes a scale that reached zero jitter around it with an amplitude
+        of about ``lr * s / (1 - momentum)``, so with a constant learning rate the channel
+        never goes quiet; clipping at the crossing holds it at zero (budget mode only: the
+        papers use the plain subgradient). A scale at zero stays there (the masked set is
+        removed anyway): clipping only the sign flips let momentum carry a zeroed scale off
+        zero every other step, and at the strengths a short budget needs (ResNet-20, 100
+        steps: 10.5) that jitter was larger than the kept scales."""
         with torch.no_grad():
             for gid, index, before in self._signs:
                 gamma = index.weight_in(model, leaf=True)
@@ -186,7 +190,7 @@ class BNScaleL1(Regularizer):
                 dim = index.axis(gamma)
                 positions, channels = index.positions_on(gamma.device)
                 now = gamma.index_select(dim, positions)
-                crossed = (torch.sign(now) != before) & (before != 0)
+                crossed = torch.sign(now) != before
                 weight = self._channel_weight(gid, gamma.device, torch.bool)
                 if weight is not None:
                     crossed &= along(weight[channels], dim, crossed.dim())
