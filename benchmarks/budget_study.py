@@ -15,7 +15,10 @@ network the method cuts, ``model_to_prune``: after a penalty, BN statistics re-e
 4 calibration batches), right after (with the default compensation), after fine-tuning; the
 removal report says how many removed channel inputs were silent where they are read.
 ``oneshot`` is the same training without a penalty, pruned by L1 (what removal costs when
-nothing was silenced).
+nothing was silenced). ``cut_early`` spends the same budget the other way: no penalty, pruned
+by L1 (compensated) at ``silence_at`` (0.8) of the steps and trained the rest at the same lr;
+its "before prune" is the pruned model at the end of the budget, what a penalty's silenced
+network is measured against (both had the last fifth of the budget to adapt without the set).
 
 Every finished row is appended to ``--out`` (JSON lines) at once; a rerun skips the rows it
 has, so an interrupted study resumes where it stopped.
@@ -51,7 +54,10 @@ METHODS = (
     "hgsr",
     "l0_channel",
     "adapruner",
+    "cut_early",
 )
+CUT_AT = 0.8
+"""``cut_early`` prunes at this share of the budget: the methods' default ``silence_at``."""
 MODELS = {"resnet20": {}, "vgg11": {"width": 0.5}}
 CACHE = Path("runs/budget_study")
 BATCH = 64
@@ -94,6 +100,8 @@ def baseline(name: str, x, y, steps: int) -> torch.nn.Module:
 
 
 def run_one(base, name: str, steps: int, data, finetune_steps: int) -> dict:
+    if name == "cut_early":
+        return cut_early(base, steps, data, finetune_steps)
     x, y, x_test, y_test = data
     model = copy.deepcopy(base)
     budget = {} if name == "oneshot" else {"total_steps": steps}
@@ -118,6 +126,41 @@ def run_one(base, name: str, steps: int, data, finetune_steps: int) -> dict:
         "as_trained": as_trained,
         "before": before,
         "right_after": right_after,
+        "finetuned": accuracy(small, x_test, y_test),
+        "silent": report.get("silent_inputs", 0),
+        "removed": report.get("removed_inputs", 0),
+        "macs_kept": rp.count(small, x[:1]).macs / rp.count(base, x[:1]).macs,
+        "warnings": [str(w.message)[:160] for w in caught],
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def cut_early(base, steps: int, data, finetune_steps: int) -> dict:
+    """The budget without a penalty: prune at :data:`CUT_AT` of it, train the rest."""
+    x, y, x_test, y_test = data
+    model = copy.deepcopy(base)
+    torch.manual_seed(0)
+    method = rp.methods.get("oneshot", model, x[:1], target_macs=0.5)
+    start = time.perf_counter()
+    first = round(CUT_AT * steps)
+    train(model, x, y, first, method, seed=1)
+    as_trained = accuracy(model, x_test, y_test)
+    calibration = batches(x, y, seed=0, size=BATCH)[:4]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        small = method.prune(data=calibration)
+    finetune = method.finetune_method(small)
+    train(small, x, y, steps - first, finetune, seed=1 + first)  # the rest, at the same lr
+    end_of_budget = accuracy(small, x_test, y_test)
+    train(small, x, y, finetune_steps, finetune, lr=0.01, seed=2)
+    report = method.removal_report()
+    return {
+        "method": "cut_early",
+        "steps": steps,
+        "strength_mode": "explicit",
+        "as_trained": as_trained,
+        "before": end_of_budget,
+        "right_after": end_of_budget,
         "finetuned": accuracy(small, x_test, y_test),
         "silent": report.get("silent_inputs", 0),
         "removed": report.get("removed_inputs", 0),
@@ -194,6 +237,7 @@ def report(args) -> None:
         "as trained",
         "before prune (vs baseline)",
         "vs no penalty",
+        "vs cut early",
         "right after prune (vs before)",
         "after fine-tune",
         "silent / removed inputs",
@@ -203,10 +247,15 @@ def report(args) -> None:
     # the same training without a penalty: one evaluation at a constant lr moves by points, so
     # this is what the penalty itself cost before pruning
     unpenalized = {(r["model"], r["steps"]): r["before"] for r in rows if r["method"] == "oneshot"}
+    # the same budget spent without a penalty, pruned at CUT_AT: the network a penalty's
+    # silenced one competes with
+    cut = {(r["model"], r["steps"]): r["before"] for r in rows if r["method"] == "cut_early"}
     table = []
     for r in sorted(rows, key=lambda r: (r["model"], r["steps"], order.get(r["method"], 99))):
         reference = unpenalized.get((r["model"], r["steps"]))
         against = "-" if reference is None else f"{100 * (r['before'] - reference):+.1f}"
+        early = cut.get((r["model"], r["steps"]))
+        against_cut = "-" if early is None else f"{100 * (r['before'] - early):+.1f}"
         table.append(
             [
                 r["model"],
@@ -217,6 +266,7 @@ def report(args) -> None:
                 f"{100 * r['as_trained']:.1f}",
                 f"{100 * r['before']:.1f} ({100 * (r['before'] - r['baseline']):+.1f})",
                 against,
+                against_cut,
                 f"{100 * r['right_after']:.1f} ({100 * (r['right_after'] - r['before']):+.1f})",
                 f"{100 * r['finetuned']:.1f}",
                 f"{r['silent']}/{r['removed']}",

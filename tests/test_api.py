@@ -63,6 +63,20 @@ def test_round_to_keeps_multiples() -> None:
             assert module.out_channels % 8 == 0
 
 
+@pytest.mark.parametrize("target", [{"ratio": 0.37}, {"target_macs": 0.5}])
+def test_round_to_auto_aligns_the_wide_groups_and_leaves_the_narrow_free(target: dict) -> None:
+    model = create_model("resnet56", num_classes=10)  # stages of 16, 32 and 64 channels
+    graph, plan = make_plan(model, X32, round_to="auto", **target)
+    kept = {g.id: g.size - len(plan.drop.get(g.id, [])) for g in graph.groups}
+    wide = [g for g in graph.groups if g.size >= 64]
+    assert wide and all(kept[g.id] % 8 == 0 for g in wide)
+    narrow = [kept[g.id] for g in graph.groups if g.size < 64]
+    assert any(k % 8 for k in narrow)  # not rounded: a block there is a third of the layer
+    if "target_macs" in target:
+        kept_macs = rp.count(rp.prune(model, X32, round_to="auto", **target), X32).macs
+        assert 0.49 <= kept_macs / rp.count(model, X32).macs <= 0.5
+
+
 def test_global_ratio_removes_that_fraction_of_all_channels() -> None:
     model = create_model("vgg16", num_classes=10)
     graph, plan = make_plan(model, X32, ratio=0.4, scope="global", importance="l2")

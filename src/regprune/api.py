@@ -59,7 +59,7 @@ def make_plan(
     importance: str | Importance = "l1",
     scope: str = "local",
     ignore: Iterable[nn.Module | str] = (),
-    round_to: int = 1,
+    round_to: int | str = 1,
     max_ratio: float | None = None,
     seed: int = 0,
     scores: dict[int, torch.Tensor] | None = None,
@@ -258,7 +258,7 @@ def prune(
     importance: str | Importance = "l1",
     scope: str = "local",
     ignore: Iterable[nn.Module | str] = (),
-    round_to: int = 1,
+    round_to: int | str = 1,
     max_ratio: float | None = None,
     seed: int = 0,
     compensate: str | None = "constant",
@@ -281,7 +281,9 @@ def prune(
         importance: ``l1``, ``l2``, ``bn_scale``, ``fpgm``, ``random`` or an Importance.
         scope: ``local`` (same ratio in every group) or ``global`` (one ranking).
         ignore: modules (or their names) whose outputs must keep their width.
-        round_to: kept widths are multiples of this.
+        round_to: kept widths are multiples of this; ``"auto"``: multiples of 8 in groups of
+            64 channels or more (:data:`regprune.allocation.target.AUTO_MULTIPLE`), the width
+            CPU vector units and GPU tensor cores run without padded tails.
         max_ratio: no channel group loses more than this fraction of its channels (default
             0.8, :data:`regprune.allocation.target.DEFAULT_MAX_RATIO`; 1.0 for no cap).
         seed: for the random criterion.

@@ -261,6 +261,18 @@ def cmd_prune_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _round_to(text: str) -> int | str:
+    """``--round-to``: a positive integer or ``auto`` (Target checks the integer's range)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or 'auto', got {text!r}"
+        ) from None
+
+
 def _add_config_args(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("config", metavar="CONFIG", help=what)
     parser.add_argument(
@@ -395,7 +407,12 @@ def build_parser(prog: str = "regprune") -> argparse.ArgumentParser:
         help="l1, l2, fpgm, bn_scale or random (default: l1)",
     )
     prune_parser.add_argument("--scope", choices=("local", "global"), default="local")
-    prune_parser.add_argument("--round-to", type=int, default=1, help="kept widths multiple of N")
+    prune_parser.add_argument(
+        "--round-to",
+        type=_round_to,
+        default=1,
+        help="kept widths multiple of N, or 'auto' (8 in groups of 64 channels or more)",
+    )
     prune_parser.add_argument(
         "--max-ratio",
         type=float,

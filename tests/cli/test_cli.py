@@ -116,6 +116,7 @@ def test_prune_model_prints_widths_and_macs_before_and_after(capsys, tmp_path):
     [
         (["count", "resnet21"], "unknown model 'resnet21'"),
         (["prune-model", "lenet5", "--ratio", "1.5"], "ratio"),
+        (["prune-model", "lenet5", "--ratio", "0.5", "--round-to", "0"], "or 'auto'"),
         (["count", "lenet5", "--input-size", "0", "28", "28"], "--input-size must be positive"),
         (["count", "lenet5", "--arg", "padding"], "not KEY=VALUE"),
     ],

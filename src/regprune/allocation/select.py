@@ -53,18 +53,23 @@ def _ranks(scores: dict[int, torch.Tensor], graph: DependencyGraph) -> dict[int,
     return ranked
 
 
-def _min_keep(size: int, round_to: int, max_ratio: float = 1.0) -> int:
-    """The fewest channels a group may keep: ``round_to`` (one aligned block) and, with
+def _min_keep(size: int, multiple: int, max_ratio: float = 1.0) -> int:
+    """The fewest channels a group may keep: ``multiple`` (one aligned block) and, with
     ``max_ratio`` < 1, the share of the group that the cap protects."""
     capped = math.ceil(size * (1.0 - max_ratio) - 1e-9)
-    return min(size, max(round_to, capped))
+    return min(size, max(multiple, capped))
 
 
-def _round_kept(kept: torch.Tensor, sizes: torch.Tensor, round_to: int) -> torch.Tensor:
-    """Round kept widths up to a multiple of ``round_to`` (never above the group size)."""
-    if round_to <= 1:
+def _multiples(graph: DependencyGraph, target: Target) -> torch.Tensor:
+    """Per group, the multiple its kept width is rounded to (``Target.multiple_for``)."""
+    return torch.tensor([target.multiple_for(g.size) for g in graph.groups], dtype=torch.float64)
+
+
+def _round_kept(kept: torch.Tensor, sizes: torch.Tensor, multiples: torch.Tensor) -> torch.Tensor:
+    """Round kept widths up to their group's multiple (never above the group size)."""
+    if bool((multiples <= 1).all()):
         return kept
-    return torch.minimum(torch.ceil(kept / round_to) * round_to, sizes)
+    return torch.minimum(torch.ceil(kept / multiples) * multiples, sizes)
 
 
 def _plan_from_counts(
@@ -84,12 +89,12 @@ def _build_order(
     ranked: dict[int, torch.Tensor],
     scope: str,
     comparable: bool,
-    round_to: int,
+    multiples: torch.Tensor,
     max_ratio: float,
 ) -> _Order:
     groups, ranks, keys, tiebreak, components = [], [], [], [], []
     for group in graph.groups:
-        droppable = group.size - _min_keep(group.size, round_to, max_ratio)
+        droppable = group.size - _min_keep(group.size, int(multiples[group.id]), max_ratio)
         if droppable <= 0:
             continue
         order = ranked[group.id][:droppable]
@@ -111,11 +116,17 @@ def _build_order(
     return _Order(torch.cat(groups)[order], torch.cat(ranks)[order], torch.cat(components)[order])
 
 
-def _drop_counts(graph: DependencyGraph, order: _Order, k: int, round_to: int) -> torch.Tensor:
+def _drop_counts(
+    graph: DependencyGraph, order: _Order, k: int, multiples: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Channels each group loses when the first ``k`` of the order go, kept widths rounded up
+    to ``multiples`` (None: no rounding)."""
     sizes = torch.tensor([g.size for g in graph.groups], dtype=torch.float64)
     counts = torch.zeros(len(graph.groups), dtype=torch.float64)
     counts.index_add_(0, order.group[:k], torch.ones(k, dtype=torch.float64))
-    kept = _round_kept(sizes - counts, sizes, round_to)
+    if multiples is None:
+        return counts.long()
+    kept = _round_kept(sizes - counts, sizes, multiples)
     return (sizes - kept).long()
 
 
@@ -156,21 +167,23 @@ def allocate(
         BudgetError: a target that cannot be met.
     """
     ratio, target_macs, scope = target.ratio, target.target_macs, target.scope
-    round_to, max_ratio = target.round_to, target.max_ratio
+    max_ratio = target.max_ratio
+    multiples = _multiples(graph, target)
+    exact = bool((multiples <= 1).all())  # no group rounds: the count search may refine
     ranked = _ranks(scores, graph)
     sizes = torch.tensor([g.size for g in graph.groups], dtype=torch.float64)
-    order = _build_order(graph, scores, ranked, scope, comparable, round_to, max_ratio)
+    order = _build_order(graph, scores, ranked, scope, comparable, multiples, max_ratio)
     if ratio is not None:
         if scope == "local":
             floor_keep = torch.tensor(
-                [_min_keep(g.size, round_to, max_ratio) for g in graph.groups]
+                [_min_keep(g.size, int(multiples[g.id]), max_ratio) for g in graph.groups]
             )
             dropped = torch.minimum(torch.floor(sizes * ratio), sizes - floor_keep)
-            kept = _round_kept(sizes - dropped, sizes, round_to)
+            kept = _round_kept(sizes - dropped, sizes, multiples)
             counts = (sizes - kept).long()
         else:
             k = min(math.floor(ratio * float(sizes.sum())), order.group.numel())
-            counts = _drop_counts(graph, order, k, round_to)
+            counts = _drop_counts(graph, order, k, multiples)
         return _plan_from_counts(graph, ranked, counts)
 
     if macs_model is None:
@@ -178,7 +191,7 @@ def allocate(
     target = target_macs * macs_model.total
 
     def macs_after(k: int) -> float:
-        counts = _drop_counts(graph, order, k, round_to)
+        counts = _drop_counts(graph, order, k, multiples)
         return macs_model.macs(_keep_mask(graph, ranked, counts))
 
     n = order.group.numel()
@@ -196,8 +209,8 @@ def allocate(
             high = mid
         else:
             low = mid + 1
-    counts = _drop_counts(graph, order, low, round_to)
-    if low > 0 and round_to == 1:
+    counts = _drop_counts(graph, order, low, multiples)
+    if low > 0 and exact:
         counts = _CountSearch(graph, ranked, macs_model, order, target).refine(counts, low)
     achieved = macs_model.macs(_keep_mask(graph, ranked, counts))
     if target - achieved > BUDGET_TOLERANCE * target:
@@ -206,9 +219,9 @@ def allocate(
             f"plan below it keeps {achieved / macs_model.total:.4f} of the MACs (channels are "
             "removed whole; small groups make coarse steps)"
         )
-        if round_to == 1:
+        if exact:
             raise BudgetError(message + "; ask for a target the model's granularity allows")
-        warnings.warn(message + f" with round_to={round_to}", stacklevel=2)
+        warnings.warn(message + f" with round_to={target.round_to!r}", stacklevel=2)
     return _plan_from_counts(graph, ranked, counts)
 
 
@@ -276,7 +289,7 @@ class _CountSearch:
         are still above the target, try one more channel from each group instead and keep the
         choice that lands closest below the target.
         """
-        base = _drop_counts(self.graph, self.order, k - 1, round_to=1)
+        base = _drop_counts(self.graph, self.order, k - 1)
         one_more = (
             self._changed(base, gid, 1)
             for gid in range(len(self.graph.groups))

@@ -8,6 +8,17 @@ from typing import Any
 
 SCOPES = ("local", "global")
 
+AUTO_MULTIPLE = 8
+"""``round_to="auto"`` rounds kept widths to this multiple (our choice): 8 fp32 lanes of an AVX2
+register and the channel block of oneDNN's blocked layouts on such CPUs, and the multiple that
+fp16 / bf16 tensor cores want on a GPU; a width off it runs in padded or scalar tails."""
+
+AUTO_MIN_GROUP = 64
+"""``round_to="auto"`` rounds only groups of at least this many channels (our choice): there one
+block is at most an eighth of the group, so the rounding moves the allocation little; below it
+(a 16-channel CIFAR stage) a block is a third or half of the layer, and rounding would move the
+MACs off the target more than an aligned width pays back."""
+
 DEFAULT_MAX_RATIO = 0.8
 """The most of one channel group a default target removes (our choice, issue 14): a global
 ranking may otherwise thin a layer to one channel, and a network whose layer is that thin can
@@ -25,7 +36,8 @@ class Target:
             for global); or
         target_macs: fraction of the model's MACs to keep, in (0, 1] (met within 1 % below).
         scope: ``"local"`` (same share in every group) or ``"global"`` (one ranking).
-        round_to: kept widths are multiples of this.
+        round_to: kept widths are multiples of this; ``"auto"``: of :data:`AUTO_MULTIPLE` in
+            groups of at least :data:`AUTO_MIN_GROUP` channels, free in smaller ones.
         max_ratio: no channel group loses more than this fraction of its channels; None (the
             default) is :data:`DEFAULT_MAX_RATIO`.
 
@@ -36,7 +48,7 @@ class Target:
     ratio: float | None = None
     target_macs: float | None = None
     scope: str = "local"
-    round_to: int = 1
+    round_to: int | str = 1
     max_ratio: float | None = None
 
     def __post_init__(self) -> None:
@@ -61,9 +73,12 @@ class Target:
         if not isinstance(self.scope, str) or self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
         round_to = self.round_to
-        if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        if round_to != "auto" and (
+            isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1
+        ):
             raise ValueError(
-                f"round_to must be a positive integer (kept widths are multiples of it), "
+                f"round_to must be a positive integer (kept widths are multiples of it) or "
+                f"'auto' (multiples of {AUTO_MULTIPLE} where a group is wide enough), "
                 f"got {round_to!r}"
             )
         max_ratio = self.max_ratio
@@ -76,6 +91,12 @@ class Target:
     @property
     def is_macs(self) -> bool:
         return self.target_macs is not None
+
+    def multiple_for(self, size: int) -> int:
+        """The multiple a group of ``size`` channels keeps its width at."""
+        if self.round_to == "auto":
+            return AUTO_MULTIPLE if size >= AUTO_MIN_GROUP else 1
+        return int(self.round_to)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -71,7 +71,7 @@ class GraphMethod(PruningMethod):
         ratio: float | None = None,
         target_macs: float | None = None,
         scope: str | None = None,
-        round_to: int = 1,
+        round_to: int | str = 1,
         max_ratio: float | None = None,
         ignore: Iterable[nn.Module | str] = (),
         compensate: str | None = "constant",

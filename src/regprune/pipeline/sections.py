@@ -131,7 +131,7 @@ class MethodSection:
     ratio: float | None = None
     target_macs: float | None = None
     scope: str | None = None
-    round_to: int = 1
+    round_to: int | str = 1
     max_ratio: float | None = None
     ignore: list[str] = field(default_factory=list)
 
