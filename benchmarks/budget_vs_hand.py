@@ -67,7 +67,7 @@ def table() -> str:
     header = [
         "run",
         "seeds",
-        "acc before prune (%)",
+        "acc as trained, before prune (%)",
         "right after prune (%)",
         "removed inputs silent (%)",
         "after fine-tune (%)",

@@ -372,7 +372,13 @@ def main() -> None:
         "--quick", action="store_true", help="resnet56 only, fewer calls: a smoke run"
     )
     parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.3])
-    parser.add_argument("--round-to", type=int, nargs="+", default=[1, 8])
+    parser.add_argument(
+        "--round-to",
+        type=lambda text: text if text == "auto" else int(text),
+        nargs="+",
+        default=[1, 8],
+        help="integers or 'auto' (regprune.allocation.target.AUTO_MULTIPLE)",
+    )
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds-b1", type=int, default=4, help="batch 1: rounds of 3 calls")

@@ -76,7 +76,7 @@ def structured_table(groups: dict[str, list[dict]]) -> str:
     header = [
         "method",
         "seeds",
-        "acc before prune (%)",
+        "acc as trained, before prune (%)",
         "acc right after prune (%)",
         "... with BN re-estimated (%)",
         "acc after fine-tune (%)",
@@ -191,7 +191,7 @@ def removal_table(groups: dict[str, list[dict]]) -> str | None:
     header = [
         "method",
         "seeds",
-        "right after minus before prune (points)",
+        "right after prune minus as trained (points)",
         "removed inputs constant (%)",
         "largest relative range (median over seeds)",
         "compensation",
@@ -204,7 +204,7 @@ def unstructured_table(groups: dict[str, list[dict]]) -> str:
         "method",
         "seeds",
         "weight sparsity (%)",
-        "acc before prune (%)",
+        "acc as trained, before prune (%)",
         "acc right after prune (%)",
         "... with BN re-estimated (%)",
         "acc after fine-tune (%)",
