@@ -77,6 +77,12 @@ def test_round_to_auto_aligns_the_wide_groups_and_leaves_the_narrow_free(target:
         assert 0.49 <= kept_macs / rp.count(model, X32).macs <= 0.5
 
 
+def test_a_rounded_macs_target_it_cannot_meet_closely_warns_and_names_round_to() -> None:
+    model = create_model("resnet56", num_classes=10)  # 16-channel stages: blocks of 8 are coarse
+    with pytest.warns(UserWarning, match=r"cannot be met within 1%.* with round_to=8"):
+        make_plan(model, X32, target_macs=0.5, round_to=8)
+
+
 def test_global_ratio_removes_that_fraction_of_all_channels() -> None:
     model = create_model("vgg16", num_classes=10)
     graph, plan = make_plan(model, X32, ratio=0.4, scope="global", importance="l2")

@@ -167,7 +167,7 @@ def allocate(
         BudgetError: a target that cannot be met.
     """
     ratio, target_macs, scope = target.ratio, target.target_macs, target.scope
-    max_ratio = target.max_ratio
+    max_ratio, round_to = target.max_ratio, target.round_to
     multiples = _multiples(graph, target)
     exact = bool((multiples <= 1).all())  # no group rounds: the count search may refine
     ranked = _ranks(scores, graph)
@@ -221,7 +221,7 @@ def allocate(
         )
         if exact:
             raise BudgetError(message + "; ask for a target the model's granularity allows")
-        warnings.warn(message + f" with round_to={target.round_to!r}", stacklevel=2)
+        warnings.warn(message + f" with round_to={round_to!r}", stacklevel=2)
     return _plan_from_counts(graph, ranked, counts)
 
 
