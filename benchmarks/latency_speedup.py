@@ -263,6 +263,10 @@ def render(report: dict[str, Any]) -> str:
         f"Load average (1/5/15 min) at start: {report['load_start']}, at end: "
         f"{report['load_end']}; the 1-minute load before every cell is in the JSON.",
         "",
+        "Backend: eager PyTorch (`measure_latency(backend='eager')`, oneDNN kernels); the "
+        "same comparison through `torch.compile` and onnxruntime: "
+        "[latency_backends.md](latency_backends.md).",
+        "",
         "Setup: models with random weights (`weights=None` / `create_model`), eval mode, "
         "`torch.inference_mode()`. Pruned with `regprune.prune(model, x, target_macs=t, "
         "importance='l1', round_to=r)`, t in (0.5, 0.3) = fraction of MACs kept, r in (1, 8). "

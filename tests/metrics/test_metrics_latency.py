@@ -84,3 +84,26 @@ def test_a_list_of_images_and_keyword_inputs_are_passed_and_the_list_is_the_batc
     images = [torch.randn(3, 4, 4), torch.randn(3, 6, 5)]
     result = measure_latency(Detector(), CallArgs(images, scale=2.0), warmup=0, repeats=2)
     assert result.batch_size == 2
+
+
+def test_onnxruntime_times_the_exported_file_not_the_module() -> None:
+    pytest.importorskip("onnxruntime")
+    model = Probe()
+    x = torch.randn(5, 8)
+    result = measure_latency(model, x, warmup=2, repeats=7, threads=1, backend="onnxruntime")
+    # the export runs the module a few times; the 9 timed and warm-up calls do not
+    assert model.count[0] < 2 + 7
+    assert (result.repeats, result.batch_size) == (7, 5) and result.median_ms > 0
+    assert model.training and torch.get_num_threads() >= 1
+
+
+def test_compile_never_times_the_compiling_call() -> None:
+    model = Probe()
+    result = measure_latency(model, torch.randn(5, 8), warmup=0, repeats=3, backend="compile")
+    assert result.repeats == 3 and result.median_ms > 0
+    assert model.count[0] >= 1  # compiled code runs the module's forward once to trace it
+
+
+def test_an_unknown_backend_is_named_with_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"backend must be one of \('eager', 'compile'"):
+        measure_latency(Probe(), torch.randn(1, 8), backend="tensorrt")

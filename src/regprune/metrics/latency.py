@@ -5,20 +5,30 @@ a few untimed warm-up calls (allocator, kernel selection, lazy initialisation), 
 ``time.perf_counter`` around each call. On CUDA the device is synchronised before starting and
 after every call, since kernel launches return before the work is done. The median is the number
 to compare: it ignores the occasional scheduler hiccup that drags the mean on a shared machine.
+
+The same model runs through one of three backends (``backend=``), since a pruned model's speedup
+depends on the kernels that run it: ``"eager"`` PyTorch, ``"compile"`` (``torch.compile``; its
+compilation happens in the warm-up, which is at least one call), and ``"onnxruntime"`` (CPU:
+the model exported by :func:`regprune.export.export_onnx` to a temporary file and run in an
+``InferenceSession`` with the same thread count).
 """
 
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from regprune.inputs import CallArgs, ExampleInputs, as_call_args, iter_tensors
 from regprune.modes import eval_mode
+
+BACKENDS = ("eager", "compile", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,7 @@ def measure_latency(
     warmup: int = 3,
     repeats: int = 20,
     threads: int | None = None,
+    backend: str = "eager",
 ) -> Latency:
     """Time the model's forward on ``example_inputs``.
 
@@ -69,6 +80,9 @@ def measure_latency(
         repeats: timed calls (>= 1).
         threads: CPU threads for intra-op parallelism while timing (``torch.set_num_threads``);
             ``None`` keeps the current setting. Fix it when comparing models on a shared host.
+            onnxruntime's session takes the same count.
+        backend: ``"eager"``, ``"compile"`` or ``"onnxruntime"`` (CPU only; needs ``onnx`` and
+            ``onnxruntime``, the ``test`` extra); see the module docstring.
 
     Returns:
         A :class:`Latency` with per-call statistics in milliseconds.
@@ -85,21 +99,30 @@ def measure_latency(
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1 or None, got {threads}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     call = as_call_args(example_inputs)
     synchronize = _synchronizer(call, model)
+    if backend == "compile":
+        warmup = max(warmup, 1)  # the first call compiles: never time it
 
     previous_threads = torch.get_num_threads()
     times_ms: list[float] = []
     try:
         if threads is not None:
             torch.set_num_threads(threads)
-        with eval_mode(model), torch.inference_mode():
+        with (
+            eval_mode(model),
+            torch.inference_mode(),
+            tempfile.TemporaryDirectory(prefix="regprune-latency-") as folder,
+        ):
+            forward = _forward(model, call, backend, Path(folder), torch.get_num_threads())
             for _ in range(warmup):
-                model(*call.args, **call.kwargs)
+                forward()
             synchronize()
             for _ in range(repeats):
                 start = time.perf_counter()
-                model(*call.args, **call.kwargs)
+                forward()
                 synchronize()
                 times_ms.append((time.perf_counter() - start) * 1e3)
     finally:
@@ -113,6 +136,31 @@ def measure_latency(
         repeats=repeats,
         batch_size=_batch_size(call),
     )
+
+
+def _forward(
+    model: nn.Module, call: CallArgs, backend: str, folder: Path, threads: int
+) -> Callable[[], object]:
+    """One inference call of ``model`` on ``call`` through ``backend``, as a closure."""
+    if backend == "eager":
+        return lambda: model(*call.args, **call.kwargs)
+    if backend == "compile":
+        compiled = torch.compile(model)
+        return lambda: compiled(*call.args, **call.kwargs)
+    if any(x.device.type != "cpu" for x in iter_tensors(call)):
+        raise ValueError("backend='onnxruntime' times on the CPU: give CPU inputs and model")
+    import onnxruntime  # optional: the test extra
+
+    from regprune.export import export_onnx
+
+    with torch.inference_mode(False):  # the exporter traces with autograd state it manages
+        path = export_onnx(model, call, folder / "model.onnx")
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feeds = {f"input_{i}": x.numpy() for i, x in enumerate(iter_tensors(call))}
+    return lambda: session.run(None, feeds)
 
 
 def _batch_size(call: CallArgs) -> int:
