@@ -212,3 +212,52 @@ def test_type_as_and_to_a_tensor_lend_a_dtype_not_channels() -> None:
     graph = trace_graph(DtypeFromAnother(), torch.randn(1, 3, 8, 8))
     producers = [sorted({s.module for s in g.slices if s.role == "out"}) for g in graph.groups]
     assert sorted(producers) == [["a"], ["b"]]
+
+
+class ShapedLikeAParameter(nn.Module):
+    """``reshape_as`` / ``expand_as`` whose other tensor is a parameter: traced on the meta
+    device, where it has no data (timm's ScaledStdConv2d ends in ``.reshape_as(self.weight)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.shift = nn.Parameter(torch.randn(8))
+        self.like = nn.Parameter(torch.zeros(1, 8, 1, 1))  # only its shape is read
+        self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
+        self.conv3 = nn.Conv2d(6, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv1(x) + self.shift.reshape_as(self.like))
+        h = torch.relu(self.conv2(h))
+        return self.conv3(h * torch.sigmoid(h.mean((2, 3), keepdim=True)).expand_as(h))
+
+
+def test_reshape_as_a_parameter_slices_that_parameter_with_the_channels() -> None:
+    model = ShapedLikeAParameter().eval()
+    x = torch.randn(2, 3, 8, 8)
+    graph = trace_graph(model, x)
+    assert not any("not known to the tracer" in u.reason for u in graph.unprunable)
+    pruned, _ = check_exact(model, x, 0.5)  # conv2's channels go through expand_as too
+    assert pruned.conv1.out_channels == 4 and pruned.conv2.out_channels == 3
+    assert pruned.like.shape == (1, 4, 1, 1) and pruned.shift.shape == (4,)
+
+
+class ShapedLikeAConstant(nn.Module):
+    """``reshape_as`` of a tensor made in the forward with a literal size: the channels stay."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.shift = nn.Parameter(torch.randn(8))
+        self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        like = torch.zeros(1, 8, 1, 1, device=x.device)
+        return self.conv2(torch.relu(self.conv1(x) + self.shift.reshape_as(like)))
+
+
+def test_reshape_as_a_shape_that_stays_keeps_the_channels_it_fixes() -> None:
+    model = ShapedLikeAConstant().eval()
+    graph = trace_graph(model, torch.randn(2, 3, 8, 8))
+    reasons = {u.layer: u.reason for u in graph.unprunable}
+    assert "fixes the channel dim to the other tensor's 8" in reasons["conv1"]

@@ -504,10 +504,15 @@ def _movement(tracer: Tracer, name: str, args: tuple, kwargs: dict, out: Any) ->
     else:
         data = [args[0]] if isinstance(args[0], torch.Tensor) else []
     data_ids = {id(t) for t in data}
+    like = None
+    if name in ("expand_as", "view_as", "reshape_as"):
+        # the other tensor gives the shape, and it may live on the meta device (a traced
+        # parameter: timm's ScaledStdConv2d ends in ``.reshape_as(self.weight)``), which has
+        # no data to copy: a zero-stride CPU tensor of that shape stands in for it
+        like = args[1]
+        args = (args[0], torch.empty(()).expand(like.shape))
     label_args = _to_label_args(tracer, args, data_ids)
     label_kwargs = {k: _to_label_args(tracer, v, data_ids) for k, v in kwargs.items()}
-    if name in ("expand_as", "view_as", "reshape_as"):
-        label_args = (label_args[0], args[1].cpu())
     if name in ("view", "view_as"):
         label_args = (label_args[0].contiguous(), *label_args[1:])
     func = getattr(torch.Tensor, name, None) if name != "getitem" else torch.Tensor.__getitem__
@@ -524,8 +529,34 @@ def _movement(tracer: Tracer, name: str, args: tuple, kwargs: dict, out: Any) ->
         _check_reshape(tracer, name, data[0], label_args[0], label_outputs[0], args)
     if name in SELECTING or name in SHUFFLING:
         _check_selection(tracer, name, label_args[0], label_outputs, args, kwargs)
+    if like is not None:
+        _follow_the_other_shape(tracer, name, label_outputs[0], like)
     for tensor, label in zip(outputs, label_outputs, strict=True):
         tracer.set_label(tensor, compact(label.contiguous()))
+
+
+def _follow_the_other_shape(
+    tracer: Tracer, name: str, label_out: torch.Tensor, like: torch.Tensor
+) -> None:
+    """``x.reshape_as(y)`` (``view_as``, ``expand_as``) writes y's sizes: each channel dim of
+    the result shrinks only if y's does with the same channels, so they are coupled; where y
+    has no such channels along that dim (a constant, a shape that stays), the channels stay."""
+    label_out = compact(label_out.contiguous())
+    other = expand_to(tracer.label(like), like.shape)
+    for dim in varying_dims(label_out):
+        atoms = channel_vector(label_out, dim, label_out.shape[dim])
+        source = channel_vector(other, dim, like.shape[dim])
+        if (
+            atoms is None
+            or source is None
+            or source.numel() != atoms.numel()
+            or bool((source < 0).any())
+            or bool((atoms < 0).any())
+        ):
+            reason = f"'{name}' fixes the channel dim to the other tensor's {like.shape[dim]}"
+            tracer.atoms.lock(atoms_in(label_out), tracer.where, reason)
+            return
+        tracer.atoms.couple(source, atoms)
 
 
 def _check_reshape(
