@@ -525,12 +525,12 @@ def _movement(tracer: Tracer, name: str, args: tuple, kwargs: dict, out: Any) ->
     label_out = func(*label_args, **label_kwargs)
     outputs = list(iter_tensors(out))
     label_outputs = list(iter_tensors(label_out))
-    if name in RESHAPES or name == "flatten":
+    if like is not None:  # its own rule, stricter than a reshape's (below)
+        _follow_the_other_shape(tracer, name, label_outputs[0], like)
+    elif name in RESHAPES or name == "flatten":
         _check_reshape(tracer, name, data[0], label_args[0], label_outputs[0], args)
     if name in SELECTING or name in SHUFFLING:
         _check_selection(tracer, name, label_args[0], label_outputs, args, kwargs)
-    if like is not None:
-        _follow_the_other_shape(tracer, name, label_outputs[0], like)
     for tensor, label in zip(outputs, label_outputs, strict=True):
         tracer.set_label(tensor, compact(label.contiguous()))
 
@@ -542,16 +542,26 @@ def _follow_the_other_shape(
     the result shrinks only if y's does with the same channels, so they are coupled; where y
     has no such channels along that dim (a constant, a shape that stays), the channels stay."""
     label_out = compact(label_out.contiguous())
-    other = expand_to(tracer.label(like), like.shape)
-    for dim in varying_dims(label_out):
+    dims = varying_dims(label_out)
+    if not dims:
+        return
+    pairs = []
+    for dim in dims:
         atoms = channel_vector(label_out, dim, label_out.shape[dim])
-        source = channel_vector(other, dim, like.shape[dim])
+        if atoms is None or bool((atoms < 0).any()):
+            pairs = None  # no channel structure to follow (a weight's own elements): lock
+            break
+        pairs.append((dim, atoms))
+    # the other tensor's label only when there is something to pair it with: a parameter's
+    # label is one atom per element (timm's NFNets reshape every conv weight this way)
+    other = None if pairs is None else expand_to(tracer.label(like), like.shape)
+    for dim, atoms in pairs or [(dims[0], None)]:
+        source = None if other is None else channel_vector(other, dim, like.shape[dim])
         if (
             atoms is None
             or source is None
             or source.numel() != atoms.numel()
             or bool((source < 0).any())
-            or bool((atoms < 0).any())
         ):
             reason = f"'{name}' fixes the channel dim to the other tensor's {like.shape[dim]}"
             tracer.atoms.lock(atoms_in(label_out), tracer.where, reason)
