@@ -155,7 +155,8 @@ def _print_results(run_dir: Path) -> None:
     )
     for batch in sorted(summary.latency_ms_before):
         print(
-            f"Latency at batch {batch}: {summary.latency_ms_before[batch]:.2f} ms -> "
+            f"Latency at batch {batch} (eager PyTorch): "
+            f"{summary.latency_ms_before[batch]:.2f} ms -> "
             f"{summary.latency_ms_after[batch]:.2f} ms ({summary.speedup(batch):.2f}x)"
         )
 

@@ -142,7 +142,7 @@ def _results(summary: RunSummary) -> list[str]:
                 ]
             )
         lines += [
-            "### Latency (median per forward call)",
+            "### Latency (eager PyTorch on this machine, median per forward call)",
             "",
             markdown_table(
                 [
