@@ -215,7 +215,7 @@ SMALL_IMAGES = {"weights": None, "weights_backbone": None, "min_size": 320, "max
         ),
         (lambda: video.swin3d_t(weights=None), CLIP, None, ()),
         # mvit_v2_s is not here: its positional tables fix the clip at 16 x 224 x 224, where one
-        # rp.prune traces for over a minute (2.2 GB at peak; the forward alone: 9 s, 1.2 GB).
+        # rp.prune takes about 17 s at ratio 0.3 and 2.2 GB at peak (docs/coverage.md, MViT).
         # test_mvit_prunes_its_attention_and_is_exact builds the same blocks on a small clip;
         # benchmarks/coverage.py --tasks covers the real one.
     ],

@@ -538,35 +538,37 @@ def _movement(tracer: Tracer, name: str, args: tuple, kwargs: dict, out: Any) ->
 def _follow_the_other_shape(
     tracer: Tracer, name: str, label_out: torch.Tensor, like: torch.Tensor
 ) -> None:
-    """``x.reshape_as(y)`` (``view_as``, ``expand_as``) writes y's sizes: each channel dim of
-    the result shrinks only if y's does with the same channels, so they are coupled; where y
-    has no such channels along that dim (a constant, a shape that stays), the channels stay."""
+    """``x.reshape_as(y)`` (``view_as``, ``expand_as``) writes y's sizes: the result's channel
+    dim shrinks only if y's does with the same channels, so they are coupled; otherwise (a
+    label varying along several dims, a y whose size stays) the channels stay."""
     label_out = compact(label_out.contiguous())
     dims = varying_dims(label_out)
     if not dims:
         return
-    pairs = []
-    for dim in dims:
-        atoms = channel_vector(label_out, dim, label_out.shape[dim])
-        if atoms is None or bool((atoms < 0).any()):
-            pairs = None  # no channel structure to follow (a weight's own elements): lock
-            break
-        pairs.append((dim, atoms))
-    # the other tensor's label only when there is something to pair it with: a parameter's
-    # label is one atom per element (timm's NFNets reshape every conv weight this way)
-    other = None if pairs is None else expand_to(tracer.label(like), like.shape)
-    for dim, atoms in pairs or [(dims[0], None)]:
-        source = None if other is None else channel_vector(other, dim, like.shape[dim])
-        if (
-            atoms is None
-            or source is None
-            or source.numel() != atoms.numel()
-            or bool((source < 0).any())
-        ):
-            reason = f"'{name}' fixes the channel dim to the other tensor's {like.shape[dim]}"
-            tracer.atoms.lock(atoms_in(label_out), tracer.where, reason)
+    # None when the label varies along another dim too (a weight's own elements)
+    atoms = channel_vector(label_out, dims[0], label_out.shape[dims[0]])
+    # the other tensor's label only when there is a channel vector to pair it with: a
+    # parameter's label is one atom per element (timm's NFNets reshape every conv weight so)
+    if atoms is not None:
+        source = channel_vector(
+            expand_to(tracer.label(like), like.shape), dims[0], like.shape[dims[0]]
+        )
+        if _couple_channels(tracer, source, atoms):
             return
-        tracer.atoms.couple(source, atoms)
+    reason = f"'{name}' fixes the channel dim to the other tensor's {like.shape[dims[0]]}"
+    tracer.atoms.lock(atoms_in(label_out), tracer.where, reason)
+
+
+def _couple_channels(
+    tracer: Tracer, source: torch.Tensor | None, atoms: torch.Tensor | None
+) -> bool:
+    """Couple two channel vectors of the same length made of real atoms; False otherwise."""
+    if source is None or atoms is None or source.numel() != atoms.numel():
+        return False
+    if bool((source < 0).any()) or bool((atoms < 0).any()):
+        return False
+    tracer.atoms.couple(source, atoms)
+    return True
 
 
 def _check_reshape(
@@ -624,12 +626,7 @@ def _follows_shape(tracer: Tracer, size: Any, atoms: torch.Tensor | None) -> boo
     if label is None or atoms is None:
         return False
     source = channel_vector(label, size.dim, int(size)) if size.dim < label.dim() else None
-    if source is None or source.numel() != atoms.numel() or bool((source < 0).any()):
-        return False
-    if bool((atoms < 0).any()):
-        return False
-    tracer.atoms.couple(source, atoms)
-    return True
+    return _couple_channels(tracer, source, atoms)
 
 
 def _pin_shape_sources(sizes: Any, reason: str) -> None:

@@ -111,12 +111,8 @@ def measure_latency(
     try:
         if threads is not None:
             torch.set_num_threads(threads)
-        with (
-            eval_mode(model),
-            torch.inference_mode(),
-            tempfile.TemporaryDirectory(prefix="regprune-latency-") as folder,
-        ):
-            forward = _forward(model, call, backend, Path(folder), torch.get_num_threads())
+        with eval_mode(model), torch.inference_mode():
+            forward = _forward(model, call, backend, torch.get_num_threads())
             for _ in range(warmup):
                 forward()
             synchronize()
@@ -138,9 +134,7 @@ def measure_latency(
     )
 
 
-def _forward(
-    model: nn.Module, call: CallArgs, backend: str, folder: Path, threads: int
-) -> Callable[[], object]:
+def _forward(model: nn.Module, call: CallArgs, backend: str, threads: int) -> Callable[[], object]:
     """One inference call of ``model`` on ``call`` through ``backend``, as a closure."""
     if backend == "eager":
         return lambda: model(*call.args, **call.kwargs)
@@ -153,12 +147,18 @@ def _forward(
 
     from regprune.export import export_onnx
 
-    with torch.inference_mode(False):  # the exporter traces with autograd state it manages
-        path = export_onnx(model, call, folder / "model.onnx")
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    # the session reads the file when it is made: the folder can go right after
+    with (
+        tempfile.TemporaryDirectory(prefix="regprune-latency-") as folder,
+        torch.inference_mode(False),  # the exporter traces with autograd state it manages
+    ):
+        path = export_onnx(model, call, Path(folder) / "model.onnx")
+        session = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
     feeds = {f"input_{i}": x.numpy() for i, x in enumerate(iter_tensors(call))}
     return lambda: session.run(None, feeds)
 

@@ -180,8 +180,8 @@ class BNScaleL1(Regularizer):
         never goes quiet; clipping at the crossing holds it at zero (budget mode only: the
         papers use the plain subgradient). A scale at zero stays there (the masked set is
         removed anyway): clipping only the sign flips let momentum carry a zeroed scale off
-        zero every other step, and at the strengths a short budget needs (ResNet-20, 100
-        steps: 10.5) that jitter was larger than the kept scales."""
+        zero every other step, and at the strengths a short budget needs that jitter was
+        larger than the kept scales (docs/budget_study.md, "MaskSparsity at short budgets")."""
         with torch.no_grad():
             for gid, index, before in self._signs:
                 gamma = index.weight_in(model, leaf=True)
