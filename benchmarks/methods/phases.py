@@ -27,6 +27,7 @@ from regprune.methods import PruningMethod
 from regprune.models import create_model
 from regprune.pipeline.sections import TrainSection
 from regprune.train import Trainer, seed_everything
+from regprune.train.checkpoint import load_checkpoint, load_model_state, restore_rng_state
 
 from . import baselines
 from .config import BenchConfig, Plateau, load_config
@@ -72,7 +73,12 @@ class _Plateaued(Exception):
 
 
 def train_until_plateau(
-    model: nn.Module, data: BenchData, config: BenchConfig, rule: Plateau
+    model: nn.Module,
+    data: BenchData,
+    config: BenchConfig,
+    rule: Plateau,
+    progress: Path | None = None,
+    label: str = "baseline",
 ) -> dict[str, Any]:
     """Train ``model`` in place from scratch until test accuracy stops rising (``Plateau``).
 
@@ -81,13 +87,31 @@ def train_until_plateau(
     not risen by ``min_delta`` for ``patience`` epochs; the epochs go on counting (and
     shuffling) across stages. Returns ``epochs`` (trained in all), ``test_acc`` (per epoch),
     ``stage_epochs``, the last epoch's ``loss`` / ``acc`` and ``time_s``.
+
+    With ``progress`` (a file path), every epoch leaves the trainer's checkpoint there with
+    the rule's counters inside it, in one atomic write, and a call that finds the file goes on
+    from its last finished epoch: a converged baseline takes hours on a CPU, longer than a
+    session, so a run killed at the end of one resumes in the next (on CPU, the same weights as
+    an uninterrupted run). Each epoch prints one line (``label``, epoch, lr, test accuracy).
     """
-    history: list[float] = []
-    stage_epochs: list[int] = []
-    last: dict[str, Any] = {}
-    start = time.perf_counter()
-    for stage in range(rule.drops + 1):
-        left = rule.max_epochs - len(history)
+    saved = _read_plateau_progress(progress)
+    counters = saved["counters"] if saved is not None else _fresh_counters()
+    history: list[float] = counters["history"]
+    stage_epochs: list[int] = counters["stage_epochs"]
+    last: dict[str, Any] = counters["last"]
+    start = time.perf_counter() - counters["time_s"]
+    for stage in range(counters["stage"], rule.drops + 1):
+        resuming = saved is not None and stage == saved["counters"]["stage"]
+        if resuming and counters["stage_done"]:
+            # killed between a stage's last epoch and the next one's first: the next stage
+            # starts from the weights the finished one left
+            load_model_state(model, saved["model"])
+            restore_rng_state(saved["rng"])
+            stage_epochs.append(counters["ran"])
+            continue
+        ran_before = counters["ran"] if resuming else 0
+        stage_begin = len(history) - ran_before
+        left = rule.max_epochs - stage_begin
         if left < 1:
             break
         phase = replace(
@@ -102,25 +126,40 @@ def train_until_plateau(
             data.test,
             config=phase.train_config(config.device, progress=False),
             phase="pretrain",
-            epoch_offset=EPOCH_OFFSET["pretrain"] + len(history),
+            epoch_offset=EPOCH_OFFSET["pretrain"] + stage_begin,
         )
-        best, since, ran = -1.0, 0, 0
+        if resuming:
+            trainer.resume(progress)
+        else:
+            counters.update(stage=stage, ran=0, best=-1.0, since=0, stage_done=False)
 
-        def after_epoch(record: dict[str, Any]) -> None:
-            nonlocal best, since, ran, last
-            ran += 1
-            last = record
+        def after_epoch(
+            record: dict[str, Any], lr: float = phase.lr, left: int = left, trainer=trainer
+        ) -> None:
+            counters["ran"] += 1
+            counters["last"] = {k: record[k] for k in ("train_loss", "train_acc")}
             history.append(float(record["val_acc"]))
-            if record["val_acc"] >= best + rule.min_delta:
-                best, since = record["val_acc"], 0
+            if record["val_acc"] >= counters["best"] + rule.min_delta:
+                counters["best"], counters["since"] = float(record["val_acc"]), 0
             else:
-                since += 1
-            if since >= rule.patience:
+                counters["since"] += 1
+            plateaued = counters["since"] >= rule.patience
+            counters["stage_done"] = plateaued or counters["ran"] >= left
+            counters["time_s"] = time.perf_counter() - start
+            print(
+                f"{label}: epoch {len(history)} (lr {lr:g}) test acc {record['val_acc']:.4f}",
+                flush=True,
+            )
+            if progress is not None:
+                trainer.run_config["plateau"] = copy.deepcopy(counters)
+                trainer.save_checkpoint(progress)
+            if plateaued:
                 raise _Plateaued
 
         with suppress(_Plateaued):
             trainer.fit(after_epoch)
-        stage_epochs.append(ran)
+        stage_epochs.append(counters["ran"])
+        last = counters["last"]
     return {
         "epochs": len(history),
         "test_acc": history,
@@ -129,6 +168,32 @@ def train_until_plateau(
         "acc": last["train_acc"],
         "time_s": time.perf_counter() - start,
     }
+
+
+def _fresh_counters() -> dict[str, Any]:
+    return {
+        "history": [],
+        "stage_epochs": [],
+        "stage": 0,
+        "ran": 0,
+        "best": -1.0,
+        "since": 0,
+        "stage_done": False,
+        "last": {},
+        "time_s": 0.0,
+    }
+
+
+def _read_plateau_progress(path: Path | None) -> dict[str, Any] | None:
+    """The checkpoint ``train_until_plateau`` left at ``path`` (its counters under
+    ``counters``), or None when there is none to go on from."""
+    if path is None or not Path(path).exists():
+        return None
+    state = load_checkpoint(path)
+    counters = state.get("config", {}).get("run", {}).get("plateau")
+    if counters is None:
+        raise ValueError(f"{path} is not a train_until_plateau progress file; delete it")
+    return {"counters": copy.deepcopy(counters), "model": state["model"], "rng": state["rng"]}
 
 
 def new_model(config: BenchConfig, data: BenchData) -> nn.Module:
@@ -176,12 +241,14 @@ def pretrained_baseline(config: BenchConfig, data: BenchData, seed: int) -> tupl
         model.load_state_dict(state["model"])
         return model, state["meta"]
     path = baseline_path(config, seed)
+    progress = path.with_name(path.name + ".progress")  # a converged one resumes (hours)
 
     def build():
         seed_everything(seed)
         model = new_model(config, data)
         if config.plateau is not None:
-            stats = train_until_plateau(model, data, config, config.plateau)
+            label = f"baseline seed {seed}"
+            stats = train_until_plateau(model, data, config, config.plateau, progress, label)
             extra = {
                 "test_acc": test_accuracy(model, data, config),
                 "test_acc_history": stats["test_acc"],
@@ -196,6 +263,7 @@ def pretrained_baseline(config: BenchConfig, data: BenchData, seed: int) -> tupl
 
     with baseline_claim(path):
         state, meta = cached(path, build)
+        progress.unlink(missing_ok=True)
     meta.setdefault("epochs", config.pretrain.epochs)  # cached before epochs were recorded
     model = new_model(config, data)
     model.load_state_dict(state)

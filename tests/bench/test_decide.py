@@ -16,10 +16,16 @@ import yaml
 from benchmarks.methods import baselines, latency, report, run
 from benchmarks.methods.config import load_config
 from benchmarks.methods.data import DeviceLoader, build_bench_data
-from benchmarks.methods.phases import baseline_path, new_model, pretrained_baseline
+from benchmarks.methods.phases import (
+    baseline_path,
+    new_model,
+    pretrained_baseline,
+    train_until_plateau,
+)
 from benchmarks.methods.tp_peers import budget_kwargs
 
 from regprune.io import atomic_torch_save
+from regprune.train import Trainer, seed_everything
 from tests.methods.fmnist import needs_fmnist
 
 CONFIGS = Path(__file__).resolve().parents[2] / "benchmarks" / "methods" / "configs"
@@ -214,6 +220,51 @@ def test_plateau_stops_early_and_records_the_epochs(tmp_path: Path) -> None:
     assert len(meta["test_acc_history"]) == 4 and meta["test_acc"] == meta["test_acc_history"][-1]
     _, again = pretrained_baseline(config, data, 0)  # cached: not trained again
     assert again == meta
+
+
+class _Killed(Exception):
+    """Stands for the process being killed right after a checkpoint was written."""
+
+
+@needs_fmnist
+@pytest.mark.parametrize("killed_after", [1, 2, 3])
+def test_a_plateau_baseline_killed_mid_way_goes_on_to_the_same_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, killed_after: int
+) -> None:
+    """Killed after epoch 1 (inside the first stage), 2 (its last epoch: the next stage has not
+    begun) or 3 (inside the second), the rerun ends with the uninterrupted run's weights and
+    per-epoch accuracies."""
+    config = load_config(_write(tmp_path, runs=[]))
+    data = build_bench_data(config, 0)
+
+    def train(progress: Path | None) -> tuple[torch.nn.Module, dict]:
+        seed_everything(0)
+        model = new_model(config, data)
+        return model, train_until_plateau(model, data, config, config.plateau, progress)
+
+    whole, whole_stats = train(None)
+    assert whole_stats["stage_epochs"] == [2, 2]
+    progress = tmp_path / "baseline.progress"
+    save, saves = Trainer.save_checkpoint, []
+
+    def save_then_die(self: Trainer, path: Path) -> None:
+        save(self, path)
+        saves.append(path)
+        if len(saves) == killed_after:
+            raise _Killed
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
+    with pytest.raises(_Killed):
+        train(progress)
+    monkeypatch.undo()
+    capsys.readouterr()
+    resumed, stats = train(progress)
+    trained = [int(n) for n in re.findall(r"epoch (\d+)", capsys.readouterr().out)]
+    assert trained == list(range(killed_after + 1, 5))  # only what was left
+    assert stats["test_acc"] == whole_stats["test_acc"]
+    assert stats["stage_epochs"] == whole_stats["stage_epochs"] and stats["epochs"] == 4
+    for name, value in whole.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
 
 
 @needs_fmnist

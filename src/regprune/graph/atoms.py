@@ -26,6 +26,18 @@ NO_ATOM = -1
 _PACK = 1 << 31
 
 
+def unexpanded(label: torch.Tensor) -> torch.Tensor:
+    """The label with every broadcast dim (stride 0) narrowed to size 1: a view, no copy.
+
+    Labels are replayed through data movement at the activation's full shape as broadcast
+    views; looking at what they hold, not at every position, keeps each check as small as the
+    structure."""
+    for dim in range(label.dim()):
+        if label.stride(dim) == 0 and label.size(dim) > 1:
+            label = label.narrow(dim, 0, 1)
+    return label
+
+
 @dataclass
 class LockReason:
     """Why some atoms can never be removed: shown to users in the list of unprunable layers."""
@@ -92,7 +104,7 @@ class AtomTable:
         Locks are kept as reasons on atoms rather than edges to a sentinel, so that after the
         components are known each locked channel can still say which op locked it.
         """
-        atoms = atoms.reshape(-1)
+        atoms = unexpanded(atoms).reshape(-1)
         atoms = atoms[atoms >= 0]
         if atoms.numel():
             # a scatter, not a sort: the first reason given for an atom is the one reported

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from regprune.graph.atoms import NO_ATOM
+from regprune.graph.atoms import NO_ATOM, unexpanded
+
+_SORT_BELOW = 4096
+"""Below this many entries ``torch.unique`` is as fast as marking atom ids."""
 
 
 def constant_label(ndim: int) -> torch.Tensor:
@@ -32,10 +35,16 @@ def compact(label: torch.Tensor) -> torch.Tensor:
     Keeps label tensors as small as the structure they carry, so a channel label stays
     (1, C, 1, 1) however large the feature map, and later checks are cheap.
     """
+    label = unexpanded(label)
     for dim in range(label.dim()):
-        if label.size(dim) > 1:
+        size = label.size(dim)
+        if size > 1:
             first = label.narrow(dim, 0, 1)
-            if bool((label == first).all()):
+            # the last slice first: a dim that varies mostly shows it there (a class token
+            # in row 0), and that comparison is 1/size of the whole one
+            if not bool((label.narrow(dim, size - 1, 1) == first).all()):
+                continue
+            if size == 2 or bool((label == first).all()):
                 label = first
     return label
 
@@ -46,8 +55,17 @@ def varying_dims(label: torch.Tensor) -> list[int]:
 
 
 def atoms_in(label: torch.Tensor) -> torch.Tensor:
-    """The distinct atoms a label refers to."""
-    return torch.unique(label[label >= 0])
+    """The distinct atoms a label refers to, in increasing order.
+
+    A mark per atom id rather than ``torch.unique``: labels of attention scores reach millions
+    of entries, and a scatter is linear where unique sorts."""
+    label = unexpanded(label)
+    atoms = label[label >= 0]
+    if atoms.numel() < _SORT_BELOW:
+        return torch.unique(atoms)
+    seen = torch.zeros(int(atoms.max()) + 1, dtype=torch.bool)
+    seen[atoms] = True
+    return seen.nonzero().reshape(-1)
 
 
 def channel_vector(label: torch.Tensor, dim: int, size: int) -> torch.Tensor | None:

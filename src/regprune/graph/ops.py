@@ -407,7 +407,7 @@ def merge_operands(tracer: Tracer, operands: list[torch.Tensor], shape: torch.Si
     for i in order[1:]:
         tracer.atoms.couple(merged, expanded[i])
         merged = torch.where(merged >= 0, merged, expanded[i])
-    return compact(merged.contiguous())
+    return compact(merged).contiguous()
 
 
 def unit_dim(tracer: Tracer, label: torch.Tensor) -> int | None:
@@ -451,14 +451,14 @@ def _lock_against_constant(
     exposed = (label >= 0) & (other < 0)
     if not bool(exposed.any()):
         return
-    varying = varying_dims(compact(label.contiguous()))
+    varying = varying_dims(compact(label))
     pinned = [d for d in varying if other_size[d] > 1]
     if pinned and len(varying) > 1:
         # a grid: the constant spans these dims only (RoPE's cos/sin span head_dim), so they
         # must not shrink; the others may
         for d in pinned:
             tracer.atoms.require_fixed(
-                compact(label.contiguous()), d, tracer.where, "it meets a fixed-size constant"
+                compact(label).contiguous(), d, tracer.where, "it meets a fixed-size constant"
             )
     elif pinned:
         tracer.atoms.lock(label[exposed], tracer.where, "it meets a fixed-size constant")
@@ -503,6 +503,9 @@ def _movement(tracer: Tracer, name: str, args: tuple, kwargs: dict, out: Any) ->
         data = [args[0]]
     else:
         data = [args[0]] if isinstance(args[0], torch.Tensor) else []
+    cat = name in ("cat", "concat", "concatenate")
+    if cat and _cat_of_alike_sources(tracer, args, kwargs, out):
+        return
     data_ids = {id(t) for t in data}
     like = None
     if name in ("expand_as", "view_as", "reshape_as"):
@@ -513,14 +516,13 @@ def _movement(tracer: Tracer, name: str, args: tuple, kwargs: dict, out: Any) ->
         args = (args[0], torch.empty(()).expand(like.shape))
     label_args = _to_label_args(tracer, args, data_ids)
     label_kwargs = {k: _to_label_args(tracer, v, data_ids) for k, v in kwargs.items()}
-    if name in ("view", "view_as"):
-        label_args = (label_args[0].contiguous(), *label_args[1:])
     func = getattr(torch.Tensor, name, None) if name != "getitem" else torch.Tensor.__getitem__
     if name in ("cat", "concat", "concatenate", "stack", "channel_shuffle"):
         func = getattr(torch, name)
     if name in ("pixel_shuffle", "pixel_unshuffle"):
         func = getattr(F, name)
     if name in ("view", "view_as"):
+        # labels are broadcast views that ``view`` could not always reshape in place
         func = torch.Tensor.reshape if name == "view" else torch.Tensor.reshape_as
     label_out = func(*label_args, **label_kwargs)
     outputs = list(iter_tensors(out))
@@ -532,7 +534,36 @@ def _movement(tracer: Tracer, name: str, args: tuple, kwargs: dict, out: Any) ->
     if name in SELECTING or name in SHUFFLING:
         _check_selection(tracer, name, label_args[0], label_outputs, args, kwargs)
     for tensor, label in zip(outputs, label_outputs, strict=True):
-        tracer.set_label(tensor, compact(label.contiguous()))
+        tracer.set_label(tensor, compact(label).contiguous())
+
+
+def _cat_of_alike_sources(tracer: Tracer, args: tuple, kwargs: dict, out: Any) -> bool:
+    """``cat`` along a dim that no source's channels vary along (tokens, time): one label.
+
+    The sources' other dims must keep equal sizes for the cat to run, so their channels go
+    together position by position (coupled here). Coupled atoms are interchangeable, so the
+    output takes the first source's label instead of rows of each: a class token concatenated
+    to thousands of tokens (ViT, MViT) would otherwise leave a label that varies along the
+    tokens, and every later op, an attention product above all, would carry it at full size.
+    Returns False (the general movement rule applies) where a source holds values of no atom
+    (a constant can keep neither its size nor its place), where one varies along the cat dim,
+    and where no source is longer than 1 along it (1-channel sources cat along channels).
+    """
+    sources = list(args[0])
+    if len(sources) < 2 or not isinstance(out, torch.Tensor):
+        return False
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else 0) % out.dim()
+    if all(t.dim() != out.dim() or t.shape[dim] < 2 for t in sources):
+        return False  # no source shows that the dim carries no channels (1-channel sources)
+    labels = [_pad_dims(compact(tracer.label(t)), out.dim()) for t in sources]
+    if any(label.size(dim) > 1 or bool((label < 0).any()) for label in labels):
+        return False
+    shape = list(torch.broadcast_shapes(*(tuple(label.shape) for label in labels)))
+    first = labels[0].expand(shape)
+    for label in labels[1:]:
+        tracer.atoms.couple(first, label.expand(shape))
+    tracer.set_label(out, compact(first).contiguous())
+    return True
 
 
 def _follow_the_other_shape(
@@ -541,7 +572,7 @@ def _follow_the_other_shape(
     """``x.reshape_as(y)`` (``view_as``, ``expand_as``) writes y's sizes: the result's channel
     dim shrinks only if y's does with the same channels, so they are coupled; otherwise (a
     label varying along several dims, a y whose size stays) the channels stay."""
-    label_out = compact(label_out.contiguous())
+    label_out = compact(label_out).contiguous()
     dims = varying_dims(label_out)
     if not dims:
         return
@@ -587,13 +618,13 @@ def _check_reshape(
     number (``view(b, 256)``) cannot follow either; use -1 or ``flatten`` there.
     """
     vin = varying_dims(compact(label_in))
-    vout = varying_dims(compact(label_out.contiguous()))
+    vout = varying_dims(compact(label_out))
     atoms = atoms_in(compact(label_in))
     requested = _requested_sizes(name, args, label_in.dim(), label_out.dim())
     followed = None
     try:
         if len(vin) > 1 or len(vout) > 1:
-            _check_grid_reshape(tracer, name, label_in, label_out.contiguous(), requested)
+            _check_grid_reshape(tracer, name, label_in, label_out, requested)
             return
         if name not in ("view", "reshape") or not vout:
             return
@@ -878,10 +909,30 @@ def _setitem(tracer: Tracer, args: tuple) -> None:
     label = expand_to(tracer.label(target), target.shape).clone()
     index = _to_label_args(tracer, index, set())
     if isinstance(value, torch.Tensor):
-        label[index] = expand_to(tracer.label(value), label[index].shape)
+        region = label[index]
+        written = expand_to(tracer.label(value), region.shape)
+        if _writes_every_channel(value, region):
+            # the value's channels must shrink with the region's for the write to run: they
+            # are coupled, and the region keeps its own (interchangeable) atoms, so a write
+            # into part of the tokens (MViT's relative positions, added to all but the class
+            # token) leaves a label that does not vary along them
+            both = (region >= 0) & (written >= 0)
+            if bool(both.any()):
+                tracer.atoms.couple(region[both], written[both])
+                written = torch.where(both, region, written)
+        label[index] = written
     else:
         label[index] = -1
     tracer.set_label(target, compact(label))
+
+
+def _writes_every_channel(value: torch.Tensor, region: torch.Tensor) -> bool:
+    """Whether ``value`` is as long as the written region along every dim whose channels the
+    region's label varies along (not broadcast over them)."""
+    shape = (1,) * (region.dim() - value.dim()) + tuple(value.shape)
+    if len(shape) != region.dim():
+        return False
+    return all(shape[d] == region.size(d) for d in varying_dims(compact(region)))
 
 
 def _fill_rows(tracer: Tracer, target: torch.Tensor, index: Any, value: Any) -> bool:
@@ -1012,7 +1063,7 @@ def _pad(tracer: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None
     else:
         # rows of a channel's own (Swin's patch merging pads odd widths): they go with it
         padded = compact(label).expand(out.shape)
-    tracer.set_label(out, compact(padded.contiguous()))
+    tracer.set_label(out, compact(padded).contiguous())
 
 
 # ---- normalizations and per-channel parameters ------------------------------------------------
@@ -1034,8 +1085,17 @@ def _per_channel(
             aligned = _align_to_dim(tracer, param, dim, tensor.dim())
             shape = torch.broadcast_shapes(tuple(merged.shape), tuple(aligned.shape))
             tracer.atoms.couple(merged.expand(shape), aligned.expand(shape))
-            merged = torch.where(merged >= 0, merged, aligned)
-    merged = compact(merged.contiguous())
+            varies_elsewhere = any(d != dim for d in varying_dims(compact(merged)))
+            if varies_elsewhere and not bool((merged < 0).any()):
+                # every position is a real atom, coupled here with the parameter's channel:
+                # coupled atoms are interchangeable, so the parameter's per-channel atoms
+                # label the output, which keeps later labels per channel where the input
+                # varied along the tokens too (MViT's pooled tokens after their class token).
+                # A constant row (a fixed-size token) keeps the general rule.
+                merged = torch.where(aligned >= 0, aligned, merged)
+            else:
+                merged = torch.where(merged >= 0, merged, aligned)
+    merged = compact(merged).contiguous()
     tracer.set_label(out, merged)
     return merged
 
@@ -1225,7 +1285,7 @@ def product_label(
       atom (like ``sum``), except under ``"heads"`` where the head's unit stands for its
       channels so that ``softmax(q k^T) @ v`` couples the head of q with the head of v.
     """
-    la, lb = compact(la.contiguous()), compact(lb.contiguous())
+    la, lb = compact(la).contiguous(), compact(lb).contiguous()
     ndim = la.dim()
     _record_product(tracer, la, lb, size_a, size_b)
     batch_dims = list(range(ndim - 2))
@@ -1269,7 +1329,7 @@ def product_label(
     ra, rb = ra.expand(shape), rb.expand(shape)
     tracer.atoms.couple(ra, rb)
     merged = torch.where(rb >= 0, rb, ra) if lb.size(-1) > 1 else torch.where(ra >= 0, ra, rb)
-    return compact(merged.contiguous())
+    return compact(merged).contiguous()
 
 
 def _matmul(tracer: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
