@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from regprune.graph.labels import atoms_in, channel_vector, compact, expand_to, varying_dims
+from regprune.graph.labels import (
+    atoms_in,
+    channel_vector,
+    compact,
+    constant_label,
+    expand_to,
+    varying_dims,
+)
 from regprune.inputs import iter_tensors
 
 if TYPE_CHECKING:
@@ -469,6 +476,10 @@ DTYPE_ONLY = frozenset(["to", "type", "type_as"])
 ``x.to(y)``): they must not couple ``y``'s channels with ``x``'s."""
 
 
+KEEP_ZERO = frozenset(["mul", "div", "true_divide"])
+"""Element-wise ops whose output is zero where the channel operand is (for a scalar other)."""
+
+
 def _elementwise(tracer: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     if name in DTYPE_ONLY:
         args, kwargs = args[:1], {}
@@ -477,10 +488,20 @@ def _elementwise(tracer: Tracer, name: str, args: tuple, kwargs: dict, out: Any)
     shape = outputs[0].shape
     if any(t.dim() > len(shape) for t in operands):
         raise ValueError("operands have more dims than the output")
-    if len(operands) == 1:
+    # a one-element parameter (StarReLU's scale and bias, a learnable temperature) is read
+    # alike by every channel: removing channels leaves it as it is, and pairing it with each
+    # of them would make all the channels it meets one unit that can only go whole. Added to
+    # a channel, it makes a zeroed channel nonzero: inexact (compensation folds it)
+    shared = [t for t in operands if tracer.is_scalar_parameter(t)] if len(operands) > 1 else []
+    operands = [t for t in operands if not any(t is u for u in shared)]
+    if not operands:
+        label = constant_label(len(shape))
+    elif len(operands) == 1:
         label = _pad_dims(tracer.label(operands[0]), len(shape))
     else:
         label = merge_operands(tracer, operands, shape)
+    if shared and name not in KEEP_ZERO:
+        tracer.atoms.mark_inexact(atoms_in(label))
     for tensor in outputs:
         tracer.set_label(tensor, label)
 
@@ -631,7 +652,9 @@ def _check_reshape(
         size = requested[vout[0]] if len(requested) == label_out.dim() else None
         if size is None:
             return
-        if _follows_shape(tracer, size, channel_vector(label_out, vout[0], 1)):
+        written = channel_vector(label_out, vout[0], 1)
+        stored = tracer.stored_width_source(size)  # a width surgery refreshes (ViT's hidden_dim)
+        if _follows_shape(tracer, size, written) or _couple_channels(tracer, stored, written):
             followed = vout[0]
             return
         reason = f"'{name}' fixes the channel dim to {size}; use -1 or flatten()"
@@ -1119,6 +1142,13 @@ def _group_norm(tracer: Tracer, name: str, args: tuple, kwargs: dict, out: Any) 
     channels = channel_vector(merged, 1, tensor.shape[1])
     if channels is None:
         raise ValueError("group_norm input has no channel structure")
+    if num_groups == 1:
+        # one group normalises over every channel, as a LayerNorm does (PoolFormer's and
+        # ConvNeXt-style "GroupNorm1"): any count stays divisible, a removed channel changes
+        # the statistics (inexact, as a LayerNorm's), and coupling the group would make all
+        # its channels one unit that can only go whole
+        tracer.atoms.mark_inexact(atoms_in(channels))
+        return
     # whole groups go together: GroupNorm's statistics stay exact and its size divisible
     per_group = channels.reshape(num_groups, -1)
     tracer.atoms.couple(per_group[:, :1].expand_as(per_group), per_group)

@@ -33,6 +33,7 @@ from regprune.layers.rules import (
     refreshed_head_sizes,
     rule_by_type,
     rule_for,
+    stored_width_for,
 )
 
 ATTENTION_UNITS = ("heads", "head_dim")
@@ -330,6 +331,25 @@ class Tracer(TorchFunctionMode):
         if self.attention != "heads" or not self.module_stack[-1]:
             return {}
         return refreshed_head_sizes(self.model.get_submodule(self.module_stack[-1]))
+
+    def is_scalar_parameter(self, tensor: torch.Tensor) -> bool:
+        """A parameter or buffer of one element, used directly in the forward."""
+        return tensor.numel() == 1 and id(tensor) in self._owner
+
+    def stored_width_source(self, size: int) -> torch.Tensor | None:
+        """The channel atoms that a width the running module stores follows
+        (``layers.rules.StoredWidth``: surgery sets it after slicing), when its forward writes
+        that width as the number ``size``; None otherwise."""
+        name = self.module_stack[-1]
+        module = self.model.get_submodule(name) if name else self.model
+        spec = stored_width_for(module)
+        if spec is None or spec.width(module) != int(size) or not spec.agrees(module):
+            return None
+        source = getattr(module, spec.source)
+        if isinstance(source, nn.Module):
+            record = self.records.get(f"{name}.{spec.source}" if name else spec.source)
+            return None if record is None else record.out_atoms
+        return self.label(source).reshape(-1)
 
     def is_ignored(self, name: str) -> bool:
         return any(name == i or name.startswith(i + ".") for i in self.ignored)

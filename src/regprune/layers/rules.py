@@ -809,10 +809,13 @@ def _refresh_layer_norm(module: nn.Module) -> None:
 
 
 def _refresh_group_norm(module: nn.Module) -> None:
+    """Whole groups were removed (the tracer couples them), except under one group, which
+    loses any channels and stays one group."""
     if module.weight is not None:
         channels_per_group = module.num_channels // module.num_groups
         module.num_channels = module.weight.numel()
-        module.num_groups = module.num_channels // channels_per_group
+        if module.num_groups > 1:
+            module.num_groups = module.num_channels // channels_per_group
 
 
 def _refresh_prelu(module: nn.Module) -> None:
@@ -861,6 +864,68 @@ def refresh_widths(model: nn.Module) -> None:
         for container_type, refresh in WIDTH_REFRESHERS.items():
             if isinstance(module, container_type):
                 refresh(module)
+        stored = stored_width_for(module)
+        if stored is not None:
+            stored.refresh(module)
+
+
+@dataclass(frozen=True)
+class StoredWidth:
+    """A module whose forward writes a width it stores as a number, which surgery can set.
+
+    torchvision's ``VisionTransformer`` writes ``reshape(n, self.hidden_dim, n_h * n_w)`` after
+    its patch conv; timm's MetaFormer ``Scale`` writes ``self.scale.view(self.shape)``. For the
+    tracer such a size is a literal, which would keep the channels whole; since surgery sets
+    the attribute from ``source`` (a child layer's output channels, or a parameter's length)
+    after slicing, the tracer lets the literal follow ``source``'s channels instead (coupled
+    with them, so the two cannot disagree). ``attr`` holds an int, or a shape tuple whose
+    first entry is the width. Matched by class name and attributes, without importing the
+    library (our choice, as :class:`HeadLayout`).
+    """
+
+    type_name: str
+    attr: str
+    source: str
+
+    def applies_to(self, module: nn.Module) -> bool:
+        if type(module).__name__ != self.type_name:
+            return False
+        stored, source = getattr(module, self.attr, None), getattr(module, self.source, None)
+        if isinstance(stored, tuple) and stored and isinstance(stored[0], int):
+            stored = stored[0]
+        # the structure only: after slicing the two differ until refresh() runs
+        return isinstance(stored, int) and self._source_width(source) is not None
+
+    def agrees(self, module: nn.Module) -> bool:
+        """Whether the stored width is the source's now (as built, before any slicing)."""
+        return self._source_width(getattr(module, self.source)) == self.width(module)
+
+    def width(self, module: nn.Module) -> int:
+        stored = getattr(module, self.attr)
+        return stored[0] if isinstance(stored, tuple) else stored
+
+    def refresh(self, module: nn.Module) -> None:
+        width = self._source_width(getattr(module, self.source))
+        stored = getattr(module, self.attr)
+        setattr(module, self.attr, (width, *stored[1:]) if isinstance(stored, tuple) else width)
+
+    @staticmethod
+    def _source_width(source: Any) -> int | None:
+        if isinstance(source, torch.Tensor) and source.dim() == 1:
+            return source.numel()
+        rule = rule_for(source) if isinstance(source, nn.Module) else None
+        return rule.output_channels(source) if rule is not None else None
+
+
+STORED_WIDTHS: tuple[StoredWidth, ...] = (
+    StoredWidth("VisionTransformer", "hidden_dim", "conv_proj"),  # torchvision
+    StoredWidth("Scale", "shape", "scale"),  # timm's MetaFormer (PoolFormer v2, CAFormer ...)
+)
+
+
+def stored_width_for(module: nn.Module) -> StoredWidth | None:
+    """The :class:`StoredWidth` of ``module``, None for any other module."""
+    return next((spec for spec in STORED_WIDTHS if spec.applies_to(module)), None)
 
 
 @dataclass(frozen=True)
