@@ -55,3 +55,36 @@ def test_timm_models_with_their_own_attention_spelling_prune_exactly(name: str) 
     assert result.macs_after < 0.6 * result.macs_before
     assert rp.count(result.model, x).macs == result.macs_after
     check_exact(model, x, ratio=0.5)
+
+
+class StandardizedNet(torch.nn.Module):
+    """NFNet-style: weight-standardized convs (timm's ScaledStdConv2d) around a plain one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.layers import ScaledStdConv2d
+
+        self.stem = ScaledStdConv2d(3, 8, 3)
+        self.mid = torch.nn.Conv2d(8, 12, 3)
+        self.out = ScaledStdConv2d(12, 6, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.mid(torch.relu(self.stem(x)))))
+
+
+def test_weight_standardized_convs_prune_their_outputs_exactly_and_inputs_inexactly() -> None:
+    """Their forward calls F.conv2d on a standardized weight, which kept NFNets whole."""
+    torch.manual_seed(0)
+    model, x = StandardizedNet().eval(), torch.randn(2, 3, 10, 10)
+    with torch.no_grad():
+        model.stem.gain.uniform_(0.5, 2.0)
+    graph = rp.trace_graph(model, x)
+    assert [u.layer for u in graph.unprunable] == ["out"]
+    exact = {tuple(g.producers): g.exact for g in graph.groups}
+    # stem's channels feed the plain conv (exact); mid's feed a standardized one (inexact)
+    assert exact == {("stem",): True, ("mid",): False}
+    pruned, _ = check_exact(model, x, 0.5)
+    assert pruned.stem.out_channels == pruned.stem.gain.shape[0] == pruned.mid.in_channels == 4
+    assert pruned.stem.scale == model.stem.scale  # gamma / sqrt(fan_in) as built
+    small = rp.prune(model, x, ratio=0.5)
+    assert small.out.in_channels == 6 and small(x).shape == (2, 6, 8, 8)

@@ -554,6 +554,8 @@ class Tracer(TorchFunctionMode):
                 self._couple_conv_groups(record)
         else:
             self.atoms.couple(record.in_atoms, in_atoms)
+        if rule.inexact_inputs:
+            self.atoms.mark_inexact(in_atoms)
         record.macs_unit += rule.macs_unit(module, x, output)
         self.set_label(output, output_label(rule, record.out_atoms, output))
 

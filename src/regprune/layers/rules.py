@@ -73,6 +73,9 @@ class LayerRule:
     """The parameters whose ``out_dim`` rows are the layer's output channels."""
     reads_channels = True
     """False for layers that create channels from indices (embeddings): no input channels."""
+    inexact_inputs = False
+    """True where removing an input channel changes the output beyond zeroing it (a layer that
+    normalises its weights over its inputs): the tracer marks those channels inexact."""
 
     def applies_to(self, module: nn.Module) -> bool:
         return isinstance(module, self.module_type) and (
@@ -216,6 +219,41 @@ class ConvRule(LayerRule):
         # output o of group k reads group k's inputs: (groups, out/g, in/g) @ (groups, in/g)
         per_group = taps.unflatten(0, (module.groups, -1))
         return (per_group @ values.reshape(module.groups, -1, 1)).reshape(-1)
+
+
+class StandardizedConvRule(ConvRule):
+    """timm's weight-standardized convs (``StdConv2d``, ``ScaledStdConv2d`` and their ``Same``
+    forms: NFNets, BiT ResNets), whose forward standardizes each filter over its inputs and
+    kernel taps, then calls ``F.conv2d`` on the result.
+
+    Traced as the layer it is (its forward is not followed). Removing output channels leaves
+    the other filters' statistics as they were: exact, with ``gain`` sliced alike. Removing
+    input channels changes every filter's mean and variance: those channels are inexact, as
+    a LayerNorm's are. ``scale`` (``gamma / sqrt(fan_in)``) keeps its value (our choice: the
+    pruned layer computes what the original did on the kept inputs, up to the statistics).
+    Matched by class name, without importing timm (our choice, as :class:`HeadLayout`).
+    """
+
+    type_names = frozenset(["StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame"])
+    inexact_inputs = True
+    unfoldable_because = (
+        "a weight-standardized conv's effective weights change with its inputs; no bias can "
+        "stand for a removed one"
+    )
+
+    def applies_to(self, module: nn.Module) -> bool:
+        return isinstance(module, nn.Conv2d) and type(module).__name__ in self.type_names
+
+    def slice_(self, module: nn.Module, keep_in: torch.Tensor, keep_out: torch.Tensor) -> None:
+        super().slice_(module, keep_in, keep_out)
+        gain = getattr(module, "gain", None)
+        if isinstance(gain, torch.Tensor) and gain.shape[0] == keep_out.numel():
+            _replace(module, "gain", gain[keep_out])
+
+    def response_to_constant_input(
+        self, module: nn.Module, values: torch.Tensor
+    ) -> torch.Tensor | None:
+        return None
 
 
 class ConvTransposeRule(ConvRule):
@@ -657,6 +695,7 @@ class RelativeAttentionRule(PackedHeadsRule):
 
 LAYER_RULES: tuple[LayerRule, ...] = (
     ConvRule(),
+    StandardizedConvRule(),
     ConvTransposeRule(),
     LinearRule(),
     EmbeddingRule(),
