@@ -32,6 +32,9 @@ class ClassTokenNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.patch(x).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], dim=1) + self.pos
+        # no prefix to keep out of a rotation: an empty slice joins the cat (timm's RoPE
+        # attention with num_prefix_tokens=0), which must change nothing
+        x = torch.cat([x[:, :0], x], dim=1)
         x = x + self.fc2(torch.relu(self.fc1(self.norm(x))))
         return self.head(x[:, 0])
 

@@ -570,10 +570,13 @@ def _cat_of_alike_sources(tracer: Tracer, args: tuple, kwargs: dict, out: Any) -
     (a constant can keep neither its size nor its place), where one varies along the cat dim,
     and where no source is longer than 1 along it (1-channel sources cat along channels).
     """
-    sources = list(args[0])
-    if len(sources) < 2 or not isinstance(out, torch.Tensor):
+    if not isinstance(out, torch.Tensor):
         return False
     dim = kwargs.get("dim", args[1] if len(args) > 1 else 0) % out.dim()
+    # an empty source adds nothing (timm's ``q[:, :, :npt]`` with no prefix tokens)
+    sources = [t for t in args[0] if t.dim() != out.dim() or t.shape[dim] > 0]
+    if len(sources) < 2:
+        return False
     if all(t.dim() != out.dim() or t.shape[dim] < 2 for t in sources):
         return False  # no source shows that the dim carries no channels (1-channel sources)
     labels = [_pad_dims(compact(tracer.label(t)), out.dim()) for t in sources]
@@ -890,7 +893,8 @@ def _check_selection(
         isinstance(i, (torch.Tensor, list))
         for i in (args[1] if isinstance(args[1], tuple) else (args[1],))
     )
-    partial = any(atoms_in(out).numel() < atoms.numel() for out in label_outputs)
+    # an empty result selects nothing (``q[:, :, :npt]`` with no prefix tokens)
+    partial = any(out.numel() and atoms_in(out).numel() < atoms.numel() for out in label_outputs)
     rolls_channels = name == "roll" and _rolled_dims(args, compact_in.dim()) & set(
         varying_dims(compact_in)
     )
