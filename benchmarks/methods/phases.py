@@ -98,10 +98,10 @@ def train_until_plateau(
     counters = saved["counters"] if saved is not None else _fresh_counters()
     history: list[float] = counters["history"]
     stage_epochs: list[int] = counters["stage_epochs"]
-    last: dict[str, Any] = counters["last"]
+    resumed_stage = counters["stage"] if saved is not None else None
     start = time.perf_counter() - counters["time_s"]
     for stage in range(counters["stage"], rule.drops + 1):
-        resuming = saved is not None and stage == saved["counters"]["stage"]
+        resuming = stage == resumed_stage
         if resuming and counters["stage_done"]:
             # killed between a stage's last epoch and the next one's first: the next stage
             # starts from the weights the finished one left
@@ -109,8 +109,7 @@ def train_until_plateau(
             restore_rng_state(saved["rng"])
             stage_epochs.append(counters["ran"])
             continue
-        ran_before = counters["ran"] if resuming else 0
-        stage_begin = len(history) - ran_before
+        stage_begin = len(history) - (counters["ran"] if resuming else 0)
         left = rule.max_epochs - stage_begin
         if left < 1:
             break
@@ -159,7 +158,7 @@ def train_until_plateau(
         with suppress(_Plateaued):
             trainer.fit(after_epoch)
         stage_epochs.append(counters["ran"])
-        last = counters["last"]
+    last = counters["last"]
     return {
         "epochs": len(history),
         "test_acc": history,
@@ -193,7 +192,7 @@ def _read_plateau_progress(path: Path | None) -> dict[str, Any] | None:
     counters = state.get("config", {}).get("run", {}).get("plateau")
     if counters is None:
         raise ValueError(f"{path} is not a train_until_plateau progress file; delete it")
-    return {"counters": copy.deepcopy(counters), "model": state["model"], "rng": state["rng"]}
+    return {"counters": counters, "model": state["model"], "rng": state["rng"]}
 
 
 def new_model(config: BenchConfig, data: BenchData) -> nn.Module:

@@ -492,8 +492,9 @@ def _elementwise(tracer: Tracer, name: str, args: tuple, kwargs: dict, out: Any)
     # alike by every channel: removing channels leaves it as it is, and pairing it with each
     # of them would make all the channels it meets one unit that can only go whole. Added to
     # a channel, it makes a zeroed channel nonzero: inexact (compensation folds it)
-    shared = [t for t in operands if tracer.is_scalar_parameter(t)] if len(operands) > 1 else []
-    operands = [t for t in operands if not any(t is u for u in shared)]
+    shared = len(operands) > 1 and any(tracer.is_scalar_parameter(t) for t in operands)
+    if shared:
+        operands = [t for t in operands if not tracer.is_scalar_parameter(t)]
     if not operands:
         label = constant_label(len(shape))
     elif len(operands) == 1:
@@ -656,8 +657,10 @@ def _check_reshape(
         if size is None:
             return
         written = channel_vector(label_out, vout[0], 1)
-        stored = tracer.stored_width_source(size)  # a width surgery refreshes (ViT's hidden_dim)
-        if _follows_shape(tracer, size, written) or _couple_channels(tracer, stored, written):
+        # or a width surgery refreshes (ViT's hidden_dim), looked up only when needed
+        if _follows_shape(tracer, size, written) or _couple_channels(
+            tracer, tracer.stored_width_source(size), written
+        ):
             followed = vout[0]
             return
         reason = f"'{name}' fixes the channel dim to {size}; use -1 or flatten()"

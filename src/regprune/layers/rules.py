@@ -927,21 +927,20 @@ class StoredWidth:
     source: str
 
     def applies_to(self, module: nn.Module) -> bool:
-        if type(module).__name__ != self.type_name:
-            return False
-        stored, source = getattr(module, self.attr, None), getattr(module, self.source, None)
-        if isinstance(stored, tuple) and stored and isinstance(stored[0], int):
-            stored = stored[0]
         # the structure only: after slicing the two differ until refresh() runs
-        return isinstance(stored, int) and self._source_width(source) is not None
+        return (
+            type(module).__name__ == self.type_name
+            and isinstance(self.width(module), int)
+            and self._source_width(getattr(module, self.source, None)) is not None
+        )
 
     def agrees(self, module: nn.Module) -> bool:
         """Whether the stored width is the source's now (as built, before any slicing)."""
         return self._source_width(getattr(module, self.source)) == self.width(module)
 
-    def width(self, module: nn.Module) -> int:
-        stored = getattr(module, self.attr)
-        return stored[0] if isinstance(stored, tuple) else stored
+    def width(self, module: nn.Module) -> int | None:
+        stored = getattr(module, self.attr, None)
+        return stored[0] if isinstance(stored, tuple) and stored else stored
 
     def refresh(self, module: nn.Module) -> None:
         width = self._source_width(getattr(module, self.source))
