@@ -112,11 +112,15 @@ class PruningMethod:
         Each entry is ``{"params": [...], "lr_scale": float, "weight_decay": float}`` for
         :func:`regprune.train.build_optimizer`; build the optimizer after creating the method.
         The regularizer's own parameters (L0's gates) train at :attr:`regularizer_lr_scale`
-        without weight decay (decay would pull a gate back to its initial keep probability).
+        without weight decay (decay would pull a gate back to its initial keep probability),
+        or, when the regularizer steps them itself, are marked ``exclude``: leave them out of
+        the optimizer (:func:`regprune.train.build_optimizer` does).
         """
         params = self.regularizer.parameters() if self.regularizer is not None else []
         if not params:
             return []
+        if self.regularizer.steps_own_parameters:
+            return [{"params": params, "exclude": True}]
         return [{"params": params, "lr_scale": self.regularizer_lr_scale, "weight_decay": 0.0}]
 
     def sparsity_snapshot(self) -> dict[str, torch.Tensor]:

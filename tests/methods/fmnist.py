@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from regprune.models import create_model
-from regprune.train import build_optimizer
+from regprune.train import build_optimizer, build_scheduler
 from tests.real_data import needs_fashion_mnist
 
 needs_fmnist = needs_fashion_mnist
@@ -43,11 +43,16 @@ def accuracy(model: nn.Module, subset: int = 2000) -> float:
         return float((model(x).argmax(1) == y).double().mean())
 
 
-def fit(model: nn.Module, epochs: int, lr: float, method=None, seed: int = 0) -> None:
+def fit(
+    model: nn.Module, epochs: int, lr: float, method=None, seed: int = 0, schedule: str = "constant"
+) -> None:
     """Plain SGD with the method's hooks in the one life-cycle order (its own parameters, L0's
-    gates, in their optimizer group)."""
+    gates, in their optimizer group), the lr per iteration by ``schedule``."""
     groups = method.optimizer_groups() if method is not None else ()
     optimizer = build_optimizer(model, lr=lr, momentum=0.9, weight_decay=1e-4, groups=groups)
+    scheduler = build_scheduler(
+        optimizer, schedule, epochs=epochs, steps_per_epoch=len(train_batches())
+    )
     model.train()
     for epoch in range(epochs):
         for x, y in train_batches(seed=seed + epoch):
@@ -61,6 +66,7 @@ def fit(model: nn.Module, epochs: int, lr: float, method=None, seed: int = 0) ->
             optimizer.zero_grad()
             if method is not None:
                 method.step()
+            scheduler.step()
 
 
 @cache

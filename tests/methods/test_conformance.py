@@ -83,6 +83,7 @@ def train(model: nn.Module, method: PruningMethod, data: list, steps: int) -> li
         + [
             {"params": g["params"], "lr": 0.05 * g.get("lr_scale", 1.0)}
             for g in method.optimizer_groups()
+            if not g.get("exclude", False)  # the method trains these itself
         ],
         lr=0.05,
         momentum=0.9,

@@ -132,6 +132,40 @@ def test_channel_l0_in_budget_mode_meets_the_macs_target_by_itself() -> None:
     assert rp.count(small, X).macs <= 0.5 * rp.count(model, X).macs
 
 
+def test_channel_l0_budget_gates_close_their_set_under_a_decaying_lr() -> None:
+    """In budget mode the gates train with an Adam of their own, outside the weights'
+    optimizer: a cosine schedule that takes the weights' lr to 0 by the end of the budget does
+    not stop them closing what the target removes (in the weights' optimizer they followed its
+    decay and left most of the set open: docs/budget_study.md, "Channel L0's gates")."""
+    model = pretrained_resnet20()
+    method = methods.get("l0_channel", model, X, target_macs=0.5, max_ratio=0.7, total_steps=100)
+    groups = method.optimizer_groups()
+    assert groups and all(group.get("exclude") for group in groups)
+    fit(model, epochs=5, lr=0.05, method=method, schedule="cosine")  # the whole budget
+    small = method.prune()
+    report = method.removal_report()
+    assert report["silent_inputs"] >= 0.9 * report["removed_inputs"]
+    assert accuracy(small) >= accuracy(model) - 0.02
+    assert rp.count(small, X).macs <= 0.5 * rp.count(model, X).macs
+
+
+def test_channel_l0_budget_gates_say_when_no_gradient_reaches_them() -> None:
+    """A loop that zeroes the gates' gradients before ``method.step()`` (the gates in its own
+    optimizer, zeroed after its step) would leave them where they started: it is told how to
+    order the calls."""
+    import torch.nn.functional as F
+
+    model = pretrained_resnet20()
+    method = methods.get("l0_channel", model, X, target_macs=0.5, total_steps=100)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)  # the gates included
+    x, y = train_batches()[0]
+    (F.cross_entropy(model(x), y) + method.penalty()).backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    with pytest.warns(UserWarning, match="no gradient reached the gates"):
+        method.step()
+
+
 @pytest.mark.parametrize("name", ["group_lasso", "slimming"])
 def test_a_penalty_on_every_channel_in_budget_mode_makes_removal_free(name: str) -> None:
     """No strength: the penalty selects, growing L2 silences the selection within the budget

@@ -42,10 +42,20 @@ def _check_scale(scale: float) -> float:
     return float(scale)
 
 
-BUDGET_GATE_LR_SCALE = 50.0
-"""Budget mode's default ``gate_lr_scale`` (our choice, from the pilot in docs/methods.md): the
-constraint's pull on a gate is a MACs share times a sigmoid slope, ~1e-4, which gates at the
-weights' SGD rate cannot follow within a short budget; under Adam it is a 50x step size."""
+GATE_TRAVEL = 10.0
+"""Budget mode: the gates' own Adam runs at ``GATE_TRAVEL / warm-up steps`` (our choice): Adam
+moves a parameter about ``lr`` a step while its gradient keeps its sign, so a gate can travel
+this far in ``log_alpha`` during the constraint's warm-up, about twice the way from the initial
+keep probability 0.9 (``log_alpha`` 2.2) to a closed test gate (below -2.4)."""
+
+
+def _gates_own_adam(regularizer: L0Regularizer, gate_lr: float | None) -> None:
+    """Budget mode: the gates train with their own Adam, sized to the constraint's warm-up."""
+    assert regularizer.constraint is not None
+    lr = GATE_TRAVEL / regularizer.constraint.ramp_steps if gate_lr is None else gate_lr
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
+        raise ValueError(f"gate_lr must be a number > 0, got {gate_lr!r}")
+    regularizer.train_gates_with_adam(float(lr))
 
 
 @register_method("l0_channel")
@@ -61,7 +71,8 @@ class L0Channel(GraphMethod):
             Adam, whose steps do not depend on the gradient's scale; with SGD the expected-L0
             gradient, ``lam / N`` times a sigmoid slope, moves ``log_alpha`` too slowly to close
             gates in a short schedule, and weight decay would pull it towards keep-prob 0.5).
-            Default 1, or :data:`BUDGET_GATE_LR_SCALE` in budget mode.
+            Default 1. In budget mode the gates have an Adam of their own instead (``gate_lr``);
+            giving ``gate_lr_scale`` there puts them back in the caller's optimizer.
         total_steps: the sparsify budget. Given without ``lam``, the gates meet the target by
             themselves (**budget mode**): no per-gate penalty, a Lagrangian constraint on the
             expected MACs (``target_macs``) or the expected kept channels (``ratio``) instead,
@@ -71,6 +82,11 @@ class L0Channel(GraphMethod):
             (:attr:`L0Regularizer.settle_at`).
         silence_at: share of the budget by which the removed set should be silent (0.8).
         constraint_lr: the multipliers' Adam learning rate (default: sized to the budget).
+        gate_lr: budget mode: the learning rate of the gates' own Adam, stepped by
+            :meth:`step` whatever the weights' optimizer and schedule (default
+            :data:`GATE_TRAVEL` / warm-up steps; :meth:`L0Regularizer.train_gates_with_adam`
+            says why). Build the optimizer with :meth:`optimizer_groups`, which leaves the
+            gates out.
         **target: optional (required in budget mode). Without a target the channels whose test
             gate is 0 are removed (at least one channel per group is kept); with ``ratio`` /
             ``target_macs`` the channels are ranked by ``log_alpha`` and allocated like any
@@ -94,13 +110,13 @@ class L0Channel(GraphMethod):
         total_steps: int | None = None,
         silence_at: float = 0.8,
         constraint_lr: float | None = None,
+        gate_lr: float | None = None,
         **target: Any,
     ) -> None:
         super().__init__(model, example_inputs, **target)
         budget = lam is None and total_steps is not None
-        if gate_lr_scale is None:
-            gate_lr_scale = BUDGET_GATE_LR_SCALE if budget else 1.0
-        self.regularizer_lr_scale = _check_scale(gate_lr_scale)
+        own_adam = budget and gate_lr_scale is None
+        self.regularizer_lr_scale = _check_scale(1.0 if gate_lr_scale is None else gate_lr_scale)
         if lam is None:
             lam = 0.0 if budget else 0.1
         self.strength_mode = "budget" if budget else ("paper" if lam == 0.1 else "explicit")
@@ -118,6 +134,8 @@ class L0Channel(GraphMethod):
                 total_steps, silence_at, constraint_lr
             )
             self.regularizer.settle_at = round(silence_at * total_steps)
+            if own_adam:
+                _gates_own_adam(self.regularizer, gate_lr)
             warn_if_too_short(total_steps, self.name)
         self._gates_at_prune: dict[int, torch.Tensor] = {}
 
@@ -241,7 +259,8 @@ def _warn_closed_but_kept(gates: dict[int, torch.Tensor], drop: dict[int, torch.
         warnings.warn(
             f"l0_channel: {kept_closed} of the {total_kept} channels kept for the target have "
             "closed gates and are zero in the pruned model (the L0 penalty closed more than "
-            "the target removes); lower lam or gate_lr_scale, or prune without a target",
+            "the target removes); lower lam or gate_lr_scale (budget mode: gate_lr), or prune "
+            "without a target",
             stacklevel=3,
         )
 
@@ -254,7 +273,8 @@ SNAPSHOT_GATES = 4096
 class L0Weight(PruningMethod):
     """Fine-grained L0: one gate per weight of every conv and linear; closed gates -> zeros.
 
-    ``lam``, ``num_samples``, ``init_keep_prob`` and ``gate_lr_scale`` as in :class:`L0Channel`.
+    ``lam``, ``num_samples``, ``init_keep_prob``, ``gate_lr_scale`` and ``gate_lr`` as in
+    :class:`L0Channel`.
 
     Budget mode (``total_steps`` and ``ratio``, no ``lam``): the expected share of open weight
     gates is constrained to ``1 - ratio`` by the same Lagrangian as channel L0's
@@ -277,6 +297,7 @@ class L0Weight(PruningMethod):
         ratio: float | None = None,
         silence_at: float = 0.8,
         constraint_lr: float | None = None,
+        gate_lr: float | None = None,
     ) -> None:
         super().__init__(model)
         budget = lam is None and total_steps is not None
@@ -290,9 +311,8 @@ class L0Weight(PruningMethod):
                 "l0_weight: budget mode (total_steps without lam) needs ratio= (the fraction "
                 "of weights to zero) to constrain the gates to; or give lam= for the penalty"
             )
-        if gate_lr_scale is None:
-            gate_lr_scale = BUDGET_GATE_LR_SCALE if budget else 1.0
-        self.regularizer_lr_scale = _check_scale(gate_lr_scale)
+        own_adam = budget and gate_lr_scale is None
+        self.regularizer_lr_scale = _check_scale(1.0 if gate_lr_scale is None else gate_lr_scale)
         if lam is None:
             lam = 0.0 if budget else 0.1
         self.strength_mode = "budget" if budget else ("paper" if lam == 0.1 else "explicit")
@@ -316,6 +336,8 @@ class L0Weight(PruningMethod):
                 kept_share, 1.0 - ratio, total_steps, reach_at=0.5 * silence_at, lr=constraint_lr
             )
             self.regularizer.settle_at = round(silence_at * total_steps)
+            if own_adam:
+                _gates_own_adam(self.regularizer, gate_lr)
             warn_if_too_short(total_steps, self.name)
         self.masks: dict[str, torch.Tensor] | None = None
 

@@ -72,6 +72,12 @@ class Regularizer:
         """Trainable parameters the regularizer owns (L0's gates); none here."""
         return []
 
+    @property
+    def steps_own_parameters(self) -> bool:
+        """True when :meth:`step` trains :meth:`parameters` itself (L0's gates in budget
+        mode), so the caller's optimizer must leave them out."""
+        return False
+
     def stats(self, model: nn.Module) -> dict[str, float]:
         """Scalars worth logging while regularizing."""
         return {}

@@ -42,7 +42,8 @@ def build_optimizer(
     except those of ``groups``: a method's own parameters with their own settings (L0 gates:
     ``{"params": [...], "lr_scale": 10.0, "weight_decay": 0.0}``), from
     :meth:`PruningMethod.optimizer_groups`. ``lr_scale`` multiplies ``lr``, so schedules
-    scale every group alike.
+    scale every group alike; a group with ``"exclude": True`` is left out (the method trains
+    those parameters itself).
 
     Example:
         >>> opt = build_optimizer(nn.Linear(2, 2), lr=0.1, nesterov=True)
@@ -59,14 +60,16 @@ def build_optimizer(
     special: list[dict[str, Any]] = []
     claimed: set[int] = set()
     for group in groups:
-        unknown = set(group) - {"params", "lr_scale", "weight_decay"}
+        unknown = set(group) - {"params", "lr_scale", "weight_decay", "exclude"}
         if unknown:
             raise ValueError(
                 f"optimizer group keys {sorted(unknown)} unknown; allowed: "
-                "params, lr_scale, weight_decay"
+                "params, lr_scale, weight_decay, exclude"
             )
         members = list(group["params"])
         claimed.update(id(p) for p in members)
+        if group.get("exclude", False):
+            continue
         special.append(
             {
                 "params": members,
