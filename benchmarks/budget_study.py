@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import time
 import warnings
 from pathlib import Path
@@ -73,16 +74,41 @@ def tensors(train_images: int) -> tuple[torch.Tensor, ...]:
     return (*stack(splits.train, train_images), *stack(splits.test, 2000))
 
 
-def train(model, x, y, steps: int, method=None, lr: float = 0.05, seed: int = 0) -> None:
-    """``steps`` SGD steps (momentum 0.9, constant lr) over reshuffled passes, the library's
-    loop; the method's own parameters (L0 gates) in their optimizer group."""
+def train(
+    model,
+    x,
+    y,
+    steps: int,
+    method=None,
+    lr: float = 0.05,
+    seed: int = 0,
+    schedule: str = "constant",
+    span: tuple[int, int] | None = None,
+) -> None:
+    """``steps`` SGD steps (momentum 0.9) over reshuffled passes, the library's loop; the
+    method's own parameters (L0 gates) in their optimizer group. ``schedule``: ``constant`` or
+    ``cosine`` (to 0 at the end of the schedule, as the pipeline's phases run by default);
+    ``span = (first, length)`` places these steps inside a longer cosine schedule."""
     groups = method.optimizer_groups() if method is not None else ()
     optimizer = build_optimizer(model, lr=lr, momentum=0.9, weight_decay=1e-4, groups=groups)
+    first, length = span if span is not None else (0, steps)
+    scheduler = None
+    if schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda i: 0.5 * (1.0 + math.cos(math.pi * min(first + i, length) / length))
+        )
     order: list = []
     while len(order) < steps:
         order += batches(x, y, seed=seed + len(order), size=BATCH)
     train_one_epoch(
-        model, order[:steps], optimizer, F.cross_entropy, method, device="cpu", progress=False
+        model,
+        order[:steps],
+        optimizer,
+        F.cross_entropy,
+        method,
+        scheduler,
+        device="cpu",
+        progress=False,
     )
 
 
@@ -99,16 +125,18 @@ def baseline(name: str, x, y, steps: int) -> torch.nn.Module:
     return model
 
 
-def run_one(base, name: str, steps: int, data, finetune_steps: int) -> dict:
+def run_one(
+    base, name: str, steps: int, data, finetune_steps: int, schedule: str = "constant"
+) -> dict:
     if name == "cut_early":
-        return cut_early(base, steps, data, finetune_steps)
+        return cut_early(base, steps, data, finetune_steps, schedule)
     x, y, x_test, y_test = data
     model = copy.deepcopy(base)
     budget = {} if name == "oneshot" else {"total_steps": steps}
     torch.manual_seed(0)
     method = rp.methods.get(name, model, x[:1], target_macs=0.5, **budget)
     start = time.perf_counter()
-    train(model, x, y, steps, method, seed=1)
+    train(model, x, y, steps, method, seed=1, schedule=schedule)
     calibration = batches(x, y, seed=0, size=BATCH)[:4]
     as_trained = accuracy(model, x_test, y_test)
     before = accuracy(method.model_to_prune(calibration), x_test, y_test)
@@ -143,22 +171,25 @@ def _outcome(method, small, base, data, caught, start: float) -> dict:
     }
 
 
-def cut_early(base, steps: int, data, finetune_steps: int) -> dict:
-    """The budget without a penalty: prune at :data:`CUT_AT` of it, train the rest."""
+def cut_early(base, steps: int, data, finetune_steps: int, schedule: str = "constant") -> dict:
+    """The budget without a penalty: prune at :data:`CUT_AT` of it, train the rest (on the
+    same lr schedule, continued)."""
     x, y, x_test, y_test = data
     model = copy.deepcopy(base)
     torch.manual_seed(0)
     method = rp.methods.get("oneshot", model, x[:1], target_macs=0.5)
     start = time.perf_counter()
     first = round(CUT_AT * steps)
-    train(model, x, y, first, method, seed=1)
+    train(model, x, y, first, method, seed=1, schedule=schedule, span=(0, steps))
     as_trained = accuracy(model, x_test, y_test)
     calibration = batches(x, y, seed=0, size=BATCH)[:4]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         small = method.prune(data=calibration)
     finetune = method.finetune_method(small)
-    train(small, x, y, steps - first, finetune, seed=1 + first)  # the rest, at the same lr
+    train(  # the rest of the budget, the schedule continued
+        small, x, y, steps - first, finetune, seed=1 + first, schedule=schedule, span=(first, steps)
+    )
     end_of_budget = accuracy(small, x_test, y_test)
     train(small, x, y, finetune_steps, finetune, lr=0.01, seed=2)
     return {
@@ -210,13 +241,14 @@ def study(args) -> None:
     if out.exists():
         for line in out.read_text().splitlines():
             row = json.loads(line)
-            done.add((row["model"], row["method"], row["steps"]))
+            done.add((row["model"], row["method"], row["steps"], _schedule(row)))
     for steps in args.steps:
         for name in args.methods:
-            if (args.model, name, steps) in done:
+            if (args.model, name, steps, args.schedule) in done:
                 continue
-            row = run_one(base, name, steps, data, args.finetune_steps)
+            row = run_one(base, name, steps, data, args.finetune_steps, args.schedule)
             row |= {"model": args.model, "baseline": base_acc, "seed": 0}
+            row |= {"schedule": args.schedule}
             with out.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
             print(
@@ -227,12 +259,18 @@ def study(args) -> None:
             )
 
 
+def _schedule(row: dict) -> str:
+    """The sparsify phase's lr schedule (rows from before the option: constant)."""
+    return row.get("schedule", "constant")
+
+
 def report(args) -> None:
     rows = [json.loads(line) for line in Path(args.out).read_text().splitlines()]
     header = [
         "model",
         "method",
         "steps",
+        "lr",
         "mode",
         "baseline",
         "as trained",
@@ -245,23 +283,28 @@ def report(args) -> None:
         "MACs kept",
     ]
     order = {m: i for i, m in enumerate(METHODS)}
+
     # the same training without a penalty: one evaluation at a constant lr moves by points, so
     # this is what the penalty itself cost before pruning
-    unpenalized = {(r["model"], r["steps"]): r["before"] for r in rows if r["method"] == "oneshot"}
+    def key(r: dict) -> tuple:
+        return r["model"], _schedule(r), r["steps"]
+
+    unpenalized = {key(r): r["before"] for r in rows if r["method"] == "oneshot"}
     # the same budget spent without a penalty, pruned at CUT_AT: the network a penalty's
     # silenced one competes with
-    cut = {(r["model"], r["steps"]): r["before"] for r in rows if r["method"] == "cut_early"}
+    cut = {key(r): r["before"] for r in rows if r["method"] == "cut_early"}
     table = []
-    for r in sorted(rows, key=lambda r: (r["model"], r["steps"], order.get(r["method"], 99))):
-        reference = unpenalized.get((r["model"], r["steps"]))
+    for r in sorted(rows, key=lambda r: (*key(r), order.get(r["method"], 99))):
+        reference = unpenalized.get(key(r))
         against = "-" if reference is None else f"{100 * (r['before'] - reference):+.1f}"
-        early = cut.get((r["model"], r["steps"]))
+        early = cut.get(key(r))
         against_cut = "-" if early is None else f"{100 * (r['before'] - early):+.1f}"
         table.append(
             [
                 r["model"],
                 r["method"],
                 str(r["steps"]),
+                _schedule(r),
                 r["strength_mode"],
                 f"{100 * r['baseline']:.1f}",
                 f"{100 * r['as_trained']:.1f}",
@@ -296,6 +339,12 @@ def main() -> None:
     parser.add_argument("--report", help="write the table into this markdown file and stop")
     parser.add_argument(
         "--trajectory", metavar="METHOD", help="print one method's accuracy along its run"
+    )
+    parser.add_argument(
+        "--schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="the sparsify phase's lr schedule (cosine: the pipeline's default)",
     )
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument(
