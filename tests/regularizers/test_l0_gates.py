@@ -133,6 +133,33 @@ def test_step_clamps_every_gate():
     assert reg.gates["3"].log_alpha.eq(math.log(100)).all()
 
 
+def test_own_adam_steps_the_gates_and_skips_an_overflowed_gradient():
+    """With :meth:`L0Regularizer.train_gates_with_adam` the gates move in ``step`` (their
+    gradient consumed), and a non-finite gradient (a float16 loss scaler's overflow step) is
+    dropped instead of poisoning Adam's moments."""
+    model = lenet_like()
+    reg = L0Regularizer(model, lam=1.0, num_samples=1)
+    reg.train_gates_with_adam(lr=0.1)
+    assert reg.steps_own_parameters
+    before = {k: g.log_alpha.detach().clone() for k, g in reg.gates.items()}
+    reg.penalty(model).backward()
+    reg.step(model)
+    for key, gate in reg.gates.items():
+        assert gate.log_alpha.grad is None
+        assert torch.all(gate.log_alpha < before[key])  # the penalty closes every gate a bit
+    moved = {k: g.log_alpha.detach().clone() for k, g in reg.gates.items()}
+    reg.penalty(model).backward()
+    reg.gates["0"].log_alpha.grad[0, 0, 0, 0] = float("inf")
+    reg.step(model)
+    for key, gate in reg.gates.items():
+        assert torch.equal(gate.log_alpha, moved[key])
+        assert gate.log_alpha.grad is None
+    reg.penalty(model).backward()
+    reg.step(model)
+    assert all(torch.isfinite(g.log_alpha).all() for g in reg.gates.values())
+    assert all(torch.all(g.log_alpha < moved[k]) for k, g in reg.gates.items())
+
+
 def test_bake_leaves_a_plain_model_with_the_gated_eval_output():
     model = lenet_like()
     weight_before = model[3].weight

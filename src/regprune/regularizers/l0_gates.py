@@ -366,7 +366,11 @@ class L0Regularizer(Regularizer):
                 "regprune.train.build_optimizer(model, ..., groups=method.optimizer_groups()))",
                 stacklevel=4,
             )
-        self.gate_optimizer.step()
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        # a float16 loss scaler's overflow step (its optimizer skips it) must not reach Adam's
+        # moments either: one inf there makes every later step of that gate NaN
+        if grads and bool(torch.stack([g.isfinite().all() for g in grads]).all()):
+            self.gate_optimizer.step()
         self.gate_optimizer.zero_grad(set_to_none=True)
 
     def _settle(self) -> None:
