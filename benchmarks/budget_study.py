@@ -224,6 +224,9 @@ def trajectory(args) -> None:
         )
         phase = getattr(method.regularizer, "phase", "")
         line = f"step {start + len(chunk)}: {accuracy(model, x_test, y_test):.4f}"
+        budget = getattr(method, "budget", None)
+        if budget is not None and budget.last_ratio is not None:  # the controller's view
+            line += f", strength {budget.strength:.3g}, removal set at {budget.last_ratio:.3f}"
         if args.recalibrate:
             twin = copy.deepcopy(model)
             recalibrate_batch_norm(twin, batches(x, y, seed=7, size=BATCH)[:16])
