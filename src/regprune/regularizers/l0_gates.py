@@ -289,10 +289,12 @@ class L0Regularizer(Regularizer):
         Why (**our choice**, budget mode): the gates must close within the budget whatever the
         weights' optimizer, learning rate and schedule are. In the caller's optimizer they move
         at its rate: a cosine schedule has brought it to a tenth by the time the gates should
-        settle (ResNet-20, 100 budget steps under the pipeline's cosine: 29 of 158 removed
-        inputs silent, removal cost 73 points), and SGD barely feels a saturated sigmoid's
-        slope. Adam's step is about ``lr`` whatever the gradient's scale (Louizos et al. train
-        the gates with Adam). Keep the gates out of the caller's optimizer
+        settle (ResNet-20, 100 budget steps under cosine, the test
+        ``test_channel_l0_budget_gates_close_their_set_under_a_decaying_lr`` with the gates in
+        the weights' optimizer at ``gate_lr_scale=50``: 31 of 154 removed inputs silent, the
+        pruned model at 10 %), and SGD barely feels a saturated sigmoid's slope. Adam's step
+        is about ``lr`` whatever the gradient's scale (Louizos et al. train the gates with
+        Adam). Keep the gates out of the caller's optimizer
         (:meth:`PruningMethod.optimizer_groups` marks them ``exclude``).
         """
         self.gate_optimizer = torch.optim.Adam(self.parameters(), lr=lr)
