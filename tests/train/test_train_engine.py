@@ -85,6 +85,32 @@ def test_grad_clip_applies_before_the_method_edits_gradients():
     assert max(method.grad_norms) <= 1e-3 * 1.001
 
 
+def test_grad_clip_covers_what_the_optimizer_steps():
+    """A parameter the method trains itself (L0's gates in budget mode: outside the optimizer,
+    and under AMP still loss-scaled) does not enter the weights' clipping norm."""
+    torch.manual_seed(0)
+    model = tiny_model()
+    outsider = nn.Parameter(torch.ones(1))
+    model.register_parameter("outsider", outsider)
+
+    class Loud(PruningMethod):
+        def penalty(self) -> torch.Tensor:
+            return 1e6 * outsider.sum()
+
+        def after_backward(self) -> None:
+            grads = [p.grad.flatten() for n, p in model.named_parameters() if n != "outsider"]
+            self.norm = torch.cat(grads).norm().item()
+
+    method = Loud(model)
+    weights = [p for n, p in model.named_parameters() if n != "outsider"]
+    optimizer = build_optimizer(weights, lr=0.1)
+    train_one_epoch(
+        model, _loader(n=8), optimizer, nn.CrossEntropyLoss(), method, device="cpu", grad_clip=1e-3
+    )
+
+    assert method.norm == pytest.approx(1e-3, rel=1e-3)
+
+
 def test_penalty_enters_the_loss_and_the_gradient_edit_changes_the_step():
     def final_weights(method_factory) -> torch.Tensor:
         torch.manual_seed(0)

@@ -69,7 +69,10 @@ def _backward_and_step(
     else:
         loss.backward()
     if grad_clip is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        # what this optimizer steps: a method's own parameters (L0's gates in budget mode) are
+        # outside it, and under AMP their gradients are still loss-scaled
+        stepped = [p for group in optimizer.param_groups for p in group["params"]]
+        nn.utils.clip_grad_norm_(stepped, grad_clip)
     if method is not None:
         method.after_backward()
     if scaler is not None:
