@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import time
 import warnings
 from pathlib import Path
@@ -43,7 +42,12 @@ from regprune.data import build_datasets
 from regprune.io import atomic_torch_save, read_weights_only
 from regprune.models import create_model
 from regprune.report import describe_machine, markdown_table, write_generated_block
-from regprune.train import build_optimizer, recalibrate_batch_norm, train_one_epoch
+from regprune.train import (
+    build_optimizer,
+    build_scheduler,
+    recalibrate_batch_norm,
+    train_one_epoch,
+)
 
 METHODS = (
     "oneshot",
@@ -92,11 +96,9 @@ def train(
     groups = method.optimizer_groups() if method is not None else ()
     optimizer = build_optimizer(model, lr=lr, momentum=0.9, weight_decay=1e-4, groups=groups)
     first, length = span if span is not None else (0, steps)
-    scheduler = None
-    if schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda i: 0.5 * (1.0 + math.cos(math.pi * min(first + i, length) / length))
-        )
+    scheduler = build_scheduler(
+        optimizer, schedule, epochs=1, steps_per_epoch=length, start_step=first
+    )
     order: list = []
     while len(order) < steps:
         order += batches(x, y, seed=seed + len(order), size=BATCH)

@@ -24,6 +24,7 @@ from regprune import methods
 from regprune.lifecycle import PruningMethod
 from regprune.methods.unstructured import weight_sparsity
 from regprune.models import create_model
+from regprune.train import build_optimizer
 from tests.fingerprint import assert_same_fingerprint, fingerprint
 from tests.zoo import ConcatNet, GroupedNet, randomize_norms
 
@@ -78,15 +79,8 @@ def batches(shape: tuple[int, int], outputs: int, n: int = 4) -> list:
 
 
 def train(model: nn.Module, method: PruningMethod, data: list, steps: int) -> list[float]:
-    optimizer = torch.optim.SGD(
-        [{"params": [p for p in model.parameters() if not _is_method_param(method, p)]}]
-        + [
-            {"params": g["params"], "lr": 0.05 * g.get("lr_scale", 1.0)}
-            for g in method.optimizer_groups()
-            if not g.get("exclude", False)  # the method trains these itself
-        ],
-        lr=0.05,
-        momentum=0.9,
+    optimizer = build_optimizer(
+        model, lr=0.05, momentum=0.9, weight_decay=0.0, groups=method.optimizer_groups()
     )
     losses = []
     model.train()
@@ -103,10 +97,6 @@ def train(model: nn.Module, method: PruningMethod, data: list, steps: int) -> li
         method.step()
         losses.append(float(task.detach()))
     return losses
-
-
-def _is_method_param(method: PruningMethod, param: torch.Tensor) -> bool:
-    return any(param is p for g in method.optimizer_groups() for p in g["params"])
 
 
 @pytest.mark.parametrize("arch", sorted(MODELS))

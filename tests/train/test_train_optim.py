@@ -89,6 +89,20 @@ def test_a_method_group_gets_its_own_lr_and_weight_decay_and_follows_the_schedul
     assert special["lr"] / base["lr"] == pytest.approx(10.0)
 
 
+def test_an_excluded_group_is_left_out_of_the_optimizer():
+    """Parameters a method trains itself (L0's gates in budget mode) are in no group."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    gates = list(model[1].parameters())
+    optimizer = build_optimizer(model, lr=0.1, groups=[{"params": gates, "exclude": True}])
+    (base,) = optimizer.param_groups
+    assert [id(p) for p in base["params"]] == [id(p) for p in model[0].parameters()]
+
+
+def test_a_schedule_started_part_way_continues_where_it_stands():
+    full = _lrs("cosine", epochs=1, steps=10)
+    assert _lrs("cosine", epochs=1, steps=10, start_step=4)[:6] == pytest.approx(full[4:])
+
+
 def test_an_unknown_optimizer_group_key_is_rejected():
     model = nn.Linear(2, 2)
     with pytest.raises(ValueError, match=r"\['lr'\] unknown; allowed"):

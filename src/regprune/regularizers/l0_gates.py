@@ -358,7 +358,8 @@ class L0Regularizer(Regularizer):
 
     def _step_gates(self) -> None:
         assert self.gate_optimizer is not None
-        if all(p.grad is None for p in self.parameters()) and not self._warned_no_grad:
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads and not self._warned_no_grad:
             self._warned_no_grad = True
             warnings.warn(
                 "L0 gates: no gradient reached the gates before method.step(), so they did "
@@ -368,7 +369,6 @@ class L0Regularizer(Regularizer):
                 "regprune.train.build_optimizer(model, ..., groups=method.optimizer_groups()))",
                 stacklevel=4,
             )
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
         # a float16 loss scaler's overflow step (its optimizer skips it) must not reach Adam's
         # moments either: one inf there makes every later step of that gate NaN
         if grads and bool(torch.stack([g.isfinite().all() for g in grads]).all()):

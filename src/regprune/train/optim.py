@@ -106,6 +106,7 @@ def build_scheduler(
     steps_per_epoch: int,
     milestones: Sequence[int] | None = None,
     gamma: float = 0.1,
+    start_step: int = 0,
 ) -> LambdaLR:
     """A scheduler to step once per iteration.
 
@@ -118,6 +119,8 @@ def build_scheduler(
         milestones: ``step`` only: epochs at which the lr drops; default half and three
             quarters of the run.
         gamma: ``step`` only: the drop factor.
+        start_step: the iteration of the schedule the first step is at (a run split in
+            parts, each with its own optimizer, continues one schedule).
 
     Example:
         >>> sched = build_scheduler(opt, "cosine", epochs=10, steps_per_epoch=391)  # doctest: +SKIP
@@ -134,4 +137,6 @@ def build_scheduler(
         raise ValueError(f"milestones must lie in (0, {epochs}) epochs, got {list(milestones)}")
     milestone_steps = [m * steps_per_epoch for m in milestones]
     factor = _lr_factor(schedule, epochs * steps_per_epoch, milestone_steps, gamma)
+    if start_step:
+        return LambdaLR(optimizer, lambda step: factor(start_step + step))
     return LambdaLR(optimizer, factor)
