@@ -22,6 +22,7 @@ from regprune.graph import DependencyGraph, trace_graph
 from regprune.lifecycle import CalibrationData, PruningMethod
 from regprune.metrics import count
 from regprune.regularizers.budget import SILENT_RATIO, BudgetSchedule
+from regprune.regularizers.ceiling import SilenceCeiling
 from regprune.regularizers.growing_l2 import budget_schedule
 from regprune.regularizers.protocol import Regularizer
 from regprune.regularizers.staged import (
@@ -102,6 +103,9 @@ class GraphMethod(PruningMethod):
         self.last_warnings: list[str] = []
         self.budget: BudgetSchedule | None = None
         self.strength_mode = "explicit"
+        self.silence_step: int | None = None
+        """Budget mode: the iteration by which the removal set is due silent."""
+        self.ceiling: SilenceCeiling | None = None
         self.loss_watch: dict[str, Any] = {"ema": None, "start": None, "seen": 0}
 
     @property
@@ -131,7 +135,7 @@ class GraphMethod(PruningMethod):
         if total_steps is None:
             self.strength_mode = "paper"
             return paper
-        self.strength_mode = "budget"
+        self.plan_silence(total_steps, silence_at)
         self.budget = BudgetSchedule(
             total_steps,
             initial,
@@ -172,6 +176,7 @@ class GraphMethod(PruningMethod):
         if self.budget is None:
             return first
         assert total_steps is not None
+        self.plan_silence(total_steps, silence_at)
         select_steps = max(1, round(SELECT_SHARE * total_steps))
         if select_steps >= total_steps:
             raise ValueError(
@@ -192,6 +197,36 @@ class GraphMethod(PruningMethod):
             total_steps=total_steps,
             select_steps=select_steps,
         )
+
+    def plan_silence(self, total_steps: int, silence_at: float) -> None:
+        """Budget mode: the removal set is due silent by ``silence_at`` of ``total_steps``,
+        which the penalty aims at and :class:`SilenceCeiling` guarantees."""
+        self.strength_mode = "budget"
+        self.silence_step = max(1, round(silence_at * total_steps))
+
+    def fixed_removal_masks(self) -> dict[int, torch.Tensor] | None:
+        """The removal set once the method has fixed it for good (True = removed), None while
+        it is still choosing: what the budget's :class:`SilenceCeiling` follows. Default: the
+        set a select-then-silence regularizer chose at its switch."""
+        if isinstance(self.regularizer, SelectThenSilence):
+            return self.regularizer.masks
+        return None
+
+    def _follow_ceiling(self) -> None:
+        if self.silence_step is None:
+            return
+        if self.ceiling is None:
+            masks = self.fixed_removal_masks()
+            if masks is None:
+                return
+            self.ceiling = SilenceCeiling(
+                self.groups,
+                masks,
+                start_step=self.iteration,
+                silence_step=self.silence_step,
+                end_ratio=SILENT_RATIO,
+            )
+        self.ceiling.apply(self.model, self.iteration)
 
     def budget_active(self) -> bool:
         """Whether the budget drives the strength now (MaskSparsity: only once it has a mask;
@@ -253,12 +288,15 @@ class GraphMethod(PruningMethod):
             self.budget.strength = strength
             assert self.regularizer is not None
             self.regularizer.strength = strength
+        self._follow_ceiling()
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["loss_watch"] = dict(self.loss_watch)
         if self.budget is not None:
             state["budget"] = self.budget.state_dict()
+        if self.ceiling is not None:
+            state["ceiling"] = self.ceiling.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -269,6 +307,8 @@ class GraphMethod(PruningMethod):
             self.budget.load_state_dict(state["budget"])
             assert self.regularizer is not None
             self.regularizer.strength = self.budget.strength
+        if state.get("ceiling") is not None:
+            self.ceiling = SilenceCeiling.from_state(self.groups, state["ceiling"])
 
     @property
     def macs_model(self) -> MacsModel:

@@ -75,7 +75,7 @@ class GReg(GraphMethod):
         if total_steps is not None and not schedule:
             schedule = budget_schedule(total_steps, silence_at, variant)
             warn_if_too_short(total_steps, f"greg{variant}")
-            self.strength_mode = "budget"
+            self.plan_silence(total_steps, silence_at)
         elif schedule:
             self.strength_mode = "explicit"
         else:
@@ -91,6 +91,11 @@ class GReg(GraphMethod):
     @property
     def phase(self) -> str:
         return self.regularizer.phase
+
+    def fixed_removal_masks(self) -> dict[int, torch.Tensor] | None:
+        if self.regularizer.phase == "picking":
+            return None
+        return {int(k): v for k, v in self.regularizer.prune_set().items()}
 
     def prune(self, data: CalibrationData | None = None) -> nn.Module:
         if self.regularizer.phase == "picking":

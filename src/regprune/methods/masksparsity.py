@@ -179,6 +179,9 @@ class MaskSparsity(GraphMethod):
     def budget_active(self) -> bool:
         return self.budget is not None and self.mask_plan is not None
 
+    def fixed_removal_masks(self) -> dict[int, torch.Tensor] | None:
+        return None if self.mask_plan is None else self.mask_plan.drop_masks()
+
     def silence_scores(self) -> dict[int, torch.Tensor]:
         return BNScaleImportance()(self.model, self.graph)
 
