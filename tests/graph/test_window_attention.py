@@ -307,3 +307,71 @@ def test_a_width_read_from_the_input_is_not_the_attentions_refreshed_width() -> 
     graph = trace_graph(model, x)
     assert not [g for g in graph.groups if any(p.endswith("qkv") for p in g.producers)]
     assert rp.prune(model, x, ratio=0.5)(x).shape == (2, 5, 4)
+
+
+# ---- video Swin ----------------------------------------------------------------------------
+
+
+def tiny_swin3d() -> nn.Module:
+    """Two stages (2 and 4 heads of 8), windows of 2x4x4 on a 2x4x5 token grid after patching:
+    the second block's shifted windows, the padding and a window clipped to the input all run."""
+    from torchvision.models.video.swin_transformer import SwinTransformer3d
+
+    torch.manual_seed(0)
+    model = SwinTransformer3d(
+        patch_size=[2, 4, 4],
+        embed_dim=16,
+        depths=[2, 2],
+        num_heads=HEADS,
+        window_size=[2, 4, 4],
+        stochastic_depth_prob=0.0,
+        num_classes=5,
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("bias", "relative_position_bias_table")):
+                p.add_(0.2 * torch.randn_like(p))
+    return model.eval()
+
+
+def clips() -> torch.Tensor:
+    return torch.randn(2, 3, 4, 16, 20, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("shift", [[0, 0, 0], [1, 2, 2]])
+@pytest.mark.parametrize("size", [(2, 8, 8), (3, 6, 11)])
+def test_video_swin_pruned_form_computes_what_torchvision_computes(shift, size) -> None:
+    from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d
+
+    torch.manual_seed(0)
+    module = ShiftedWindowAttention3d(16, [2, 4, 4], shift, 2).eval()
+    x = torch.randn(2, *size, 16)
+    form = copy.deepcopy(module)
+    PRUNED_FORMS[ShiftedWindowAttention3d].adopt(form)
+    assert type(form) is not ShiftedWindowAttention3d
+    with torch.no_grad():
+        torch.testing.assert_close(form(x), module(x), atol=0, rtol=0)
+
+
+def test_video_swin_heads_and_residual_prune_exactly_counted_and_reload(tmp_path) -> None:
+    from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d
+
+    model, x = tiny_swin3d(), clips()
+    graph = trace_graph(model, x)
+    assert [str(u) for u in graph.unprunable] == [
+        "head: 5/5 channels kept whole (it is a model output, at <output>)"
+    ]
+    check_exact(model, x, 0.5)
+    result = rp.prune_with_result(model, x, target_macs=0.5)
+    assert 0.49 <= result.macs_after / result.macs_before <= 0.5
+    assert result.macs_before == count(model, x).macs
+    assert result.macs_after == count(result.model, x).macs
+    before = [m for m in model.modules() if isinstance(m, ShiftedWindowAttention3d)]
+    after = [m for m in result.model.modules() if isinstance(m, ShiftedWindowAttention3d)]
+    pairs = list(zip(before, after, strict=True))
+    assert any(new.num_heads < old.num_heads for old, new in pairs)
+    assert all(new.qkv.in_features < old.qkv.in_features for old, new in pairs)
+    save_pruned(result.model, tmp_path / "pruned.pt")
+    loaded = load_pruned(tiny_swin3d(), tmp_path / "pruned.pt").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), result.model(x), atol=0, rtol=0)

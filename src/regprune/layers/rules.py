@@ -31,10 +31,12 @@ from regprune.layers.window_attention import (
     PrunedForm,
     RelativePositionalMultiHeadAttention,
     ShiftedWindowAttention,
+    ShiftedWindowAttention3d,
     ShiftedWindowAttentionV2,
     attend_windows,
     head_count,
     window_geometry,
+    window_geometry_3d,
 )
 
 
@@ -678,6 +680,18 @@ class WindowAttentionRule(PackedHeadsRule):
         bias_mlp.macs_unit += module.relative_coords_table.numel() / 2
 
 
+class WindowAttention3dRule(WindowAttentionRule):
+    """torchvision's video Swin window attention: the same packed heads over (T, H, W)
+    windows; a head's per-head parameters are its column of the relative position bias
+    table."""
+
+    module_type = ShiftedWindowAttention3d
+
+    def tokens(self, module: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+        padded, window, _ = window_geometry_3d(module, x)
+        return x.shape[0] * math.prod(padded), math.prod(window)
+
+
 class RelativeAttentionRule(PackedHeadsRule):
     """MaxViT's ``RelativePositionalMultiHeadAttention``: ``to_qkv`` split with ``chunk``,
     scores by ``einsum`` with a relative position bias, the heads merged back to the input's
@@ -702,6 +716,7 @@ LAYER_RULES: tuple[LayerRule, ...] = (
     HFConv1DRule(),
     MultiheadAttentionRule(),
     WindowAttentionRule(),
+    WindowAttention3dRule(),
     RelativeAttentionRule(),
 )
 
@@ -754,15 +769,18 @@ def _mha_macs(module: nn.MultiheadAttention, args: tuple, kwargs: dict, out: Any
     return in_proj + attention + out_proj
 
 
-def _window_attention_macs(
-    module: ShiftedWindowAttention, args: tuple, kwargs: dict, out: Any
-) -> int:
-    """qkv, the two products of each window's heads, proj, over the padded windows; and
+def _window_attention_macs(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> int:
+    """qkv, the two products of each window's heads, proj, over the padded windows (2-D, or
+    (T, H, W) for video Swin); and
     Swin V2's position-bias MLP (run on its fixed coordinate table at every call)."""
     x = args[0] if args else kwargs["x"]
-    pad_h, pad_w, _ = window_geometry(module, x)
-    tokens = x.shape[0] * pad_h * pad_w
-    window_tokens = module.window_size[0] * module.window_size[1]
+    if isinstance(module, ShiftedWindowAttention3d):
+        padded, window, _ = window_geometry_3d(module, x)
+        tokens, window_tokens = x.shape[0] * math.prod(padded), math.prod(window)
+    else:
+        pad_h, pad_w, _ = window_geometry(module, x)
+        tokens = x.shape[0] * pad_h * pad_w
+        window_tokens = module.window_size[0] * module.window_size[1]
     inner = module.qkv.out_features // 3
     macs = tokens * module.qkv.in_features * 3 * inner
     macs += 2 * tokens * window_tokens * inner + tokens * inner * module.proj.out_features
@@ -778,6 +796,7 @@ MACS_FORMULAS: dict[type[nn.Module], MacsFormula] = {
     nn.Linear: _linear_macs,
     nn.MultiheadAttention: _mha_macs,
     ShiftedWindowAttention: _window_attention_macs,
+    ShiftedWindowAttention3d: _window_attention_macs,
 }
 """The layers whose MACs :func:`regprune.count` takes from a formula rather than from the ops.
 

@@ -11,6 +11,9 @@ table's columns; Swin V2's ``logit_scale``). It computes what torchvision comput
 cyclic shift and its mask, the scaled (V1) or cosine (V2) scores plus the relative position
 bias, the output projection, the reverse shift, the unpadding.
 
+Video Swin's ``ShiftedWindowAttention3d`` does the same over (T, H, W) windows; its pruned form
+reuses torchvision's own helpers for the window size, padding, shift mask and position bias.
+
 MaxViT's ``RelativePositionalMultiHeadAttention`` reshapes the heads' outputs back to its input
 width ``D`` before ``merge`` in the same way; its pruned form writes ``-1`` there and takes the
 head count from its relative position bias table.
@@ -25,6 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
 from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
+from torchvision.models.video.swin_transformer import (
+    ShiftedWindowAttention3d,
+    _compute_attention_mask_3d,
+    _compute_pad_size_3d,
+    _get_window_and_shift_size,
+)
 
 
 def window_geometry(module: ShiftedWindowAttention, x: torch.Tensor) -> tuple[int, int, list[int]]:
@@ -64,18 +73,20 @@ def _shift_mask(
     return torch.zeros_like(differ, dtype=like.dtype).masked_fill(differ, -100.0)
 
 
-def head_count(module: ShiftedWindowAttention) -> int:
+def head_count(module: nn.Module) -> int:
     """The heads the module's per-head parameters hold."""
     if isinstance(module, ShiftedWindowAttentionV2):
         return module.logit_scale.shape[0]
     return module.relative_position_bias_table.shape[1]
 
 
-def attend_windows(module: ShiftedWindowAttention, x: torch.Tensor) -> torch.Tensor:
+def attend_windows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The heads' outputs, concatenated, that ``proj`` reads: (B * windows, N, heads x
-    head_dim) for an input (B, H, W, C). What :class:`PrunedShiftedWindowAttention` computes
-    before ``proj``, for torchvision's module as well (compensation measures ``proj``'s
-    inputs with it)."""
+    head_dim) for an input (B, H, W, C), or (B, T, H, W, C) for video Swin. What the pruned
+    forms compute before ``proj``, for torchvision's modules as well (compensation measures
+    ``proj``'s inputs with it)."""
+    if isinstance(module, ShiftedWindowAttention3d):
+        return _attend_windows_3d(module, x)
     pad_h, pad_w, shift = window_geometry(module, x)
     x = F.pad(x, (0, 0, 0, pad_w - x.shape[2], 0, pad_h - x.shape[1]))
     if sum(shift) > 0:
@@ -121,6 +132,58 @@ def _forward(self: ShiftedWindowAttention, x: torch.Tensor) -> torch.Tensor:
     return out[:, :h, :w, :].contiguous()
 
 
+def window_geometry_3d(
+    module: ShiftedWindowAttention3d, x: torch.Tensor
+) -> tuple[list[int], list[int], list[int]]:
+    """The padded (T, H, W) of ``x`` (B, T, H, W, C), the window and the shift the module
+    uses: torchvision's rules (a window never larger than the input, no shift where it covers
+    it)."""
+    size = list(x.shape[1:4])
+    window, shift = _get_window_and_shift_size(
+        list(module.shift_size), size, list(module.window_size)
+    )
+    pad = _compute_pad_size_3d(tuple(size), tuple(window))
+    return [n + p for n, p in zip(size, pad, strict=True)], window, shift
+
+
+def _attend_windows_3d(module: ShiftedWindowAttention3d, x: torch.Tensor) -> torch.Tensor:
+    padded, window, shift = window_geometry_3d(module, x)
+    b, t, h, w, c = x.shape
+    x = F.pad(x, (0, 0, 0, padded[2] - w, 0, padded[1] - h, 0, padded[0] - t))
+    if sum(shift) > 0:
+        x = torch.roll(x, shifts=tuple(-n for n in shift), dims=(1, 2, 3))
+    grid = [n // k for n, k in zip(padded, window, strict=True)]
+    tokens = x.view(b, grid[0], window[0], grid[1], window[1], grid[2], window[2], c)
+    tokens = tokens.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(-1, math.prod(window), c)
+    heads = head_count(module)
+    head_dim = module.qkv.weight.shape[0] // 3 // heads
+    qkv = F.linear(tokens, module.qkv.weight, module.qkv.bias)
+    q, k, v = qkv.unflatten(-1, (3, heads, head_dim)).permute(2, 0, 3, 1, 4)
+    scores = (q * head_dim**-0.5) @ k.transpose(-2, -1)
+    scores = scores + module.get_relative_position_bias(window)
+    if sum(shift) > 0:
+        mask = _compute_attention_mask_3d(tokens, tuple(padded), tuple(window), tuple(shift))
+        scores = scores.unflatten(0, (b, mask.shape[0])) + mask[None, :, None]
+        scores = scores.flatten(0, 1)
+    weights = F.dropout(
+        F.softmax(scores, dim=-1), p=module.attention_dropout, training=module.training
+    )
+    return (weights @ v).transpose(1, 2).flatten(2)
+
+
+def _forward_3d(self: ShiftedWindowAttention3d, x: torch.Tensor) -> torch.Tensor:
+    b, t, h, w, _ = x.shape
+    padded, window, shift = window_geometry_3d(self, x)
+    out = F.linear(attend_windows(self, x), self.proj.weight, self.proj.bias)
+    out = F.dropout(out, p=self.dropout, training=self.training)
+    grid = [n // k for n, k in zip(padded, window, strict=True)]
+    out = out.reshape(b, *grid, *window, -1).permute(0, 1, 4, 2, 5, 3, 6, 7)
+    out = out.reshape(b, *padded, -1)
+    if sum(shift) > 0:
+        out = torch.roll(out, shifts=tuple(shift), dims=(1, 2, 3))
+    return out[:, :t, :h, :w, :].contiguous()
+
+
 class PrunedForm:
     """What the pruned forms share: surgery's copy (or a model being loaded) takes the form's
     forward by :meth:`adopt`; after slicing, :meth:`refresh` also sets the head count it holds
@@ -150,6 +213,13 @@ class PrunedShiftedWindowAttentionV2(PrunedForm, ShiftedWindowAttentionV2):
     forward = _forward
 
 
+class PrunedShiftedWindowAttention3d(PrunedForm, ShiftedWindowAttention3d):
+    """Video Swin window attention whose heads may be fewer than its width // head_dim; see
+    :class:`PrunedShiftedWindowAttention`."""
+
+    forward = _forward_3d
+
+
 class PrunedRelativePositionalMultiHeadAttention(PrunedForm, RelativePositionalMultiHeadAttention):
     """MaxViT's attention whose heads may be fewer than its width // head_dim: the heads'
     outputs are merged back with ``-1`` rather than the input's width, and ``n_heads`` is the
@@ -174,6 +244,7 @@ class PrunedRelativePositionalMultiHeadAttention(PrunedForm, RelativePositionalM
 WINDOW_FORMS: dict[type[nn.Module], type[nn.Module]] = {
     ShiftedWindowAttention: PrunedShiftedWindowAttention,
     ShiftedWindowAttentionV2: PrunedShiftedWindowAttentionV2,
+    ShiftedWindowAttention3d: PrunedShiftedWindowAttention3d,
     RelativePositionalMultiHeadAttention: PrunedRelativePositionalMultiHeadAttention,
 }
 """torchvision's window attention classes and the forms surgery gives their pruned copies
