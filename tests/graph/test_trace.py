@@ -67,6 +67,42 @@ def test_chunk_into_unequal_parts_or_split_at_literal_sizes_locks() -> None:
         assert spelling in locked["c"]
 
 
+class RepeatInterleave(nn.Module):
+    """Channels repeated along the tokens (MViT's temporal position embedding), along the
+    channels themselves, or by per-channel counts."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.c = nn.Conv2d(3, 6, 1)
+        self.d = nn.Conv2d(12 if how == "channels" else 6, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.c(x)
+        if self.how == "tokens":
+            z = torch.repeat_interleave(z, 2, dim=2)
+        elif self.how == "channels":
+            z = z.repeat_interleave(2, dim=1)
+        else:
+            z = z.repeat_interleave(torch.ones(6, dtype=torch.long), dim=1)
+        return self.d(z).mean((2, 3))
+
+
+@pytest.mark.parametrize("how", ["tokens", "channels"])
+def test_repeat_interleave_follows_the_channels_it_repeats(how: str) -> None:
+    model, x = RepeatInterleave(how).eval(), torch.randn(2, 3, 4, 4)
+    graph = trace_graph(model, x)
+    assert [g.size for g in graph.groups] == [6]
+    assert [u.layer for u in graph.unprunable] == ["d"]  # the model output only
+    check_exact(model, x, 0.5)
+
+
+def test_repeat_interleave_by_per_channel_counts_locks_and_says_why() -> None:
+    graph = trace_graph(RepeatInterleave("counts"), torch.randn(2, 3, 4, 4))
+    locked = {u.layer: u.reason for u in graph.unprunable}
+    assert "repeat_interleave" in locked["c"] and "per-element repeats" in locked["c"]
+
+
 def test_flatten_maps_one_channel_to_many_features() -> None:
     model = create_model("vgg11", num_classes=10, in_channels=1)
     graph = trace_graph(model, torch.randn(1, 1, 28, 28))

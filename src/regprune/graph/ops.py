@@ -174,6 +174,7 @@ MOVEMENT = frozenset(
         "expand",
         "expand_as",
         "repeat",
+        "repeat_interleave",
         "narrow",
         "select",
         "getitem",
@@ -519,6 +520,11 @@ def _to_label_args(tracer: Tracer, value: Any, data_ids: set[int]) -> Any:
 
 
 def _movement(tracer: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+    if name == "repeat_interleave":
+        repeats = kwargs.get("repeats", args[1] if len(args) > 1 else None)
+        if isinstance(repeats, torch.Tensor) and repeats.numel() > 1:
+            # one count per element: a fixed length that a shrinking dim cannot follow
+            raise ValueError("per-element repeats")
     if name in ("cat", "concat", "concatenate", "stack"):
         data = list(args[0])
     elif name in ("expand_as", "view_as", "reshape_as") or name == "getitem":
