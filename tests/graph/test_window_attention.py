@@ -34,6 +34,16 @@ from tests.method_steps import sparsify
 HEADS = [2, 4]
 
 
+def with_signal(model: nn.Module, *names: str) -> nn.Module:
+    """Random biases and per-head tables (zero at init), so that every part carries signal;
+    in eval mode."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("bias", *names)):
+                p.add_(0.2 * torch.randn_like(p))
+    return model.eval()
+
+
 def tiny_swin(v2: bool) -> nn.Module:
     """Two stages (2 and 4 heads of 8), windows of 4 on a 4x5 token grid after patching (so
     the second block's shifted windows and the padding both run)."""
@@ -49,11 +59,7 @@ def tiny_swin(v2: bool) -> nn.Module:
         num_classes=5,
         **extra,
     )
-    with torch.no_grad():  # random biases and tables, so that every part carries signal
-        for name, p in model.named_parameters():
-            if name.endswith(("bias", "relative_position_bias_table", "logit_scale")):
-                p.add_(0.2 * torch.randn_like(p))
-    return model.eval()
+    return with_signal(model, "relative_position_bias_table", "logit_scale")
 
 
 def attentions(model: nn.Module) -> list[nn.Module]:
@@ -135,11 +141,7 @@ def tiny_maxvit() -> nn.Module:
         stochastic_depth_prob=0.0,
         num_classes=5,
     )
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("bias", "relative_position_bias_table")):
-                p.add_(0.2 * torch.randn_like(p))
-    return model.eval()
+    return with_signal(model, "relative_position_bias_table")
 
 
 def relative_attentions(model: nn.Module) -> list[nn.Module]:
@@ -327,11 +329,7 @@ def tiny_swin3d() -> nn.Module:
         stochastic_depth_prob=0.0,
         num_classes=5,
     )
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("bias", "relative_position_bias_table")):
-                p.add_(0.2 * torch.randn_like(p))
-    return model.eval()
+    return with_signal(model, "relative_position_bias_table")
 
 
 def clips() -> torch.Tensor:
