@@ -234,9 +234,7 @@ def test_a_pooled_head_at_batch_1_calls_for_the_probe_only_behind_silenced_produ
     assert calls == ["original", "pruned"]
     monkeypatch.setattr(
         "regprune.surgery.apply.could_be_constant",
-        lambda model, graph, ids: {
-            g.id: torch.ones(g.size, dtype=torch.bool) for g in graph.groups
-        },
+        lambda model, graph: {g.id: torch.ones(g.size, dtype=torch.bool) for g in graph.groups},
     )
     probed = rp.prune_with_result(model, X32, ratio=0.5)
     assert calls == ["original", "pruned", "original", "original", "pruned"]
