@@ -211,7 +211,7 @@ def _varying_without_probe(
     input there calls for the probe only if its producer could have silenced it
     (:func:`~regprune.surgery.compensate.could_be_constant`), and is known to vary otherwise.
     """
-    quiet: dict[int, torch.Tensor] = {}
+    quiet: dict[int, torch.Tensor] | None = None
     records = {r.name: r for r in graph.records}
     varying: dict[str, torch.Tensor] = {}
     for name, (drop, _) in cuts.items():
@@ -228,7 +228,9 @@ def _varying_without_probe(
             continue
         if scale > 0:
             return None
-        could = _producers_quiet(model, records[name], graph, quiet, suspects)
+        if quiet is None:
+            quiet = could_be_constant(model, graph)
+        could = _producers_quiet(records[name], graph, quiet)
         if bool((could & suspects).any()):
             return None
         varying[name] = suspects
@@ -236,28 +238,24 @@ def _varying_without_probe(
 
 
 def _producers_quiet(
-    model: nn.Module,
-    record: LayerRecord,
-    graph: DependencyGraph,
-    quiet: dict[int, torch.Tensor],
-    inputs: torch.Tensor,
+    record: LayerRecord, graph: DependencyGraph, quiet: dict[int, torch.Tensor]
 ) -> torch.Tensor:
     """Per input of ``record``: whether the channel feeding it could be a constant (True
-    where it belongs to no group: nothing to tell by). ``quiet`` caches
-    :func:`~regprune.surgery.compensate.could_be_constant` by group; only the groups of the
-    given ``inputs`` are looked at (a VGG classifier's weights are 100 M numbers)."""
+    where it belongs to no group: nothing to tell by)."""
     atoms = record.in_atoms
     component = graph.component[atoms.clamp(min=0)]
-    group = torch.where(atoms >= 0, graph.group_of_component[component], -1)
+    group = graph.group_of_component[component]
     channel = graph.channel_of_component[component]
-    needed = set(torch.unique(group[inputs & (group >= 0)]).tolist()) - set(quiet)
-    if needed:
-        quiet.update(could_be_constant(model, graph, needed))
-    flags = torch.ones(atoms.numel(), dtype=torch.bool)
-    for g in torch.unique(group[inputs & (group >= 0)]).tolist():
-        at = inputs & (group == g)
-        flags[at] = quiet[g][channel[at]]
-    return flags
+    ids = sorted(quiet)
+    starts = torch.zeros(max(ids, default=0) + 1, dtype=torch.long)
+    flat = torch.cat([quiet[g] for g in ids]) if ids else torch.zeros(0, dtype=torch.bool)
+    offset = 0
+    for g in ids:
+        starts[g] = offset
+        offset += quiet[g].numel()
+    grouped = (atoms >= 0) & (group >= 0)
+    where = torch.where(grouped, starts[group.clamp(min=0)] + channel.clamp(min=0), 0)
+    return torch.where(grouped, flat[where] if flat.numel() else True, True)
 
 
 Cuts = dict[str, tuple[torch.Tensor, torch.Tensor]]

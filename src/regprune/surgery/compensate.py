@@ -160,13 +160,10 @@ class InputStats:
         return torch.where(spread > 0, torch.inf, 0.0).double()
 
 
-def could_be_constant(
-    model: nn.Module, graph: DependencyGraph, group_ids: Iterable[int] | None = None
-) -> dict[int, torch.Tensor]:
-    """Per group (of ``group_ids``, default all), the channels whose own parameters could
-    have silenced them: a normalization scale or a producer filter at most
-    :data:`SILENT_RTOL` of the median of that layer's channels (or no such parameter to tell
-    by).
+def could_be_constant(model: nn.Module, graph: DependencyGraph) -> dict[int, torch.Tensor]:
+    """Per group, the channels whose own parameters could have silenced them: a normalization
+    scale or a producer filter at most :data:`SILENT_RTOL` of the median of that layer's
+    channels (or no such parameter to tell by).
 
     Why: a channel is a constant only if what produces it stopped reading its input (a scale
     or filter driven to ~0, as every silencing regularizer leaves it), or if everything it
@@ -177,10 +174,7 @@ def could_be_constant(
     needed only for the others (our choice).
     """
     quiet: dict[int, torch.Tensor] = {}
-    wanted = None if group_ids is None else set(group_ids)
     for group in graph.groups:
-        if wanted is not None and group.id not in wanted:
-            continue
         scales = [s for s in group.slices_with_role("norm", "out") if s.param == "weight"]
         told = torch.zeros(group.size, dtype=torch.bool)
         small = torch.zeros(group.size, dtype=torch.bool)
@@ -190,10 +184,8 @@ def could_be_constant(
                 continue
             dim = index.axis(weight)
             others = [d for d in range(weight.dim()) if d != dim]
-            weight = weight.detach()
-            # an L1 norm, not abs().sum(): no copy of a 100 M-weight classifier
-            magnitude = torch.linalg.vector_norm(weight, 1, dim=others) if others else weight.abs()
-            magnitude = magnitude.double()
+            magnitude = weight.detach().abs().double()
+            magnitude = magnitude.sum(dim=others) if others else magnitude
             positions, channels = index.positions_on(weight.device)
             per_channel = torch.zeros(group.size, dtype=torch.float64, device=weight.device)
             per_channel.index_add_(0, channels, magnitude[positions])
