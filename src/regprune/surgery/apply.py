@@ -23,7 +23,6 @@ from regprune.surgery.compensate import (
     CompensationReport,
     InputStats,
     check_compensate,
-    could_be_constant,
     fold_removed_inputs,
     measure_inputs,
     probe_inputs,
@@ -181,10 +180,11 @@ def compensate_cuts(
     if first_probe_stats is not None and not set(cuts) <= set(first_probe_stats):
         missing = sorted(set(cuts) - set(first_probe_stats))
         raise ValueError(f"first_probe_stats lacks cut layers {missing[:3]}")
-    varying = None
-    if mode == "constant" and first_probe_stats is not None:
-        varying = _varying_without_probe(model, graph, cuts, first_probe_stats)
-    if varying is not None:
+    if (
+        mode == "constant"
+        and first_probe_stats is not None
+        and not _any_constant(cuts, first_probe_stats)
+    ):
         # a second batch widens every range, the kept channels' too, so a dropped input's
         # range relative to theirs can shrink, but not tenfold from one perturbed batch (our
         # margin): what varies this much on the example inputs is not constant, and the
@@ -192,70 +192,28 @@ def compensate_cuts(
         stats = {name: first_probe_stats[name] for name in cuts}
     else:
         stats = measure_inputs(model, graph, cuts, batches, first_probe_stats)
-    return fold_removed_inputs(model, pruned, graph, cuts, mode, stats, varying)
+    return fold_removed_inputs(model, pruned, graph, cuts, mode, stats)
 
 
-def _varying_without_probe(
-    model: nn.Module, graph: DependencyGraph, cuts: Cuts, stats: dict[str, InputStats]
-) -> dict[str, torch.Tensor] | None:
-    """None when some dropped input could be a constant worth folding by ``stats`` of the
-    example inputs alone (the perturbed probe must tell); otherwise, per cut layer, the dropped
-    inputs known to vary although the example inputs could not show it (mostly none).
+def _any_constant(cuts: Cuts, stats: dict[str, InputStats]) -> bool:
+    """Whether any dropped input could be a constant worth folding by ``stats`` of the example
+    inputs alone: its range within ten times ``CONSTANT_RTOL`` of the kept inputs' median
+    range, and its values not all within that much of 0.
 
-    A dropped input could be a constant when its range is within ten times ``CONSTANT_RTOL``
-    of the kept inputs' median range and its values are not all within that much of 0. An
-    input that stays that close to 0 (a ReLU channel that is off, or nearly, for this image:
+    An input that stays that close to 0 (a ReLU channel that is off, or nearly, for this image:
     common at batch 1 in late stages) folds next to nothing whether or not it is constant, so
-    it does not call for the perturbed probe. Where the kept inputs do not vary either (one
-    value per input: pooled features at batch 1), the example inputs cannot tell; a dropped
-    input there calls for the probe only if its producer could have silenced it
-    (:func:`~regprune.surgery.compensate.could_be_constant`), and is known to vary otherwise.
-    """
-    quiet: dict[int, torch.Tensor] | None = None
-    records = {r.name: r for r in graph.records}
-    varying: dict[str, torch.Tensor] = {}
+    it does not call for the perturbed probe."""
     for name, (drop, _) in cuts.items():
         entry = stats[name]
         if entry.total is None or entry.low is None or entry.high is None:
-            return None  # not seen: let the full measurement say
+            return True  # not seen: let the full measurement say
         low, high = entry.low.cpu(), entry.high.cpu()
-        scale = entry.kept_scale(drop)
-        tolerance = 10 * CONSTANT_RTOL * scale
+        tolerance = 10 * CONSTANT_RTOL * entry.kept_scale(drop)
         flat = high - low <= tolerance
         away_from_zero = torch.maximum(low.abs(), high.abs()) > tolerance
-        suspects = flat & away_from_zero & drop
-        if not bool(suspects.any()):
-            continue
-        if scale > 0:
-            return None
-        if quiet is None:
-            quiet = could_be_constant(model, graph)
-        could = _producers_quiet(records[name], graph, quiet)
-        if bool((could & suspects).any()):
-            return None
-        varying[name] = suspects
-    return varying
-
-
-def _producers_quiet(
-    record: LayerRecord, graph: DependencyGraph, quiet: dict[int, torch.Tensor]
-) -> torch.Tensor:
-    """Per input of ``record``: whether the channel feeding it could be a constant (True
-    where it belongs to no group: nothing to tell by)."""
-    atoms = record.in_atoms
-    component = graph.component[atoms.clamp(min=0)]
-    group = graph.group_of_component[component]
-    channel = graph.channel_of_component[component]
-    ids = sorted(quiet)
-    starts = torch.zeros(max(ids, default=0) + 1, dtype=torch.long)
-    flat = torch.cat([quiet[g] for g in ids]) if ids else torch.zeros(0, dtype=torch.bool)
-    offset = 0
-    for g in ids:
-        starts[g] = offset
-        offset += quiet[g].numel()
-    grouped = (atoms >= 0) & (group >= 0)
-    where = torch.where(grouped, starts[group.clamp(min=0)] + channel.clamp(min=0), 0)
-    return torch.where(grouped, flat[where] if flat.numel() else True, True)
+        if bool((flat & away_from_zero)[drop].any()):
+            return True
+    return False
 
 
 Cuts = dict[str, tuple[torch.Tensor, torch.Tensor]]

@@ -160,45 +160,6 @@ class InputStats:
         return torch.where(spread > 0, torch.inf, 0.0).double()
 
 
-def could_be_constant(model: nn.Module, graph: DependencyGraph) -> dict[int, torch.Tensor]:
-    """Per group, the channels whose own parameters could have silenced them: a normalization
-    scale or a producer filter at most :data:`SILENT_RTOL` of the median of that layer's
-    channels (or no such parameter to tell by).
-
-    Why: a channel is a constant only if what produces it stopped reading its input (a scale
-    or filter driven to ~0, as every silencing regularizer leaves it), or if everything it
-    reads is constant, which removal never leaves (no group loses all its channels). So
-    where the example inputs cannot tell a constant from a signal, one value per input
-    (a classifier reading pooled features at batch 1), a channel with a scale and filters of
-    ordinary size is not one, and the perturbed probe (one more forward of the original) is
-    needed only for the others (our choice).
-    """
-    quiet: dict[int, torch.Tensor] = {}
-    for group in graph.groups:
-        scales = [s for s in group.slices_with_role("norm", "out") if s.param == "weight"]
-        told = torch.zeros(group.size, dtype=torch.bool)
-        small = torch.zeros(group.size, dtype=torch.bool)
-        for index in scales:
-            weight = index.weight_in(model)
-            if weight is None:
-                continue
-            dim = index.axis(weight)
-            others = [d for d in range(weight.dim()) if d != dim]
-            magnitude = weight.detach().abs().double()
-            magnitude = magnitude.sum(dim=others) if others else magnitude
-            positions, channels = index.positions_on(weight.device)
-            per_channel = torch.zeros(group.size, dtype=torch.float64, device=weight.device)
-            per_channel.index_add_(0, channels, magnitude[positions])
-            present = torch.zeros(group.size, dtype=torch.bool, device=weight.device)
-            present[channels] = True
-            per_channel, present = per_channel.cpu(), present.cpu()
-            median = float(per_channel[present].median())
-            small |= present & (per_channel <= SILENT_RTOL * median)
-            told |= present
-        quiet[group.id] = small | ~told
-    return quiet
-
-
 def probe_inputs(example_inputs: Any, seed: int = 0) -> list[tuple[CallArgs, None]]:
     """The example inputs and a perturbed copy, as ``(inputs, None)`` batches: enough to tell a
     constant from a signal.
@@ -330,15 +291,12 @@ def fold_removed_inputs(
     cuts: dict[str, tuple[torch.Tensor, torch.Tensor]],
     mode: str,
     stats: dict[str, InputStats],
-    varying: dict[str, torch.Tensor] | None = None,
 ) -> CompensationReport:
     """Fold the removed channels' values into the biases of ``pruned``'s consumer layers.
 
     ``cuts`` maps each consumer that loses some (not all) of its inputs to its
     ``(dropped inputs, kept outputs)`` masks; ``stats`` holds every such consumer's input
-    statistics in ``original`` (:func:`measure_inputs`); ``varying``, per consumer, inputs
-    known to vary whose range ``stats`` cannot show (one value each): neither constant nor
-    silent, and left out of the reported ranges.
+    statistics in ``original`` (:func:`measure_inputs`).
     """
     report = CompensationReport(mode)
     ranges = []
@@ -348,10 +306,7 @@ def fold_removed_inputs(
         if entry.total is None:
             report.not_foldable.append(f"{name} (not called in the measuring forward)")
             continue
-        relative = entry.relative_range(drop)
-        if varying is not None and name in varying:
-            relative = torch.where(varying[name], torch.nan, relative)
-        relative = relative[drop]
+        relative = entry.relative_range(drop)[drop]
         constant = relative <= CONSTANT_RTOL
         report.removed_inputs += int(drop.sum())
         report.constant_inputs += int(constant.sum())
@@ -376,9 +331,8 @@ def fold_removed_inputs(
         _add_to_bias(pruned.get_submodule(name), response[keep_out])
         report.folded_inputs += int(fold.sum())
         report.consumers += 1
-    every = torch.cat(ranges) if ranges else torch.zeros(0)
-    every = every[~every.isnan()]
-    if every.numel():
+    if ranges:
+        every = torch.cat(ranges)
         report.max_relative_range = float(every.max())
         report.median_relative_range = float(every.median())
     return report
