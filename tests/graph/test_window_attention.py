@@ -22,6 +22,7 @@ from torchvision.models.swin_transformer import (
     SwinTransformer,
     SwinTransformerBlockV2,
 )
+from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d, SwinTransformer3d
 
 import regprune as rp
 from regprune.graph import trace_graph
@@ -76,11 +77,14 @@ def images() -> torch.Tensor:
 def test_pruned_form_computes_what_torchvision_computes(v2: bool, shift, size) -> None:
     cls = ShiftedWindowAttentionV2 if v2 else ShiftedWindowAttention
     torch.manual_seed(0)
-    module = cls(16, [4, 4], shift, 2).eval()
-    x = torch.randn(2, *size, 16)
+    assert_form_matches(cls(16, [4, 4], shift, 2).eval(), torch.randn(2, *size, 16))
+
+
+def assert_form_matches(module: nn.Module, x: torch.Tensor) -> None:
+    """The module's pruned form, adopted by an unpruned copy, computes the same, bit for bit."""
     form = copy.deepcopy(module)
-    PRUNED_FORMS[cls].adopt(form)
-    assert type(form) is not cls
+    PRUNED_FORMS[type(module)].adopt(form)
+    assert type(form) is not type(module)
     with torch.no_grad():
         torch.testing.assert_close(form(x), module(x), atol=0, rtol=0)
 
@@ -317,8 +321,6 @@ def test_a_width_read_from_the_input_is_not_the_attentions_refreshed_width() -> 
 def tiny_swin3d() -> nn.Module:
     """Two stages (2 and 4 heads of 8), windows of 2x4x4 on a 2x4x5 token grid after patching:
     the second block's shifted windows, the padding and a window clipped to the input all run."""
-    from torchvision.models.video.swin_transformer import SwinTransformer3d
-
     torch.manual_seed(0)
     model = SwinTransformer3d(
         patch_size=[2, 4, 4],
@@ -339,21 +341,12 @@ def clips() -> torch.Tensor:
 @pytest.mark.parametrize("shift", [[0, 0, 0], [1, 2, 2]])
 @pytest.mark.parametrize("size", [(2, 8, 8), (3, 6, 11)])
 def test_video_swin_pruned_form_computes_what_torchvision_computes(shift, size) -> None:
-    from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d
-
     torch.manual_seed(0)
     module = ShiftedWindowAttention3d(16, [2, 4, 4], shift, 2).eval()
-    x = torch.randn(2, *size, 16)
-    form = copy.deepcopy(module)
-    PRUNED_FORMS[ShiftedWindowAttention3d].adopt(form)
-    assert type(form) is not ShiftedWindowAttention3d
-    with torch.no_grad():
-        torch.testing.assert_close(form(x), module(x), atol=0, rtol=0)
+    assert_form_matches(module, torch.randn(2, *size, 16))
 
 
 def test_video_swin_heads_and_residual_prune_exactly_counted_and_reload(tmp_path) -> None:
-    from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d
-
     model, x = tiny_swin3d(), clips()
     graph = trace_graph(model, x)
     assert [str(u) for u in graph.unprunable] == [

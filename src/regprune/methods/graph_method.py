@@ -135,7 +135,7 @@ class GraphMethod(PruningMethod):
         if total_steps is None:
             self.strength_mode = "paper"
             return paper
-        self.plan_silence(total_steps, silence_at)
+        self.strength_mode = "budget"
         self.budget = BudgetSchedule(
             total_steps,
             initial,
@@ -200,8 +200,8 @@ class GraphMethod(PruningMethod):
 
     def plan_silence(self, total_steps: int, silence_at: float) -> None:
         """Budget mode: the removal set is due silent by ``silence_at`` of ``total_steps``,
-        which the penalty aims at and :class:`SilenceCeiling` guarantees."""
-        self.strength_mode = "budget"
+        which the penalty aims at and :class:`SilenceCeiling` guarantees (called by each
+        budget mode once it knows where its silencing ends)."""
         self.silence_step = max(1, round(silence_at * total_steps))
 
     def fixed_removal_masks(self) -> dict[int, torch.Tensor] | None:

@@ -75,6 +75,7 @@ class GReg(GraphMethod):
         if total_steps is not None and not schedule:
             schedule = budget_schedule(total_steps, silence_at, variant)
             warn_if_too_short(total_steps, f"greg{variant}")
+            self.strength_mode = "budget"
             self.plan_silence(total_steps, silence_at)
         elif schedule:
             self.strength_mode = "explicit"

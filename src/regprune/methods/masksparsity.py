@@ -108,6 +108,9 @@ class MaskSparsity(GraphMethod):
             silence_at=silence_at,
             loss_tolerance=MASKED_LOSS_TOLERANCE,
         )
+        if self.budget is not None:
+            assert total_steps is not None
+            self.plan_silence(total_steps, silence_at)
         self.s = s
         self.mask_from = mask_from
         self.mask_iters = mask_iters if mask_from == "slimming" else 0

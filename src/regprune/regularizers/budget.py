@@ -49,6 +49,15 @@ target 50 % of the MACs): at 50 and 100 steps most methods ended 2-9 points belo
 training without a penalty on ResNet-20; from 250 steps every method was within 2."""
 
 
+def geometric_share(step: int, start_step: int, end_step: int, end_ratio: float) -> float:
+    """The planned path of a removal set: 1 at ``start_step``, falling geometrically to
+    ``end_ratio`` at ``end_step`` and held there (the controller's target and the ceiling's
+    cap, :mod:`regprune.regularizers.ceiling`). Geometric (our choice): most of the fall comes
+    early, which leaves the network the longest time to adapt to the set's absence."""
+    progress = min(max(step - start_step, 0) / max(end_step - start_step, 1), 1.0)
+    return end_ratio**progress
+
+
 def warn_if_too_short(total_steps: int, owner: str) -> None:
     """Every budget mode says so when its budget cannot silence anything, or only at a cost."""
     if total_steps < MIN_USEFUL_STEPS:
@@ -140,9 +149,9 @@ class BudgetSchedule:
         if self.start_ratio is None:
             return None
         start = max(self.start_ratio, self.end_ratio)
-        span = max(self.silence_step - self.start_step, 1)
-        progress = min(max(step - self.start_step, 0) / span, 1.0)
-        return start * (self.end_ratio / start) ** progress
+        return start * geometric_share(
+            step, self.start_step, self.silence_step, self.end_ratio / start
+        )
 
     def observe_loss(self, loss: float) -> None:
         """Feed the task loss of one iteration (an EMA over about 5 iterations: the guard must

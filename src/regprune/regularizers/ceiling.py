@@ -7,16 +7,10 @@ methods left most of their removal set alive (docs/budget_study.md, "Under the p
 schedule"); MaskSparsity's controller, which only sees the set after its checks, lagged and then
 silenced the whole set in about fifteen steps. The penalty stays what it was; once the method
 has fixed its removal set, this ceiling bounds every removed channel's magnitude by a planned
-fraction of its magnitude when the set was fixed, falling geometrically from 1 to ``end_ratio``
-at the silence step and held there. Where the penalty runs ahead of the plan the ceiling does
-nothing.
-
-Why geometric (the budget controller's own path, :mod:`regprune.regularizers.budget`): most of
-the fall comes early, which leaves the network the longest time to adapt to the set's absence.
-A straight fall is gentler early and steep late; in the budget study's cosine rows (one seed) it
-read 1.2-3.5 points lower before pruning than the geometric path in each of four runs
-(MaskSparsity at 50 and 100 steps on ResNet-20 and 100 on VGG-11, slimming at 50 on ResNet-20;
-docs/budget_study.md, "A ceiling on the removal set").
+fraction of its magnitude when the set was fixed, falling from 1 to ``end_ratio`` at the
+silence step along the budget controller's own geometric path
+(:func:`regprune.regularizers.budget.geometric_share`) and held there. Where the penalty runs
+ahead of the plan the ceiling does nothing.
 
 A channel is scaled as a whole: every producer filter and bias of it (role ``"out"``) and every
 per-channel affine parameter (``"norm"``: BN scale *and* shift) by the same factor, so its output
@@ -36,8 +30,7 @@ from torch import nn
 
 from regprune.graph.groups import ChannelGroup, ParamSlice
 from regprune.regularizers._slices import along, sum_except
-
-CEILING_PATHS = ("geometric", "linear")
+from regprune.regularizers.budget import geometric_share
 
 
 class SilenceCeiling:
@@ -49,7 +42,6 @@ class SilenceCeiling:
         start_step: the iteration the set was fixed (the path starts at 1 there).
         silence_step: the iteration by which the set is at ``end_ratio`` of its start.
         end_ratio: where the path ends, relative to each channel's start magnitude.
-        path: ``"geometric"`` (the default, see the module docstring) or ``"linear"``.
     """
 
     def __init__(
@@ -60,16 +52,12 @@ class SilenceCeiling:
         start_step: int,
         silence_step: int,
         end_ratio: float,
-        path: str = "geometric",
     ) -> None:
-        if path not in CEILING_PATHS:
-            raise ValueError(f"path must be one of {CEILING_PATHS}, got {path!r}")
-        if not 0 <= end_ratio < 1:
-            raise ValueError(f"end_ratio must be in [0, 1), got {end_ratio!r}")
+        if not 0 < end_ratio < 1:
+            raise ValueError(f"end_ratio must be in (0, 1), got {end_ratio!r}")
         self.start_step = int(start_step)
         self.silence_step = max(int(silence_step), self.start_step + 1)
         self.end_ratio = float(end_ratio)
-        self.path = path
         self.masks = {int(g): m.bool().cpu() for g, m in masks.items() if bool(m.any())}
         self._slices: dict[int, list[ParamSlice]] = {
             g.id: g.slices_with_role("out", "norm") for g in groups if g.id in self.masks
@@ -80,12 +68,7 @@ class SilenceCeiling:
 
     def fraction(self, step: int) -> float:
         """The ceiling after ``step`` iterations, as a share of the start magnitudes."""
-        span = self.silence_step - self.start_step
-        progress = min(max(step - self.start_step, 0) / span, 1.0)
-        if self.path == "linear":
-            return 1.0 - (1.0 - self.end_ratio) * progress
-        end = max(self.end_ratio, 1e-12)
-        return end**progress
+        return geometric_share(step, self.start_step, self.silence_step, self.end_ratio)
 
     def magnitudes(self, model: nn.Module, group_id: int) -> torch.Tensor:
         """Per channel of the group, the norm over its out and norm slices (float64)."""
@@ -130,7 +113,6 @@ class SilenceCeiling:
             "start_step": self.start_step,
             "silence_step": self.silence_step,
             "end_ratio": self.end_ratio,
-            "path": self.path,
             "masks": dict(self.masks),
             "start": None if self.start is None else dict(self.start),
         }
@@ -143,7 +125,6 @@ class SilenceCeiling:
             start_step=int(state["start_step"]),
             silence_step=int(state["silence_step"]),
             end_ratio=float(state["end_ratio"]),
-            path=str(state["path"]),
         )
         if state["start"] is not None:
             ceiling.start = {int(g): v.double() for g, v in state["start"].items()}
