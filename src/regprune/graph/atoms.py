@@ -98,6 +98,14 @@ class AtomTable:
             self._edges_a.append(packed // _PACK)
             self._edges_b.append(packed % _PACK)
 
+    def couple_channels(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """:meth:`couple` for two 1-D vectors of atoms, every entry an atom: a channel's
+        atoms with a per-channel parameter's. No deduplication: a few hundred pairs, where
+        ``torch.unique`` costs more than the duplicates it saves (:meth:`components` is
+        indifferent to repeated edges)."""
+        self._edges_a.append(a)
+        self._edges_b.append(b)
+
     def lock(self, atoms: torch.Tensor, where: str, reason: str) -> None:
         """Make the given atoms, and every atom coupled with them, unremovable; remember why.
 
@@ -159,7 +167,7 @@ class AtomTable:
         else:
             a = b = np.zeros(0, dtype=np.int64)
         adjacency = coo_matrix(
-            (np.ones(len(a), dtype=np.int8), (a, b)), shape=(self.count, self.count)
+            (np.ones(len(a), dtype=np.int32), (a, b)), shape=(self.count, self.count)
         )
         _, labels = connected_components(adjacency, directed=False)
         return torch.from_numpy(labels.astype(np.int64))

@@ -228,6 +228,12 @@ def _all_slices(
         component = components.clamp(min=0)
         group = torch.where(valid, graph.group_of_component[component], -1)
         channel = graph.channel_of_component[component]
+        first = group[:1]
+        if first.numel() and bool((group == first).all()):
+            # the usual case, a layer's channels in one group: no unique (half of this pass)
+            if int(first) >= 0:
+                slices[int(first)].append(ParamSlice(module, param, dim, role, channel))
+            return
         for gid in torch.unique(group[group >= 0]).tolist():
             channel_of = torch.where(group == gid, channel, -1)
             slices[gid].append(ParamSlice(module, param, dim, role, channel_of))
