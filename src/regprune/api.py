@@ -98,7 +98,9 @@ def make_plan(
 META_CHECK_MACS = 5e9
 """From this many MACs of the pruned model on, its check runs on the ``meta`` device first
 (our choice, measured in docs/engine_speed.md): below, a real forward costs less than the
-meta one's overhead (moving every tensor's description to ``meta``, ``functional_call``)."""
+meta one's overhead (moving every tensor's description to ``meta``, ``functional_call``). Only
+for a model whose trace ran on ``meta``: one that needed real values (a detector's NMS) fails
+there again, after most of a forward, before the real one."""
 
 
 def check_runs(model: nn.Module, example_inputs: Any, expected: Any, on_meta: bool = False) -> None:
@@ -242,7 +244,8 @@ def prune_with_result(
     )
     phase("compensation")
     macs_after = round(macs_model.macs(kept_components(graph, plan)))
-    check_runs(pruned, example_inputs, original.outputs, on_meta=macs_after >= META_CHECK_MACS)
+    on_meta = graph.traced_on_meta and macs_after >= META_CHECK_MACS
+    check_runs(pruned, example_inputs, original.outputs, on_meta=on_meta)
     phase("check")
     return PruneResult(
         pruned, plan, graph, round(macs_model.total), macs_after, compensation, phase_s

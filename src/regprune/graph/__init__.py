@@ -126,6 +126,7 @@ def _trace_once(
             break
         whole |= collapsed  # retrace with them by whole groups; each round adds one at least
     graph.example_inputs = example_inputs
+    graph.traced_on_meta = on_meta
     return graph
 
 

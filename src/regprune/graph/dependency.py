@@ -58,6 +58,8 @@ class DependencyGraph:
         unprunable: what was kept whole, and why.
         model_type: the traced model's class name (plans check it before they apply).
         example_inputs: what the model was traced with (surgery probes constant channels with it).
+        traced_on_meta: whether the forward ran on the ``meta`` device (False: it needed real
+            values, so a meta forward of a pruned copy would fail too and is not tried).
         attention: the removable unit of a channel dim split into (heads, head_dim) in this
             trace (surgery refreshes head counts or head sizes by it).
         products: the products between activations (attention's ``q k^T`` and ``attn v``),
@@ -73,6 +75,7 @@ class DependencyGraph:
     unprunable: list[Unprunable] = field(default_factory=list)
     model_type: str = ""
     example_inputs: Any = None
+    traced_on_meta: bool = False
     attention: str = "heads"
     products: list[ProductRecord] = field(default_factory=list)
 
