@@ -16,7 +16,7 @@ How, in one ``torch.no_grad()`` forward in eval mode:
   counting. A module with a formula is not descended into (MHA owns ``out_proj`` but calls it
   functionally).
 - Everywhere else, matrix multiplies and convolutions are counted at the op level with
-  :class:`torch.utils.flop_counter.FlopCounterMode`, so MACs that a model computes functionally
+  torch's own formulas (:class:`OpFlops`), so MACs that a model computes functionally
   (torchvision's Swin calls ``F.linear`` on ``qkv.weight``; MaxViT's attention is
   ``torch.matmul``) are not lost. Inside a leaf module they are that layer's MACs; in the forward
   code of a container they are reported as :attr:`ModelCount.unattributed_macs`.
@@ -35,7 +35,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry, shape_wrapper
 
 from regprune.inputs import ExampleInputs, as_call_args
 from regprune.layers import MacsFormula, macs_formula_for
@@ -53,10 +54,44 @@ def _sdpa_cpu_flops(query: Any, key: Any, value: Any, *args: Any, **kwargs: Any)
     return 2 * math.prod(batch) * target_len * source_len * (embed + value_embed)
 
 
-# Op-level formulas torch lacks, for FlopCounterMode (which passes shapes, not tensors).
+# Op-level formulas torch lacks (given shapes, not tensors, as torch's own).
 EXTRA_OP_FORMULAS: dict[Any, Callable[..., int]] = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
 }
+
+
+class OpFlops(TorchDispatchMode):
+    """The FLOPs of the matmuls and convolutions run while active, by torch's own formulas
+    (``torch.utils.flop_counter.flop_registry``) and :data:`EXTRA_OP_FORMULAS`.
+
+    Why not ``FlopCounterMode`` itself (our choice, measured by ``benchmarks/prune_time.py``):
+    it costs a forward 1.5-2x its time (MobileNetV2: 22 ms on a 30 ms forward, where this mode
+    costs 6), per op a try at decomposing it (which also runs batch norm as its Python
+    decomposition), pytree walks and per-module bookkeeping this counter does not use
+    (:class:`MacsCounter` attributes MACs with its own hooks). The formulas are torch's: an op
+    is counted here exactly when ``FlopCounterMode`` counts it; the only op it decomposed in
+    torchvision's classifiers (``native_batch_norm``) has no formula either way.
+    """
+
+    _FORMULAS: dict[Any, Callable[..., int]] = {
+        **flop_registry,
+        **{op: shape_wrapper(formula) for op, formula in EXTRA_OP_FORMULAS.items()},
+    }
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flops = 0
+
+    def get_total_flops(self) -> int:
+        return self.flops
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = self._FORMULAS.get(getattr(func, "_overloadpacket", None))
+        if formula is not None:
+            self.flops += formula(*args, **kwargs, out_val=out)
+        return out
 
 
 @dataclass(frozen=True)
@@ -204,8 +239,7 @@ class MacsCounter:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self._hooked = _hooked_modules(model)
-        self._op_counter = FlopCounterMode(display=False, custom_mapping=EXTRA_OP_FORMULAS)
-        self._op_counter.mod_tracker = _TotalsOnly()
+        self._op_counter = OpFlops()
         self._call_order: list[str] = []
         self._records = {
             name: _Record(name, formula, self._op_counter, self._call_order)
@@ -254,22 +288,6 @@ class MacsCounter:
         )
 
 
-class _TotalsOnly:
-    """Stands in for ``FlopCounterMode``'s module tracker: we attribute MACs to modules with our
-    own hooks and read only the total. Why: torch's ``ModuleTracker`` registers autograd hooks
-    on every module input that requires grad, and fails on a view of a parameter made under
-    ``no_grad`` (timm's PiT and CaiT pass ``cls_token.expand(...)`` to a module: "Expected
-    gradient function to be set")."""
-
-    parents = frozenset({"Global"})
-
-    def __enter__(self) -> _TotalsOnly:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 class _Record:
     """Hook pair for one module: MACs from its formula, else the op counter's delta in its call."""
 
@@ -277,7 +295,7 @@ class _Record:
         self,
         name: str,
         formula: MacsFormula | None,
-        op_counter: FlopCounterMode,
+        op_counter: OpFlops,
         call_order: list[str],
     ) -> None:
         self.name = name

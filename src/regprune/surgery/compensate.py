@@ -114,6 +114,11 @@ class CompensationReport:
         return text
 
 
+def _accumulator(dtype: torch.dtype) -> torch.dtype:
+    """The dtype an input's per-channel sum accumulates in: float32, or float64 for float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 @dataclass
 class InputStats:
     """Running per-channel statistics of one consumer's input (float64)."""
@@ -133,8 +138,11 @@ class InputStats:
         others = [d for d in range(x.dim()) if d != dim]
         if others:
             # reductions over the other dims in place: no channel-first copy and no float64
-            # copy of the activation (peak memory of the measuring forward)
-            total = x.sum(dim=others, dtype=torch.float64)
+            # copy of the activation (peak memory of the measuring forward). The sum
+            # accumulates in float32 (our choice): torch's CPU reduction sums pairwise, so a
+            # channel's sum keeps ~1e-7 relative error, and summing into float64 cost 3x as
+            # much, 8 % of ``rp.prune`` on ResNet-50 (two probes, 106 observed inputs)
+            total = x.sum(dim=others, dtype=_accumulator(x.dtype)).double()
             low, high = x.amin(dim=others).double(), x.amax(dim=others).double()
         else:
             total = low = high = x.double()
