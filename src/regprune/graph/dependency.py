@@ -149,11 +149,20 @@ def _form_groups(
     signature = torch.zeros(num_components, dtype=torch.long)
     first_atom = torch.full((num_components,), torch.iinfo(torch.long).max, dtype=torch.long)
     producer_names: dict[int, list[str]] = {}
-    for record in records:
-        components = torch.unique(component[record.out_atoms])
-        key = int(torch.randint(1, 2**62, (1,), generator=generator))
-        signature.index_add_(0, components, torch.full_like(components, key))
-        first_atom.scatter_reduce_(0, component[record.out_atoms], record.out_atoms, "amin")
+    # every (record, component it produces) pair once, all records in one pass: per-record
+    # loops of small ops were a sixth of building the graph
+    empty = torch.zeros(0, dtype=torch.long)
+    out_atoms = torch.cat([r.out_atoms for r in records] or [empty])
+    out_record = torch.cat(
+        [torch.full((r.out_atoms.numel(),), i, dtype=torch.long) for i, r in enumerate(records)]
+        or [empty]
+    )
+    out_component = component[out_atoms]
+    pairs = torch.unique(out_record * num_components + out_component)
+    pair_record, pair_component = pairs // max(num_components, 1), pairs % max(num_components, 1)
+    keys = torch.randint(1, 2**62, (len(records),), generator=generator)
+    signature.index_add_(0, pair_component, keys[pair_record])
+    first_atom.scatter_reduce_(0, out_component, out_atoms, "amin")
     group_of = torch.full((num_components,), -1, dtype=torch.long)
     channel_of = torch.full((num_components,), -1, dtype=torch.long)
     candidates = torch.nonzero(prunable).reshape(-1)
@@ -177,10 +186,15 @@ def _form_groups(
     sorted_group = candidate_group[order]
     channel_of[candidates[order]] = torch.arange(order.numel()) - starts[sorted_group]
     groups = [ChannelGroup(id=gid, size=int(size)) for gid, size in enumerate(sizes.tolist())]
-    for record in records:
-        for gid in torch.unique(group_of[component[record.out_atoms]]).tolist():
-            if gid >= 0:
-                producer_names.setdefault(gid, []).append(record.name)
+    pair_group = group_of[pair_component]
+    produced = pair_group >= 0
+    num_groups = len(groups)
+    record_group = torch.unique(pair_record[produced] * num_groups + pair_group[produced])
+    for index, gid in zip(
+        (record_group // num_groups).tolist(), (record_group % num_groups).tolist(), strict=True
+    ):
+        # sorted by record: each group's producers in call order
+        producer_names.setdefault(gid, []).append(records[index].name)
     for group in groups:
         group.producers = producer_names.get(group.id, [])
     return group_of, channel_of, groups
@@ -199,6 +213,11 @@ def _free_param_slicings(
     for param in tracer.free_params.values():
         comps = component[param.atoms]
         if comps.dim() == 0:
+            continue
+        if comps.dim() == 1:
+            # a (C,) parameter (a norm's scale, a BN statistic): its one dim, each entry whole
+            if comps.numel() > 1:
+                slicings.append(FreeParamSlicing(param, 0, comps.clone()))
             continue
         chosen = None
         for dim in range(comps.dim()):
