@@ -242,42 +242,76 @@ def _free_param_slicings(
 def _all_slices(
     model: nn.Module, graph: DependencyGraph, slicings: list[FreeParamSlicing]
 ) -> dict[int, list[ParamSlice]]:
-    """Every group's parameter slices, in one pass over layers and parameters."""
+    """Every group's parameter slices, in one pass over layers and parameters.
+
+    Every sliced dim's components are looked up at once (our choice: one lookup per parameter
+    dim was most of building the graph); only a dim whose channels span several groups (a
+    concatenation's consumer) is split per group."""
     slices: dict[int, list[ParamSlice]] = {g.id: [] for g in graph.groups}
+    dims: list[tuple[str, str, int, SliceRole]] = []
+    atoms_of_dims: list[torch.Tensor] = []  # atoms, or components where ``slicing`` gave them
+    is_component: list[bool] = []
 
-    def add(components: torch.Tensor, module: str, param: str, dim: int, role: SliceRole) -> None:
-        valid = components >= 0
-        component = components.clamp(min=0)
-        group = torch.where(valid, graph.group_of_component[component], -1)
-        channel = graph.channel_of_component[component]
-        first = group[:1]
-        if first.numel() and bool((group == first).all()):
-            # the usual case, a layer's channels in one group: no unique (half of this pass)
-            if int(first) >= 0:
-                slices[int(first)].append(ParamSlice(module, param, dim, role, channel))
-            return
-        for gid in torch.unique(group[group >= 0]).tolist():
-            channel_of = torch.where(group == gid, channel, -1)
-            slices[gid].append(ParamSlice(module, param, dim, role, channel_of))
-
-    def components_of(atoms: torch.Tensor) -> torch.Tensor:
-        return torch.where(atoms >= 0, graph.component[atoms.clamp(min=0)], -1)
+    def add(
+        values: torch.Tensor,
+        module: str,
+        param: str,
+        dim: int,
+        role: SliceRole,
+        *,
+        component: bool = False,
+    ) -> None:
+        dims.append((module, param, dim, role))
+        atoms_of_dims.append(values)
+        is_component.append(component)
 
     for record in graph.records:
         module = model.get_submodule(record.name)
-        rule, out_components = record.rule, components_of(record.out_atoms)
-        add(out_components, record.name, rule.weight_name, rule.out_dim, "out")
+        rule = record.rule
+        add(record.out_atoms, record.name, rule.weight_name, rule.out_dim, "out")
         if rule.bias(module) is not None:
-            add(out_components, record.name, rule.bias_name, 0, "out")
+            add(record.out_atoms, record.name, rule.bias_name, 0, "out")
         if record.groups == 1 and record.in_atoms.numel():
-            add(components_of(record.in_atoms), record.name, rule.weight_name, rule.in_dim, "in")
+            add(record.in_atoms, record.name, rule.weight_name, rule.in_dim, "in")
     for slicing in slicings:
         param = slicing.param
         if not param.is_parameter:
             continue
         owner = model.get_submodule(param.module) if param.module else model
         role: SliceRole = "norm" if is_per_channel_layer(owner) else "free"
-        add(slicing.component, param.module, param.attr, slicing.dim, role)
+        add(slicing.component, param.module, param.attr, slicing.dim, role, component=True)
+    if not dims:
+        return slices
+    lengths = [values.numel() for values in atoms_of_dims]
+    values = torch.cat(atoms_of_dims)
+    from_atoms = torch.repeat_interleave(
+        torch.tensor(is_component).logical_not(), torch.tensor(lengths)
+    )
+    valid = values >= 0
+    looked_up = graph.component[torch.where(from_atoms & valid, values, 0)]
+    components = torch.where(valid, torch.where(from_atoms, looked_up, values), -1)
+    group = torch.where(valid, graph.group_of_component[components.clamp(min=0)], -1)
+    channel = graph.channel_of_component[components.clamp(min=0)]
+    # one group per dim (the usual case) when its lowest and highest group agree
+    dim_index = torch.repeat_interleave(torch.arange(len(dims)), torch.tensor(lengths))
+    big = torch.iinfo(torch.long).max
+    low = torch.full((len(dims),), big).scatter_reduce_(0, dim_index, group, "amin")
+    high = torch.full((len(dims),), -big).scatter_reduce_(0, dim_index, group, "amax")
+    for (module, param, dim, role), gid, top, groups_of, channels in zip(
+        dims,
+        low.tolist(),
+        high.tolist(),
+        torch.split(group, lengths),
+        torch.split(channel, lengths),
+        strict=True,
+    ):
+        if gid == top:
+            if gid >= 0:
+                slices[gid].append(ParamSlice(module, param, dim, role, channels))
+            continue
+        for each in torch.unique(groups_of[groups_of >= 0]).tolist():
+            channel_of = torch.where(groups_of == each, channels, -1)
+            slices[each].append(ParamSlice(module, param, dim, role, channel_of))
     return slices
 
 

@@ -483,7 +483,8 @@ class MultiheadAttentionRule(LayerRule):
         return y.dim() - 1
 
     def slice_(self, module: nn.Module, keep_in: torch.Tensor, keep_out: torch.Tensor) -> None:
-        _replace(module, "in_proj_weight", _kept(_kept(module.in_proj_weight, keep_out), keep_in, 1))
+        weight = _kept(_kept(module.in_proj_weight, keep_out), keep_in, 1)
+        _replace(module, "in_proj_weight", weight)
         if module.in_proj_bias is not None:
             _replace(module, "in_proj_bias", _kept(module.in_proj_bias, keep_out))
         module.embed_dim = module.kdim = module.vdim = int(keep_in.sum())

@@ -31,7 +31,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -66,14 +66,14 @@ class OpFlops(TorchDispatchMode):
 
     Why not ``FlopCounterMode`` itself (our choice, measured by ``benchmarks/prune_time.py``):
     it costs a forward up to twice its time (MobileNetV2 at batch 1, one thread: 22 ms plain,
-    44 ms under it, 34 under this mode), per op a try at decomposing it (which also runs batch norm as its Python
-    decomposition), pytree walks and per-module bookkeeping this counter does not use
-    (:class:`MacsCounter` attributes MACs with its own hooks). The formulas are torch's: an op
+    44 ms under it, 34 under this mode): per op a try at decomposing it (which also runs batch
+    norm as its Python decomposition), pytree walks and per-module bookkeeping this counter
+    does not use (:class:`MacsCounter` attributes MACs with its own hooks). The formulas are torch's: an op
     is counted here exactly when ``FlopCounterMode`` counts it; the only op it decomposed in
     torchvision's classifiers (``native_batch_norm``) has no formula either way.
     """
 
-    _FORMULAS: dict[Any, Callable[..., int]] = {
+    _FORMULAS: ClassVar[dict[Any, Callable[..., int]]] = {
         **flop_registry,
         **{op: shape_wrapper(formula) for op, formula in EXTRA_OP_FORMULAS.items()},
     }
