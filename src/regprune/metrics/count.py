@@ -66,11 +66,12 @@ class OpFlops(TorchDispatchMode):
 
     Why not ``FlopCounterMode`` itself (our choice, measured by ``benchmarks/prune_time.py``):
     it costs a forward up to twice its time (MobileNetV2 at batch 1, one thread: 22 ms plain,
-    44 ms under it, 34 under this mode): per op a try at decomposing it (which also runs batch
-    norm as its Python decomposition), pytree walks and per-module bookkeeping this counter
-    does not use (:class:`MacsCounter` attributes MACs with its own hooks). The formulas are torch's: an op
-    is counted here exactly when ``FlopCounterMode`` counts it; the only op it decomposed in
-    torchvision's classifiers (``native_batch_norm``) has no formula either way.
+    44 ms under it, 34 under this mode): per op a try at decomposing it (which also runs
+    batch norm as its Python decomposition), pytree walks and per-module bookkeeping that
+    :class:`MacsCounter` does not use (it attributes MACs with its own hooks). The formulas
+    are torch's: an op is counted here exactly when ``FlopCounterMode`` counts it; the only op
+    it decomposed in torchvision's classifiers (``native_batch_norm``) has no formula either
+    way.
     """
 
     _FORMULAS: ClassVar[dict[Any, Callable[..., int]]] = {
