@@ -1162,9 +1162,7 @@ def _per_channel_vector(
     """
     vector = merged.reshape(-1)
     labels = [
-        tracer.label(p).reshape(-1)
-        for p in params
-        if isinstance(p, torch.Tensor) and p.numel() > 1
+        tracer.label(p).reshape(-1) for p in params if isinstance(p, torch.Tensor) and p.numel() > 1
     ]
     if any(label.numel() != vector.numel() for label in labels):
         raise ValueError("a per-channel parameter does not match the channels it scales")
