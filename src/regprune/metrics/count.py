@@ -31,7 +31,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,19 +65,14 @@ class OpFlops(TorchDispatchMode):
     (``torch.utils.flop_counter.flop_registry``) and :data:`EXTRA_OP_FORMULAS`.
 
     Why not ``FlopCounterMode`` itself (our choice, measured by ``benchmarks/prune_time.py``):
-    it costs a forward up to twice its time (MobileNetV2 at batch 1, one thread: 22 ms plain,
-    44 ms under it, 34 under this mode): per op a try at decomposing it (which also runs
+    it costs a forward up to twice its time (MobileNetV2 at batch 1, one thread: 26 ms plain,
+    58 ms under it, 37 under this mode): per op a try at decomposing it (which also runs
     batch norm as its Python decomposition), pytree walks and per-module bookkeeping that
     :class:`MacsCounter` does not use (it attributes MACs with its own hooks). The formulas
     are torch's: an op is counted here exactly when ``FlopCounterMode`` counts it; the only op
     it decomposed in torchvision's classifiers (``native_batch_norm``) has no formula either
     way.
     """
-
-    _FORMULAS: ClassVar[dict[Any, Callable[..., int]]] = {
-        **flop_registry,
-        **{op: shape_wrapper(formula) for op, formula in EXTRA_OP_FORMULAS.items()},
-    }
 
     def __init__(self) -> None:
         super().__init__()
@@ -89,10 +84,44 @@ class OpFlops(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        formula = self._FORMULAS.get(getattr(func, "_overloadpacket", None))
+        formula = _FORMULAS.get(getattr(func, "_overloadpacket", None))
         if formula is not None:
-            self.flops += formula(*args, **kwargs, out_val=out)
+            on_shapes, takes_shapes = formula
+            if takes_shapes:
+                args, kwargs = _shapes(args), {k: _shapes(v) for k, v in kwargs.items()}
+                self.flops += on_shapes(*args, out_shape=_shapes(out), **kwargs)
+            else:
+                self.flops += on_shapes(*args, **kwargs, out_val=out)
         return out
+
+
+_SHAPE_WRAPPER = shape_wrapper(lambda: None).__code__
+
+
+def _unwrapped(formula: Callable[..., int]) -> tuple[Callable[..., int], bool]:
+    """A registry formula as ``(function, takes shapes)``: torch wraps most formulas in
+    ``shape_wrapper``, whose pytree walk over every argument cost more than the formula (a
+    tenth of a counted MobileNetV2 forward); the wrapped function is called on shapes made by
+    :func:`_shapes` instead. The few formulas torch registers raw get the tensors."""
+    if getattr(formula, "__code__", None) is _SHAPE_WRAPPER:
+        return formula.__wrapped__, True  # type: ignore[attr-defined]
+    return formula, False
+
+
+def _shapes(value: Any) -> Any:
+    """``shape_wrapper``'s conversion: every tensor, also inside lists and tuples, its shape."""
+    if isinstance(value, torch.Tensor):
+        return value.shape
+    if type(value) in (list, tuple):
+        return type(value)(_shapes(item) for item in value)
+    return value
+
+
+_FORMULAS: dict[Any, tuple[Callable[..., int], bool]] = {
+    **{op: _unwrapped(formula) for op, formula in flop_registry.items()},
+    **{op: (formula, True) for op, formula in EXTRA_OP_FORMULAS.items()},
+}
+"""Op -> its FLOPs formula, torch's and :data:`EXTRA_OP_FORMULAS`."""
 
 
 @dataclass(frozen=True)
