@@ -35,3 +35,28 @@ def test_faster_rcnn_is_traced_and_planned_and_left_as_it_was() -> None:
         after = model([image])
     assert structure_mismatch(after, before) is None
     assert all(torch.equal(a["boxes"], b["boxes"]) for a, b in zip(after, before, strict=True))
+
+
+def test_a_graph_says_whether_its_trace_ran_on_meta() -> None:
+    """A forward that reads values (``nonzero``, as a detector's box filtering) cannot run on
+    the meta device: its graph says so, and the pruned model's check then runs for real only
+    (a meta attempt would fail again, after most of a forward)."""
+
+    class Filtering(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3)
+            self.head = torch.nn.Conv2d(8, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.head(self.conv(x))
+            return y.flatten()[torch.nonzero(y.flatten() > -1e9).flatten()]
+
+    x = torch.randn(1, 3, 8, 8)
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 2, 1))
+    assert rp.trace_graph(plain, x).traced_on_meta
+    graph = rp.trace_graph(Filtering(), x)
+    assert not graph.traced_on_meta
+    result = rp.prune_with_result(Filtering(), x, ratio=0.5)
+    assert result.model.conv.out_channels == 4
+    assert result.model(x).shape == Filtering()(x).shape

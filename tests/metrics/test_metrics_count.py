@@ -361,3 +361,40 @@ def test_a_parameter_view_given_to_a_module_under_no_grad_is_counted() -> None:
 
     model, x = TokenNet(), torch.randn(2, 1, 8)
     assert count(model, x).macs == 2 * 8 * 8
+
+
+def test_op_flops_agrees_with_torch_flop_counter_on_every_formulated_op() -> None:
+    """OpFlops calls torch's formulas on shapes it makes itself (no pytree walk): on convs,
+    transposed convs, every matmul form, einsum and attention it must give FlopCounterMode's
+    total, per op kind as well as in sum."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from regprune.metrics.count import EXTRA_OP_FORMULAS, OpFlops
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 9)
+    seq = torch.randn(2, 5, 8)
+    calls = [
+        lambda: F.conv2d(x, torch.randn(4, 3, 3, 3), stride=2, padding=1),
+        lambda: F.conv2d(x, torch.randn(6, 1, 3, 3), groups=3),
+        lambda: F.conv_transpose2d(x, torch.randn(3, 2, 2, 2), stride=2),
+        lambda: F.conv1d(seq, torch.randn(4, 5, 3)),
+        lambda: seq @ torch.randn(8, 7),
+        lambda: torch.mm(torch.randn(4, 6), torch.randn(6, 3)),
+        lambda: torch.addmm(torch.randn(3), torch.randn(4, 6), torch.randn(6, 3)),
+        lambda: torch.bmm(seq, seq.transpose(1, 2)),
+        lambda: torch.baddbmm(torch.randn(2, 5, 5), seq, seq.transpose(1, 2)),
+        lambda: torch.einsum("bnc,bmc->bnm", seq, seq),
+        lambda: F.linear(seq, torch.randn(3, 8), torch.randn(3)),
+        lambda: F.scaled_dot_product_attention(seq, seq, seq),
+    ]
+    for call in calls:
+        with (
+            torch.no_grad(),
+            FlopCounterMode(display=False, custom_mapping=EXTRA_OP_FORMULAS) as ref,
+        ):
+            call()
+        with torch.no_grad(), OpFlops() as ours:
+            call()
+        assert ref.get_total_flops() > 0
+        assert ours.get_total_flops() == ref.get_total_flops()
