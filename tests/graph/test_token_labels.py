@@ -80,6 +80,32 @@ def test_a_write_into_part_of_the_rows_couples_the_written_channels() -> None:
     assert pruned.conv1.out_channels == pruned.scale.shape[0] == 4
 
 
+class PartialResidualNet(nn.Module):
+    """Another branch's channels written into every row but the first (MViT's residual pooling
+    past the class token writes ``x[:, :, 1:] += q[:, :, 1:]`` back the same way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_a = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv_b = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, z = self.conv_a(x), self.conv_b(x)
+        y[:, :, 1:] = z[:, :, 1:]
+        return self.conv2(torch.relu(y))
+
+
+def test_a_partial_write_from_another_branch_couples_the_two_branches() -> None:
+    model = PartialResidualNet().eval()
+    x = torch.randn(2, 3, 6, 6)
+    graph = trace_graph(model, x)
+    (group,) = [g for g in graph.groups if "conv_a" in g.producers]
+    assert group.producers == ["conv_a", "conv_b"]
+    pruned, _ = check_exact(model, x, 0.5)
+    assert pruned.conv_a.out_channels == pruned.conv_b.out_channels == 4
+
+
 def test_checks_on_broadcast_labels_read_what_they_hold() -> None:
     """Labels replayed through movement are broadcast views at the activation's size: compact
     and atoms_in give what the full tensor would, also past the size where atoms_in stops
