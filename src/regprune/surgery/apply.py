@@ -253,15 +253,20 @@ def cut_model(model: nn.Module, graph: DependencyGraph, plan: Plan) -> tuple[nn.
             cuts[record.name] = (dropped, keep_out)
         record.rule.slice_(module, keep_in, keep_out)
         sliced.add(record.name)
+    kept_indices: dict[bytes, torch.Tensor | None] = {}
     for slicing in graph.free_slicings:
-        kept_index = (slicing.component < 0) | keep[slicing.component.clamp(min=0)]
-        if bool(kept_index.all()):
+        # a norm's scale, shift and statistics index the same channels: one lookup for all
+        key = slicing.component.numpy().tobytes()
+        if key not in kept_indices:
+            kept = (slicing.component < 0) | keep[slicing.component.clamp(min=0)]
+            kept_indices[key] = None if bool(kept.all()) else torch.nonzero(kept).reshape(-1)
+        kept_index = kept_indices[key]
+        if kept_index is None:
             continue
         owner_name = slicing.param.module
         owner = pruned.get_submodule(owner_name) if owner_name else pruned
         old = getattr(owner, slicing.param.attr)
-        index = torch.nonzero(kept_index).reshape(-1).to(old.device)
-        new = old.detach().index_select(slicing.dim, index).clone()
+        new = old.detach().index_select(slicing.dim, kept_index.to(old.device))
         if isinstance(old, nn.Parameter):
             setattr(owner, slicing.param.attr, nn.Parameter(new, old.requires_grad))
         else:
