@@ -62,6 +62,24 @@ class FixedDimCheck:
     reason: str
 
 
+_SORT_BELOW = 4096
+"""Below this many entries ``torch.unique`` is as fast as counting atom ids."""
+
+
+def atoms_in(label: torch.Tensor) -> torch.Tensor:
+    """The distinct atoms a label refers to, in increasing order.
+
+    A count per atom id rather than ``torch.unique`` or a mask (our choice): labels of attention
+    scores reach millions of entries, mostly a few atoms; ``bincount`` reads them in one linear
+    pass (65 ms for MViT-v2-S's 10 M, where selecting the valid entries and marking them took
+    400 ms and sorting 460)."""
+    label = unexpanded(label).reshape(-1)
+    if label.numel() < _SORT_BELOW:
+        return torch.unique(label[label >= 0])
+    counts = torch.bincount(label + 1)  # -1 (no atom) lands in bin 0
+    return counts[1:].nonzero().reshape(-1)
+
+
 @dataclass
 class AtomTable:
     """Allocates atoms and collects the coupling edges recorded while tracing."""
@@ -112,8 +130,7 @@ class AtomTable:
         Locks are kept as reasons on atoms rather than edges to a sentinel, so that after the
         components are known each locked channel can still say which op locked it.
         """
-        atoms = unexpanded(atoms).reshape(-1)
-        atoms = atoms[atoms >= 0]
+        atoms = atoms_in(atoms)
         if atoms.numel():
             # a scatter, not a sort: the first reason given for an atom is the one reported
             fresh = atoms[self._reason_of[atoms] < 0]

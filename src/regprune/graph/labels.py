@@ -12,9 +12,7 @@ from __future__ import annotations
 import torch
 
 from regprune.graph.atoms import NO_ATOM, unexpanded
-
-_SORT_BELOW = 4096
-"""Below this many entries ``torch.unique`` is as fast as marking atom ids."""
+from regprune.graph.atoms import atoms_in as atoms_in  # labels' users import it from here
 
 
 def constant_label(ndim: int) -> torch.Tensor:
@@ -52,20 +50,6 @@ def compact(label: torch.Tensor) -> torch.Tensor:
 def varying_dims(label: torch.Tensor) -> list[int]:
     """Dims along which a compacted label changes."""
     return [d for d in range(label.dim()) if label.size(d) > 1]
-
-
-def atoms_in(label: torch.Tensor) -> torch.Tensor:
-    """The distinct atoms a label refers to, in increasing order.
-
-    A mark per atom id rather than ``torch.unique``: labels of attention scores reach millions
-    of entries, and a scatter is linear where unique sorts."""
-    label = unexpanded(label)
-    atoms = label[label >= 0]
-    if atoms.numel() < _SORT_BELOW:
-        return torch.unique(atoms)
-    seen = torch.zeros(int(atoms.max()) + 1, dtype=torch.bool)
-    seen[atoms] = True
-    return seen.nonzero().reshape(-1)
 
 
 def channel_vector(label: torch.Tensor, dim: int, size: int) -> torch.Tensor | None:
