@@ -10,8 +10,8 @@ from torch import nn
 
 import regprune as rp
 from regprune.graph import trace_graph
-from regprune.graph.atoms import AtomTable
-from regprune.graph.labels import atoms_in, compact
+from regprune.graph.atoms import AtomTable, atoms_in
+from regprune.graph.labels import compact
 from tests.exactness import check_exact
 
 

@@ -63,7 +63,8 @@ class FixedDimCheck:
 
 
 _SORT_BELOW = 4096
-"""Below this many entries ``torch.unique`` is as fast as counting atom ids."""
+"""Below this many entries ``torch.unique`` is as fast as counting atom ids, and deduplicating
+coupled pairs costs more than keeping their repeats."""
 
 
 def atoms_in(label: torch.Tensor) -> torch.Tensor:
@@ -111,18 +112,15 @@ class AtomTable:
         a, b = a.reshape(-1), b.reshape(-1)
         keep = (a >= 0) & (b >= 0) & (a != b)
         if bool(keep.any()):
-            # dedupe pairs as one packed int64 key: far faster than unique(dim=1)
-            packed = torch.unique(a[keep] * _PACK + b[keep])
-            self._edges_a.append(packed // _PACK)
-            self._edges_b.append(packed % _PACK)
-
-    def couple_channels(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        """:meth:`couple` for two 1-D vectors of atoms, every entry an atom: a channel's
-        atoms with a per-channel parameter's. No deduplication: a few hundred pairs, where
-        ``torch.unique`` costs more than the duplicates it saves (:meth:`components` is
-        indifferent to repeated edges)."""
-        self._edges_a.append(a)
-        self._edges_b.append(b)
+            a, b = a[keep], b[keep]
+            if a.numel() >= _SORT_BELOW:
+                # dedupe many pairs (attention labels repeat a pair per position) as one
+                # packed int64 key: far faster than unique(dim=1). A few pairs are kept as
+                # they are: unique costs more than their repeats, which components() ignores
+                packed = torch.unique(a * _PACK + b)
+                a, b = packed // _PACK, packed % _PACK
+            self._edges_a.append(a)
+            self._edges_b.append(b)
 
     def lock(self, atoms: torch.Tensor, where: str, reason: str) -> None:
         """Make the given atoms, and every atom coupled with them, unremovable; remember why.

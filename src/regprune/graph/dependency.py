@@ -248,48 +248,42 @@ def _all_slices(
     dim was most of building the graph); only a dim whose channels span several groups (a
     concatenation's consumer) is split per group."""
     slices: dict[int, list[ParamSlice]] = {g.id: [] for g in graph.groups}
-    dims: list[tuple[str, str, int, SliceRole]] = []
-    atoms_of_dims: list[torch.Tensor] = []  # atoms, or components where ``slicing`` gave them
-    is_component: list[bool] = []
-
-    def add(
-        values: torch.Tensor,
-        module: str,
-        param: str,
-        dim: int,
-        role: SliceRole,
-        *,
-        component: bool = False,
-    ) -> None:
-        dims.append((module, param, dim, role))
-        atoms_of_dims.append(values)
-        is_component.append(component)
-
+    layer_dims: list[tuple[str, str, int, SliceRole]] = []
+    layer_atoms: list[torch.Tensor] = []
     for record in graph.records:
         module = model.get_submodule(record.name)
         rule = record.rule
-        add(record.out_atoms, record.name, rule.weight_name, rule.out_dim, "out")
+        layer_dims.append((record.name, rule.weight_name, rule.out_dim, "out"))
+        layer_atoms.append(record.out_atoms)
         if rule.bias(module) is not None:
-            add(record.out_atoms, record.name, rule.bias_name, 0, "out")
+            layer_dims.append((record.name, rule.bias_name, 0, "out"))
+            layer_atoms.append(record.out_atoms)
         if record.groups == 1 and record.in_atoms.numel():
-            add(record.in_atoms, record.name, rule.weight_name, rule.in_dim, "in")
+            layer_dims.append((record.name, rule.weight_name, rule.in_dim, "in"))
+            layer_atoms.append(record.in_atoms)
+    param_dims: list[tuple[str, str, int, SliceRole]] = []
+    param_components: list[torch.Tensor] = []
     for slicing in slicings:
         param = slicing.param
         if not param.is_parameter:
             continue
         owner = model.get_submodule(param.module) if param.module else model
         role: SliceRole = "norm" if is_per_channel_layer(owner) else "free"
-        add(slicing.component, param.module, param.attr, slicing.dim, role, component=True)
+        param_dims.append((param.module, param.attr, slicing.dim, role))
+        param_components.append(slicing.component)
+    dims = layer_dims + param_dims
     if not dims:
         return slices
-    lengths = [values.numel() for values in atoms_of_dims]
-    values = torch.cat(atoms_of_dims)
-    from_atoms = torch.repeat_interleave(
-        torch.tensor(is_component).logical_not(), torch.tensor(lengths)
+    empty = torch.zeros(0, dtype=torch.long)
+    atoms = torch.cat(layer_atoms or [empty])
+    components = torch.cat(
+        [
+            torch.where(atoms >= 0, graph.component[atoms.clamp(min=0)], -1),
+            *param_components,
+        ]
     )
-    valid = values >= 0
-    looked_up = graph.component[torch.where(from_atoms & valid, values, 0)]
-    components = torch.where(valid, torch.where(from_atoms, looked_up, values), -1)
+    lengths = [values.numel() for values in layer_atoms + param_components]
+    valid = components >= 0
     group = torch.where(valid, graph.group_of_component[components.clamp(min=0)], -1)
     channel = graph.channel_of_component[components.clamp(min=0)]
     # one group per dim (the usual case) when its lowest and highest group agree

@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 
 from regprune.graph.atoms import NO_ATOM, unexpanded
-from regprune.graph.atoms import atoms_in as atoms_in  # labels' users import it from here
 
 
 def constant_label(ndim: int) -> torch.Tensor:

@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from regprune.graph.atoms import unexpanded
+from regprune.graph.atoms import atoms_in, unexpanded
 from regprune.graph.labels import (
-    atoms_in,
     channel_vector,
     compact,
     constant_label,
@@ -1200,7 +1199,7 @@ def _per_channel_vector(
     if any(label.numel() != vector.numel() for label in labels):
         raise ValueError("a per-channel parameter does not match the channels it scales")
     if labels:
-        tracer.atoms.couple_channels(vector.repeat(len(labels)), torch.cat(labels))
+        tracer.atoms.couple(vector.repeat(len(labels)), torch.cat(labels))
     merged = merged.contiguous()
     tracer.set_label(out, merged)
     return merged

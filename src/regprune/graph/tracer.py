@@ -21,8 +21,8 @@ from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
-from regprune.graph.atoms import AtomTable
-from regprune.graph.labels import atoms_in, channel_label, channel_vector, compact, constant_label
+from regprune.graph.atoms import AtomTable, atoms_in
+from regprune.graph.labels import channel_label, channel_vector, compact, constant_label
 from regprune.graph.meta_shortcuts import shape_only_result
 from regprune.graph.ops import ProductRecord, canonical_name, record_function, unit_dim
 from regprune.inputs import as_call_args, iter_tensors, map_tensors
