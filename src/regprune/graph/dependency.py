@@ -149,8 +149,8 @@ def _form_groups(
     signature = torch.zeros(num_components, dtype=torch.long)
     first_atom = torch.full((num_components,), torch.iinfo(torch.long).max, dtype=torch.long)
     producer_names: dict[int, list[str]] = {}
-    # every (record, component it produces) pair once, all records in one pass: per-record
-    # loops of small ops were a sixth of building the graph
+    # every (record, component it produces) pair once, all records in one pass rather than a
+    # loop of small tensor ops per record
     empty = torch.zeros(0, dtype=torch.long)
     out_atoms = torch.cat([r.out_atoms for r in records] or [empty])
     out_record = torch.cat(
@@ -244,9 +244,9 @@ def _all_slices(
 ) -> dict[int, list[ParamSlice]]:
     """Every group's parameter slices, in one pass over layers and parameters.
 
-    Every sliced dim's components are looked up at once (our choice: one lookup per parameter
-    dim was most of building the graph); only a dim whose channels span several groups (a
-    concatenation's consumer) is split per group."""
+    Every sliced dim's components are looked up at once (our choice: a lookup of small tensor
+    ops per parameter dim added up over hundreds of dims); only a dim whose channels span
+    several groups (a concatenation's consumer) is split per group."""
     slices: dict[int, list[ParamSlice]] = {g.id: [] for g in graph.groups}
     layer_dims: list[tuple[str, str, int, SliceRole]] = []
     layer_atoms: list[torch.Tensor] = []

@@ -970,8 +970,8 @@ def _write_within_channels(tracer: Tracer, target: torch.Tensor, index: Any, val
     past the class token): the written channels are coupled with the region's and the target
     keeps its label, as the general rule below concludes. Done on the labels as they are
     (broadcast views), never at the activation's size: the general rule copies the label at
-    full size, 0.15 s per call on MViT-v2-S's 25,089 tokens (half of its trace). False when the
-    write is not of that form."""
+    full size (MViT-v2-S: 25,089 tokens by 96 channels per write). False when the write is not
+    of that form."""
     if not isinstance(value, torch.Tensor):
         return False
     parts = index if isinstance(index, tuple) else (index,)
@@ -1186,11 +1186,11 @@ def _per_channel_vector(
 ) -> torch.Tensor:
     """:func:`_per_channel` when the input is one atom per channel (:func:`_is_full_channel_label`).
 
-    Why a path of its own (our choice, measured by ``benchmarks/prune_time.py``): the general
-    rule broadcasts, couples and merges per parameter, four times per BatchNorm, and was a third
-    of MobileNetV2's trace. Here every parameter's atoms meet the channel atoms in one coupling,
-    and the output keeps the input's label, as the general rule would (no position lacks an
-    atom, so no parameter's atom replaces one).
+    Why a path of its own (our choice; ``benchmarks/prune_time.py`` times the trace): the
+    general rule broadcasts, couples and merges per parameter, four times per BatchNorm, the
+    commonest op of a CNN's trace. Here every parameter's atoms meet the channel atoms in one
+    coupling, and the output keeps the input's label, as the general rule would (no position
+    lacks an atom, so no parameter's atom replaces one).
     """
     vector = merged.reshape(-1)
     labels = [

@@ -158,8 +158,8 @@ def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
 def _kept(tensor: torch.Tensor, keep: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """The slices of ``tensor`` along ``dim`` that the boolean ``keep`` marks, as a new tensor.
 
-    ``index_select`` rather than boolean indexing (our choice): 8x faster on a 512x512x3x3
-    conv weight, where slicing was most of ``apply_plan``'s surgery time."""
+    ``index_select`` rather than boolean indexing (our choice): a few times faster on a
+    512x512x3x3 conv weight (``python -m benchmarks.engine_parts``)."""
     index = keep.nonzero().reshape(-1).to(tensor.device)
     return tensor.detach().index_select(dim, index)
 

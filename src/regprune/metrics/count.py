@@ -64,9 +64,9 @@ class OpFlops(TorchDispatchMode):
     """The FLOPs of the matmuls and convolutions run while active, by torch's own formulas
     (``torch.utils.flop_counter.flop_registry``) and :data:`EXTRA_OP_FORMULAS`.
 
-    Why not ``FlopCounterMode`` itself (our choice, measured by ``benchmarks/prune_time.py``):
-    it costs a forward up to twice its time (MobileNetV2 at batch 1, one thread: 26 ms plain,
-    58 ms under it, 37 under this mode): per op a try at decomposing it (which also runs
+    Why not ``FlopCounterMode`` itself (our choice, timed by ``python -m benchmarks.engine_parts``):
+    it costs a forward up to twice its time (MobileNetV2 at batch 1), this mode a fraction of
+    that: per op a try at decomposing it (which also runs
     batch norm as its Python decomposition), pytree walks and per-module bookkeeping that
     :class:`MacsCounter` does not use (it attributes MACs with its own hooks). The formulas
     are torch's: an op is counted here exactly when ``FlopCounterMode`` counts it; the only op

@@ -135,8 +135,8 @@ class InputStats:
             # reductions over the other dims in place: no channel-first copy and no float64
             # copy of the activation (peak memory of the measuring forward). The sum
             # accumulates in float32 (our choice): torch's CPU reduction sums pairwise, so a
-            # channel's sum keeps ~1e-7 relative error, and summing into float64 cost 3x as
-            # much, 8 % of ``rp.prune`` on ResNet-50 (two probes, 106 observed inputs)
+            # channel's sum keeps ~1e-7 relative error, and summing into float64 converts
+            # every element on the way, several times the cost, twice per ``rp.prune``
             accumulate = torch.float64 if x.dtype == torch.float64 else torch.float32
             total = x.sum(dim=others, dtype=accumulate).double()
             low, high = x.amin(dim=others).double(), x.amax(dim=others).double()
