@@ -77,10 +77,23 @@ def test_round_to_auto_aligns_the_wide_groups_and_leaves_the_narrow_free(target:
         assert 0.49 <= kept_macs / rp.count(model, X32).macs <= 0.5
 
 
+def test_a_rounded_macs_target_lands_as_close_as_an_unrounded_one() -> None:
+    """Rounded widths move in blocks of 8; the count search steps in blocks too, so a MACs
+    target is met within the tolerance instead of one coarse block below it (resnet56 at
+    round_to=8 used to keep 39 % for a 50 % target)."""
+    model = create_model("resnet56", num_classes=10)  # 16-channel stages: blocks are coarse
+    small = rp.prune(model, X32, target_macs=0.5, round_to=8)
+    kept = rp.count(small, X32).macs / rp.count(model, X32).macs
+    assert 0.495 <= kept <= 0.5
+    widths = [m.out_channels for m in small.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w % 8 == 0 for w in widths)
+
+
 def test_a_rounded_macs_target_it_cannot_meet_closely_warns_and_names_round_to() -> None:
-    model = create_model("resnet56", num_classes=10)  # 16-channel stages: blocks of 8 are coarse
+    # one 16-channel group: rounded to 8 it keeps half or all of its MACs, never 70 %
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 4, 3))
     with pytest.warns(UserWarning, match=r"cannot be met within 1%.* with round_to=8"):
-        make_plan(model, X32, target_macs=0.5, round_to=8)
+        make_plan(model, X32, target_macs=0.7, round_to=8)
 
 
 def test_global_ratio_removes_that_fraction_of_all_channels() -> None:

@@ -169,7 +169,7 @@ def allocate(
     ratio, target_macs, scope = target.ratio, target.target_macs, target.scope
     max_ratio, round_to = target.max_ratio, target.round_to
     multiples = _multiples(graph, target)
-    exact = bool((multiples <= 1).all())  # no group rounds: the count search may refine
+    exact = bool((multiples <= 1).all())  # no group rounds: a miss is the model's granularity
     ranked = _ranks(scores, graph)
     sizes = torch.tensor([g.size for g in graph.groups], dtype=torch.float64)
     order = _build_order(graph, scores, ranked, scope, comparable, multiples, max_ratio)
@@ -200,7 +200,8 @@ def allocate(
         raise BudgetError(
             f"target_macs={target_macs} cannot be met: removing every removable channel leaves "
             f"{floor_macs / macs_model.total:.3f} of the MACs (the rest is in layers kept whole; "
-            "see graph.unprunable). Ask for a larger target_macs or ignore fewer layers."
+            "see graph.unprunable). Ask for a larger target_macs or ignore fewer layers"
+            + ("." if exact else f", or a smaller round_to (now {round_to!r}).")
         )
     low, high = 0, n
     while low < high:
@@ -210,8 +211,9 @@ def allocate(
         else:
             low = mid + 1
     counts = _drop_counts(graph, order, low, multiples)
-    if low > 0 and exact:
-        counts = _CountSearch(graph, ranked, macs_model, order, target).refine(counts, low)
+    if low > 0:
+        search = _CountSearch(graph, ranked, macs_model, order, target, multiples)
+        counts = search.refine(counts, low)
     achieved = macs_model.macs(_keep_mask(graph, ranked, counts))
     if target - achieved > BUDGET_TOLERANCE * target:
         message = (
@@ -239,7 +241,10 @@ class _CountSearch:
 
     Why a class: every stage reads the same graph, within-group ranking, MACs model, drop order
     and target; holding them once keeps each stage about its own rule. Within a group the
-    importance order is always kept; the stages only move *how many* channels go.
+    importance order is always kept; the stages only move *how many* channels go, one step at
+    a time: one channel, or with ``round_to`` one aligned block (a group's kept width stays a
+    multiple of its ``multiples`` entry, or the whole group), so that rounded widths land as
+    close below the target as unrounded ones instead of one coarse block below it.
     """
 
     graph: DependencyGraph
@@ -247,10 +252,17 @@ class _CountSearch:
     macs_model: MacsModel
     order: _Order
     target: float
+    multiples: torch.Tensor
 
     def __post_init__(self) -> None:
         self.droppable = torch.zeros(len(self.graph.groups), dtype=torch.long)
         self.droppable.index_add_(0, self.order.group, torch.ones_like(self.order.group))
+        self.sizes = [g.size for g in self.graph.groups]
+
+    def valid_counts(self, gid: int) -> list[int]:
+        """The drop counts group ``gid`` may take: its kept width whole or on its multiple."""
+        size, multiple = self.sizes[gid], int(self.multiples[gid])
+        return [c for c in range(int(self.droppable[gid]) + 1) if c == 0 or (size - c) % multiple == 0]
 
     def macs(self, counts: torch.Tensor) -> float:
         return self.macs_model.macs(_keep_mask(self.graph, self.ranked, counts))
@@ -276,9 +288,18 @@ class _CountSearch:
                 best, best_macs = candidate, macs
         return best, best_macs
 
-    def _changed(self, counts: torch.Tensor, gid: int, step: int) -> torch.Tensor:
+    def _changed(self, counts: torch.Tensor, gid: int, step: int) -> torch.Tensor | None:
+        """``counts`` with group ``gid`` one step further (+1: drop more, -1: restore), the
+        kept width snapped to the group's multiple; None where no such step exists."""
+        size, multiple = self.sizes[gid], int(self.multiples[gid])
+        kept = size - int(counts[gid]) - step
+        if multiple > 1:
+            kept = (kept // multiple) * multiple if step > 0 else min(size, -(-kept // multiple) * multiple)
+        count = size - kept
+        if not 0 <= count <= int(self.droppable[gid]):
+            return None
         candidate = counts.clone()
-        candidate[gid] += step
+        candidate[gid] = count
         return candidate
 
     def closest_below(self, counts: torch.Tensor, k: int) -> torch.Tensor:
@@ -289,11 +310,11 @@ class _CountSearch:
         are still above the target, try one more channel from each group instead and keep the
         choice that lands closest below the target.
         """
-        base = _drop_counts(self.graph, self.order, k - 1)
+        base = _drop_counts(self.graph, self.order, k - 1, self.multiples)
         one_more = (
-            self._changed(base, gid, 1)
+            candidate
             for gid in range(len(self.graph.groups))
-            if int(base[gid]) < int(self.droppable[gid])
+            if (candidate := self._changed(base, gid, 1)) is not None
         )
         best, _ = self.closest(one_more, counts, self.macs(counts))
         assert best is not None
@@ -309,8 +330,9 @@ class _CountSearch:
         current = self.macs(counts)
         while self.target - current > 0.1 * BUDGET_TOLERANCE * self.target:
             restores = (
-                self._changed(counts, gid, -1)
+                candidate
                 for gid in torch.nonzero(counts > 0).reshape(-1).tolist()
+                if (candidate := self._changed(counts, gid, -1)) is not None
             )
             best, best_macs = self.closest(restores, None, current)
             if best is None:
@@ -324,11 +346,12 @@ class _CountSearch:
         current = self.macs(counts)
         if self.within_tolerance(current):
             return counts
-        if math.prod(int(d) + 1 for d in self.droppable) > EXHAUSTIVE_LIMIT:
+        choices = [self.valid_counts(gid) for gid in range(len(self.graph.groups))]
+        if math.prod(len(c) for c in choices) > EXHAUSTIVE_LIMIT:
             return counts
         every = (
             torch.tensor(combination, dtype=torch.long)
-            for combination in itertools.product(*(range(int(d) + 1) for d in self.droppable))
+            for combination in itertools.product(*choices)
         )
         best, _ = self.closest(every, counts, current)
         assert best is not None
@@ -349,10 +372,12 @@ class _CountSearch:
             best, best_macs = None, current
             for gid in range(len(self.graph.groups)):
                 moves = []
-                if counts[gid] < self.droppable[gid]:  # one more here, then give back elsewhere
-                    moves.append(self.fill_back(self._changed(counts, gid, 1)))
-                if counts[gid] > 0:  # give one back here, then trim elsewhere in small steps
-                    trimmed = self.trim_down(self._changed(counts, gid, -1))
+                more = self._changed(counts, gid, 1)  # one more here, then give back elsewhere
+                if more is not None:
+                    moves.append(self.fill_back(more))
+                fewer = self._changed(counts, gid, -1)  # one back here, then trim elsewhere
+                if fewer is not None:
+                    trimmed = self.trim_down(fewer)
                     if trimmed is not None:
                         moves.append(trimmed)
                 best, best_macs = self.closest(moves, best, best_macs)
@@ -370,7 +395,7 @@ class _CountSearch:
             options = [
                 (self.macs(candidate), candidate)
                 for gid in torch.nonzero(counts < self.droppable).reshape(-1).tolist()
-                for candidate in [self._changed(counts, gid, 1)]
+                if (candidate := self._changed(counts, gid, 1)) is not None
             ]
             if not options:
                 return None
