@@ -72,7 +72,11 @@ def measure(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         ratios[f"r{round_to}"] = before / rp.count(small, x1).macs
     rows = []
     for backend in args.backends:
-        # compiled once per variant (measure_latency(backend="compile") compiles per call)
+        # compiled once per variant (measure_latency(backend="compile") compiles per call);
+        # the variants share one forward, so dynamo keeps a graph per variant and batch size:
+        # more than its default limit of 8, past which it runs eager (ResNet-56 did).
+        torch._dynamo.reset()
+        torch._dynamo.config.recompile_limit = 64
         runners = (
             {key: torch.compile(model) for key, model in variants.items()}
             if backend == "compile"

@@ -64,17 +64,31 @@ def test_round_to_keeps_multiples() -> None:
 
 
 @pytest.mark.parametrize("target", [{"ratio": 0.37}, {"target_macs": 0.5}])
-def test_round_to_auto_aligns_the_wide_groups_and_leaves_the_narrow_free(target: dict) -> None:
+def test_round_to_auto_aligns_every_group_of_16_or_more(target: dict) -> None:
     model = create_model("resnet56", num_classes=10)  # stages of 16, 32 and 64 channels
     graph, plan = make_plan(model, X32, round_to="auto", **target)
     kept = {g.id: g.size - len(plan.drop.get(g.id, [])) for g in graph.groups}
-    wide = [g for g in graph.groups if g.size >= 64]
-    assert wide and all(kept[g.id] % 8 == 0 for g in wide)
-    narrow = [kept[g.id] for g in graph.groups if g.size < 64]
-    assert any(k % 8 for k in narrow)  # not rounded: a block there is a third of the layer
+    assert all(kept[g.id] % 8 == 0 for g in graph.groups if g.size >= 16)
+    assert plan.num_dropped() > 0
     if "target_macs" in target:
         kept_macs = rp.count(rp.prune(model, X32, round_to="auto", **target), X32).macs
         assert 0.49 <= kept_macs / rp.count(model, X32).macs <= 0.5
+
+
+def test_round_to_auto_relaxes_where_aligned_widths_cannot_meet_the_target() -> None:
+    """Aligned, a 16-channel stage keeps at least 8 channels; 12.5 % of ResNet-56's MACs needs
+    fewer, so "auto" leaves the narrow groups free and still meets the target, where an
+    explicit round_to=8 cannot."""
+    model = create_model("resnet56", num_classes=10)
+    graph, plan = make_plan(model, X32, target_macs=0.125, max_ratio=0.7, round_to="auto")
+    kept = {g.id: g.size - len(plan.drop.get(g.id, [])) for g in graph.groups}
+    assert any(kept[g.id] % 8 for g in graph.groups if g.size < 64)
+    assert all(kept[g.id] % 8 == 0 for g in graph.groups if g.size >= 64)
+    small = rp.prune(model, X32, target_macs=0.125, max_ratio=0.7, round_to="auto")
+    kept_macs = rp.count(small, X32).macs
+    assert 0.1237 <= kept_macs / rp.count(model, X32).macs <= 0.125
+    with pytest.raises(BudgetError, match="or a smaller round_to"):
+        make_plan(model, X32, target_macs=0.125, max_ratio=0.7, round_to=8)
 
 
 def test_a_rounded_macs_target_lands_as_close_as_an_unrounded_one() -> None:
@@ -91,7 +105,9 @@ def test_a_rounded_macs_target_lands_as_close_as_an_unrounded_one() -> None:
 
 def test_a_rounded_macs_target_it_cannot_meet_closely_warns_and_names_round_to() -> None:
     # one 16-channel group: rounded to 8 it keeps half or all of its MACs, never 70 %
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 4, 3))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 4, 3)
+    )
     with pytest.warns(UserWarning, match=r"cannot be met within 1%.* with round_to=8"):
         make_plan(model, X32, target_macs=0.7, round_to=8)
 

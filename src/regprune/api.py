@@ -284,9 +284,12 @@ def prune(
         importance: ``l1``, ``l2``, ``bn_scale``, ``fpgm``, ``random`` or an Importance.
         scope: ``local`` (same ratio in every group) or ``global`` (one ranking).
         ignore: modules (or their names) whose outputs must keep their width.
-        round_to: kept widths are multiples of this; ``"auto"``: multiples of 8 in groups of
-            64 channels or more (:data:`regprune.allocation.target.AUTO_MULTIPLE`), the width
-            CPU vector units and GPU tensor cores run without padded tails.
+        round_to: kept widths are multiples of this; ``"auto"``: multiples of 8
+            (:data:`regprune.allocation.target.AUTO_MULTIPLE`, the width CPU vector units and
+            GPU tensor cores run without padded tails) in groups of 16 channels or more,
+            relaxed to wider groups only, then to none, where a MACs target cannot be met
+            within 1 % otherwise (:data:`regprune.allocation.target.AUTO_MIN_GROUPS`). An
+            integer is kept as given.
         max_ratio: no channel group loses more than this fraction of its channels (default
             0.8, :data:`regprune.allocation.target.DEFAULT_MAX_RATIO`; 1.0 for no cap).
         seed: for the random criterion.

@@ -412,7 +412,8 @@ def build_parser(prog: str = "regprune") -> argparse.ArgumentParser:
         "--round-to",
         type=_round_to,
         default=1,
-        help="kept widths multiple of N, or 'auto' (8 in groups of 64 channels or more)",
+        help="kept widths multiple of N, or 'auto' (multiples of 8 in groups of 16 channels "
+        "or more, relaxed where a MACs target needs it)",
     )
     prune_parser.add_argument(
         "--max-ratio",

@@ -23,7 +23,7 @@ import torch
 
 from regprune.allocation.macs_model import MacsModel
 from regprune.allocation.plan import Plan
-from regprune.allocation.target import Target
+from regprune.allocation.target import AUTO_MIN_GROUP, Target
 from regprune.graph.dependency import DependencyGraph
 
 
@@ -60,9 +60,12 @@ def _min_keep(size: int, multiple: int, max_ratio: float = 1.0) -> int:
     return min(size, max(multiple, capped))
 
 
-def _multiples(graph: DependencyGraph, target: Target) -> torch.Tensor:
+def _multiples(
+    graph: DependencyGraph, target: Target, min_group: int | None = AUTO_MIN_GROUP
+) -> torch.Tensor:
     """Per group, the multiple its kept width is rounded to (``Target.multiple_for``)."""
-    return torch.tensor([target.multiple_for(g.size) for g in graph.groups], dtype=torch.float64)
+    widths = [target.multiple_for(g.size, min_group) for g in graph.groups]
+    return torch.tensor(widths, dtype=torch.float64)
 
 
 def _round_kept(kept: torch.Tensor, sizes: torch.Tensor, multiples: torch.Tensor) -> torch.Tensor:
@@ -168,12 +171,11 @@ def allocate(
     """
     ratio, target_macs, scope = target.ratio, target.target_macs, target.scope
     max_ratio, round_to = target.max_ratio, target.round_to
-    multiples = _multiples(graph, target)
-    exact = bool((multiples <= 1).all())  # no group rounds: a miss is the model's granularity
     ranked = _ranks(scores, graph)
-    sizes = torch.tensor([g.size for g in graph.groups], dtype=torch.float64)
-    order = _build_order(graph, scores, ranked, scope, comparable, multiples, max_ratio)
     if ratio is not None:
+        multiples = _multiples(graph, target)
+        sizes = torch.tensor([g.size for g in graph.groups], dtype=torch.float64)
+        order = _build_order(graph, scores, ranked, scope, comparable, multiples, max_ratio)
         if scope == "local":
             floor_keep = torch.tensor(
                 [_min_keep(g.size, int(multiples[g.id]), max_ratio) for g in graph.groups]
@@ -188,43 +190,65 @@ def allocate(
 
     if macs_model is None:
         raise ValueError("a MACs target needs a MacsModel of the graph")
-    target = target_macs * macs_model.total
-
-    def macs_after(k: int) -> float:
-        counts = _drop_counts(graph, order, k, multiples)
-        return macs_model.macs(_keep_mask(graph, ranked, counts))
-
-    n = order.group.numel()
-    floor_macs = macs_after(n)
-    if floor_macs > target:
+    goal = target_macs * macs_model.total
+    for rung in target.rounding_rungs():
+        multiples = _multiples(graph, target, rung)
+        order = _build_order(graph, scores, ranked, scope, comparable, multiples, max_ratio)
+        counts = _counts_for_macs(graph, ranked, macs_model, order, goal, multiples)
+        achieved = None if counts is None else macs_model.macs(_keep_mask(graph, ranked, counts))
+        if achieved is not None and goal - achieved <= BUDGET_TOLERANCE * goal:
+            return _plan_from_counts(graph, ranked, counts)
+    exact = bool((multiples <= 1).all())  # no group rounds: a miss is the model's granularity
+    if counts is None:
+        every = _drop_counts(graph, order, order.group.numel(), multiples)
+        floor_macs = macs_model.macs(_keep_mask(graph, ranked, every))
         raise BudgetError(
             f"target_macs={target_macs} cannot be met: removing every removable channel leaves "
             f"{floor_macs / macs_model.total:.3f} of the MACs (the rest is in layers kept whole; "
             "see graph.unprunable). Ask for a larger target_macs or ignore fewer layers"
             + ("." if exact else f", or a smaller round_to (now {round_to!r}).")
         )
+    message = (
+        f"target_macs={target_macs} cannot be met within {BUDGET_TOLERANCE:.0%}: the closest "
+        f"plan below it keeps {achieved / macs_model.total:.4f} of the MACs (channels are "
+        "removed whole; small groups make coarse steps)"
+    )
+    if exact:
+        raise BudgetError(message + "; ask for a target the model's granularity allows")
+    warnings.warn(message + f" with round_to={round_to!r}", stacklevel=2)
+    return _plan_from_counts(graph, ranked, counts)
+
+
+def _counts_for_macs(
+    graph: DependencyGraph,
+    ranked: dict[int, torch.Tensor],
+    macs_model: MacsModel,
+    order: _Order,
+    goal: float,
+    multiples: torch.Tensor,
+) -> torch.Tensor | None:
+    """Drop counts per group that land closest below ``goal`` MACs (None: even dropping every
+    channel of the order stays above it): the fewest drops along the order that meet the goal
+    (MACs only shrink as more go), then the count search."""
+
+    def macs_after(k: int) -> float:
+        return macs_model.macs(_keep_mask(graph, ranked, _drop_counts(graph, order, k, multiples)))
+
+    n = order.group.numel()
+    if macs_after(n) > goal:
+        return None
     low, high = 0, n
     while low < high:
         mid = (low + high) // 2
-        if macs_after(mid) <= target:
+        if macs_after(mid) <= goal:
             high = mid
         else:
             low = mid + 1
     counts = _drop_counts(graph, order, low, multiples)
     if low > 0:
-        search = _CountSearch(graph, ranked, macs_model, order, target, multiples)
+        search = _CountSearch(graph, ranked, macs_model, order, goal, multiples)
         counts = search.refine(counts, low)
-    achieved = macs_model.macs(_keep_mask(graph, ranked, counts))
-    if target - achieved > BUDGET_TOLERANCE * target:
-        message = (
-            f"target_macs={target_macs} cannot be met within {BUDGET_TOLERANCE:.0%}: the closest "
-            f"plan below it keeps {achieved / macs_model.total:.4f} of the MACs (channels are "
-            "removed whole; small groups make coarse steps)"
-        )
-        if exact:
-            raise BudgetError(message + "; ask for a target the model's granularity allows")
-        warnings.warn(message + f" with round_to={round_to!r}", stacklevel=2)
-    return _plan_from_counts(graph, ranked, counts)
+    return counts
 
 
 BUDGET_TOLERANCE = 0.01
@@ -262,7 +286,9 @@ class _CountSearch:
     def valid_counts(self, gid: int) -> list[int]:
         """The drop counts group ``gid`` may take: its kept width whole or on its multiple."""
         size, multiple = self.sizes[gid], int(self.multiples[gid])
-        return [c for c in range(int(self.droppable[gid]) + 1) if c == 0 or (size - c) % multiple == 0]
+        return [
+            c for c in range(int(self.droppable[gid]) + 1) if c == 0 or (size - c) % multiple == 0
+        ]
 
     def macs(self, counts: torch.Tensor) -> float:
         return self.macs_model.macs(_keep_mask(self.graph, self.ranked, counts))
@@ -294,7 +320,11 @@ class _CountSearch:
         size, multiple = self.sizes[gid], int(self.multiples[gid])
         kept = size - int(counts[gid]) - step
         if multiple > 1:
-            kept = (kept // multiple) * multiple if step > 0 else min(size, -(-kept // multiple) * multiple)
+            kept = (
+                (kept // multiple) * multiple
+                if step > 0
+                else min(size, -(-kept // multiple) * multiple)
+            )
         count = size - kept
         if not 0 <= count <= int(self.droppable[gid]):
             return None

@@ -13,11 +13,17 @@ AUTO_MULTIPLE = 8
 register and the channel block of oneDNN's blocked layouts on such CPUs, and the multiple that
 fp16 / bf16 tensor cores want on a GPU; a width off it runs in padded or scalar tails."""
 
-AUTO_MIN_GROUP = 64
-"""``round_to="auto"`` rounds only groups of at least this many channels (our choice): there one
-block is at most an eighth of the group, so the rounding moves the allocation little; below it
-(a 16-channel CIFAR stage) a block is a third or half of the layer, and rounding would move the
-MACs off the target more than an aligned width pays back."""
+AUTO_MIN_GROUPS = (16, 64)
+"""``round_to="auto"`` rounds groups of at least this many channels, trying each entry in turn
+(our choice). 16 first: with the count search stepping in whole blocks, even a 16-channel
+CIFAR stage can be aligned and still meet a MACs target, and aligned narrow layers are where
+onnxruntime and ``torch.compile`` gained most (docs/latency_backends.md). Where the target
+cannot be met within its tolerance that way (a 16-channel group aligned to 8 keeps at least
+half of itself), only groups of 64 or more are rounded (a block is then at most an eighth of
+the group); where even that misses, no group is (the plan of ``round_to=1``)."""
+
+AUTO_MIN_GROUP = AUTO_MIN_GROUPS[0]
+"""The first rung of :data:`AUTO_MIN_GROUPS`: what a ratio target (which cannot miss) uses."""
 
 DEFAULT_MAX_RATIO = 0.8
 """The most of one channel group a default target removes (our choice, issue 14): a global
@@ -37,7 +43,8 @@ class Target:
         target_macs: fraction of the model's MACs to keep, in (0, 1] (met within 1 % below).
         scope: ``"local"`` (same share in every group) or ``"global"`` (one ranking).
         round_to: kept widths are multiples of this; ``"auto"``: of :data:`AUTO_MULTIPLE` in
-            groups of at least :data:`AUTO_MIN_GROUP` channels, free in smaller ones.
+            groups of at least :data:`AUTO_MIN_GROUP` channels, free in smaller ones; with a
+            MACs target, relaxed rung by rung (:data:`AUTO_MIN_GROUPS`) until it is met.
         max_ratio: no channel group loses more than this fraction of its channels; None (the
             default) is :data:`DEFAULT_MAX_RATIO`.
 
@@ -92,11 +99,16 @@ class Target:
     def is_macs(self) -> bool:
         return self.target_macs is not None
 
-    def multiple_for(self, size: int) -> int:
-        """The multiple a group of ``size`` channels keeps its width at."""
+    def multiple_for(self, size: int, min_group: int | None = AUTO_MIN_GROUP) -> int:
+        """The multiple a group of ``size`` channels keeps its width at; with ``"auto"``, only
+        groups of at least ``min_group`` channels round (None: none do)."""
         if self.round_to == "auto":
-            return AUTO_MULTIPLE if size >= AUTO_MIN_GROUP else 1
+            return AUTO_MULTIPLE if min_group is not None and size >= min_group else 1
         return int(self.round_to)
+
+    def rounding_rungs(self) -> tuple[int | None, ...]:
+        """The ``min_group`` values a MACs allocation tries in turn (one for a fixed round_to)."""
+        return (*AUTO_MIN_GROUPS, None) if self.round_to == "auto" else (AUTO_MIN_GROUP,)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

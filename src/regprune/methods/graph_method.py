@@ -46,7 +46,8 @@ class GraphMethod(PruningMethod):
         ratio: fraction of channels to remove; or
         target_macs: fraction of the MACs to keep (met within 1%).
         scope: ``"local"`` (per group) or ``"global"`` (one ranking).
-        round_to: kept widths are multiples of this.
+        round_to: kept widths are multiples of this; ``"auto"``: aligned where the target
+            allows (:class:`regprune.allocation.Target`).
         max_ratio: no channel group loses more than this fraction of its channels (default
             0.8, :data:`regprune.allocation.target.DEFAULT_MAX_RATIO`; 1.0 for no cap).
         ignore: modules (or names) whose outputs keep their width.
