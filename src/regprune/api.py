@@ -59,7 +59,7 @@ def make_plan(
     importance: str | Importance = "l1",
     scope: str = "local",
     ignore: Iterable[nn.Module | str] = (),
-    round_to: int | str = 1,
+    round_to: int | str | None = None,
     max_ratio: float | None = None,
     seed: int = 0,
     scores: dict[int, torch.Tensor] | None = None,
@@ -261,7 +261,7 @@ def prune(
     importance: str | Importance = "l1",
     scope: str = "local",
     ignore: Iterable[nn.Module | str] = (),
-    round_to: int | str = 1,
+    round_to: int | str | None = None,
     max_ratio: float | None = None,
     seed: int = 0,
     compensate: str | None = "constant",
@@ -289,7 +289,10 @@ def prune(
             GPU tensor cores run without padded tails) in groups of 16 channels or more,
             relaxed to wider groups only, then to none, where a MACs target cannot be met
             within 1 % otherwise (:data:`regprune.allocation.target.AUTO_MIN_GROUPS`). An
-            integer is kept as given.
+            integer is kept as given. ``None`` (default): ``"auto"`` with ``target_macs``, 1
+            with ``ratio`` (a ratio asks for a number of channels). The methods keep 1: their
+            penalty has already chosen which channels go, and aligning widths would remove
+            some it left alive.
         max_ratio: no channel group loses more than this fraction of its channels (default
             0.8, :data:`regprune.allocation.target.DEFAULT_MAX_RATIO`; 1.0 for no cap).
         seed: for the random criterion.

@@ -411,9 +411,10 @@ def build_parser(prog: str = "regprune") -> argparse.ArgumentParser:
     prune_parser.add_argument(
         "--round-to",
         type=_round_to,
-        default=1,
+        default=None,
         help="kept widths multiple of N, or 'auto' (multiples of 8 in groups of 16 channels "
-        "or more, relaxed where a MACs target needs it)",
+        "or more, relaxed where a MACs target needs it); default: auto with --target-macs, "
+        "1 with --ratio",
     )
     prune_parser.add_argument(
         "--max-ratio",

@@ -45,6 +45,10 @@ class Target:
         round_to: kept widths are multiples of this; ``"auto"``: of :data:`AUTO_MULTIPLE` in
             groups of at least :data:`AUTO_MIN_GROUP` channels, free in smaller ones; with a
             MACs target, relaxed rung by rung (:data:`AUTO_MIN_GROUPS`) until it is met.
+            ``None``: ``"auto"`` for a MACs target, 1 for a ratio (our choice, the one-shot
+            API's default): a MACs budget leaves the allocation free to pick aligned widths,
+            while a ratio asks for a number of channels (``ratio=5/64`` would drop nothing
+            once a 64-channel group's 59 kept channels rounded up to 64).
         max_ratio: no channel group loses more than this fraction of its channels; None (the
             default) is :data:`DEFAULT_MAX_RATIO`.
 
@@ -55,12 +59,14 @@ class Target:
     ratio: float | None = None
     target_macs: float | None = None
     scope: str = "local"
-    round_to: int | str = 1
+    round_to: int | str | None = 1
     max_ratio: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_ratio is None:
             object.__setattr__(self, "max_ratio", DEFAULT_MAX_RATIO)
+        if self.round_to is None:
+            object.__setattr__(self, "round_to", "auto" if self.target_macs is not None else 1)
         for name, value in (("ratio", self.ratio), ("target_macs", self.target_macs)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, Real)):
                 raise ValueError(f"{name} must be a number, got {type(value).__name__} {value!r}")
