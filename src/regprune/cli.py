@@ -14,7 +14,7 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -39,6 +39,9 @@ from regprune.train import (
     init_distributed,
     is_main_process,
 )
+
+if TYPE_CHECKING:
+    from regprune.report import RunSummary
 
 logger = logging.getLogger("regprune.cli")
 
@@ -158,7 +161,16 @@ def _print_results(run_dir: Path) -> None:
             f"Latency at batch {batch} (eager PyTorch): "
             f"{summary.latency_ms_before[batch]:.2f} ms -> "
             f"{summary.latency_ms_after[batch]:.2f} ms ({summary.speedup(batch):.2f}x)"
+            + _layouts(summary, batch)
         )
+
+
+def _layouts(summary: RunSummary, batch: int) -> str:
+    """``, channels_last / contiguous``: the memory layout each model was timed in, if known."""
+    layouts = summary.latency_layouts
+    if not layouts:
+        return ""
+    return f", {layouts['before'][batch]} / {layouts['after'][batch]}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -115,3 +115,64 @@ def test_compile_never_times_the_compiling_call(monkeypatch) -> None:
 def test_an_unknown_backend_is_named_with_the_choices() -> None:
     with pytest.raises(ValueError, match=r"backend must be one of \('eager', 'compile'"):
         measure_latency(Probe(), torch.randn(1, 8), backend="tensorrt")
+
+
+class LayoutProbe(nn.Module):
+    """A conv that records the memory layout of what it is called with and of its weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.seen: list[tuple[bool, bool]] = []  # the list object survives a deep copy's calls
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight_nhwc = self.conv.weight.is_contiguous(memory_format=torch.channels_last)
+        self.seen.append((x.is_contiguous(memory_format=torch.channels_last), weight_nhwc))
+        return self.conv(x)
+
+
+def test_channels_last_times_a_converted_copy_and_leaves_the_callers_model_as_it_was() -> None:
+    model = LayoutProbe()
+    seen = model.seen
+    measure_latency(
+        model, torch.randn(2, 3, 8, 8), warmup=0, repeats=2, memory_format=torch.channels_last
+    )
+    assert model.seen is seen and model.seen == []  # the copy recorded into its own list
+    assert model.conv.weight.is_contiguous()
+    assert not model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    model.seen.clear()
+    measure_latency(model, torch.randn(2, 3, 8, 8), warmup=0, repeats=2)
+    assert model.seen == [(False, False), (False, False)]
+
+
+def test_channels_last_reaches_the_timed_forward(monkeypatch) -> None:
+    import regprune.metrics.latency as latency
+
+    timed: list[nn.Module] = []
+    original_forward = latency._forward
+
+    def spy(model, call, backend, threads):
+        timed.append(model)
+        return original_forward(model, call, backend, threads)
+
+    monkeypatch.setattr(latency, "_forward", spy)
+    measure_latency(
+        LayoutProbe(),
+        torch.randn(2, 3, 8, 8),
+        warmup=0,
+        repeats=2,
+        memory_format=torch.channels_last,
+    )
+    assert timed[0].seen == [(True, True), (True, True)]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"memory_format": "nhwc"}, "memory_format must be torch.channels_last"),
+        ({"memory_format": torch.channels_last, "backend": "onnxruntime"}, "eager and compile"),
+    ],
+)
+def test_a_bad_memory_format_is_named(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        measure_latency(LayoutProbe(), torch.randn(1, 3, 8, 8), **kwargs)

@@ -109,6 +109,11 @@ def test_the_summary_holds_every_number_the_issue_asks_for(finished_run: Path):
     for values in accuracies:
         assert values is not None and len(values) == 1 and 0.0 <= values[0] <= 1.0
     assert sorted(summary.latency_ms_before) == sorted(summary.latency_ms_after) == [1, 4]
+    # image inputs: both models timed in both layouts, each reported in its faster one
+    layouts = {"contiguous", "channels_last"}
+    for which in ("before", "after"):
+        assert sorted(summary.latency_layouts[which]) == [1, 4]
+        assert set(summary.latency_layouts[which].values()) <= layouts
     assert list(summary.phase_time_s) == ["pretrain", "sparsify", "prune", "finetune"]
     assert all(seconds > 0 for seconds in summary.phase_time_s.values())
     assert any(before > after for before, after in summary.layer_widths.values())

@@ -122,3 +122,14 @@ def test_a_summary_with_a_baseline_accuracy_shows_it_first(run_dir: Path) -> Non
     text = write_report(run_dir).read_text()
     assert "|  | baseline (pretrained) | before pruning |" in text
     assert "| accuracy | 95.00 % | 91.23 % |" in text
+
+
+def test_the_layout_each_latency_was_measured_in_is_shown(run_dir: Path) -> None:
+    layouts = {
+        "before": {1: "contiguous", 64: "contiguous"},
+        "after": {1: "contiguous", 64: "channels_last"},
+    }
+    make_summary(latency_layouts=layouts).save(run_dir)
+    text = write_report(run_dir).read_text()
+    assert "| 64 | 80.000 | 50.000 | 1.60x | 2.00x | 0.80 | contiguous / channels_last |" in text
+    assert "each is shown in its faster one" in text

@@ -22,6 +22,19 @@ def test_json_round_trip_restores_types() -> None:
     assert restored.layer_widths["conv1"] == (16, 8)  # tuples, not lists
 
 
+def test_latency_layouts_round_trip_and_older_summaries_without_them_load() -> None:
+    layouts = {
+        "before": {1: "contiguous", 64: "contiguous"},
+        "after": {1: "contiguous", 64: "channels_last"},
+    }
+    summary = make_summary(latency_layouts=layouts)
+    restored = RunSummary.from_json(summary.to_json())
+    assert restored.latency_layouts == layouts  # int batch sizes again
+    older = json.loads(make_summary().to_json())
+    del older["latency_layouts"]
+    assert RunSummary.from_json(json.dumps(older)).latency_layouts == {}
+
+
 def test_flops_are_derived_never_stored() -> None:
     summary = make_summary()
     assert summary.flops_before == 2 * summary.macs_before

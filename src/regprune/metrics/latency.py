@@ -15,6 +15,7 @@ the model exported by :func:`regprune.export.export_onnx` to a temporary file an
 
 from __future__ import annotations
 
+import copy
 import statistics
 import tempfile
 import time
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from regprune.inputs import CallArgs, ExampleInputs, as_call_args, iter_tensors
+from regprune.inputs import CallArgs, ExampleInputs, as_call_args, iter_tensors, map_tensors
 from regprune.modes import eval_mode
 
 BACKENDS = ("eager", "compile", "onnxruntime")
@@ -66,6 +67,7 @@ def measure_latency(
     repeats: int = 20,
     threads: int | None = None,
     backend: str = "eager",
+    memory_format: torch.memory_format | None = None,
 ) -> Latency:
     """Time the model's forward on ``example_inputs``.
 
@@ -81,6 +83,11 @@ def measure_latency(
         threads: CPU threads for intra-op parallelism while timing (``torch.set_num_threads``);
             ``None`` keeps the current setting. Fix it when comparing models on a shared host.
             onnxruntime's session takes the same count.
+        memory_format: ``torch.channels_last`` (or ``channels_last_3d``) times a copy of the
+            model converted to that layout, with its 4-D (5-D) input tensors converted too; the
+            caller's model stays as it is. oneDNN's convolutions run natively in NHWC, so a
+            pruned model with narrow layers often runs faster that way at large batches
+            (docs/latency.md). ``None`` times the model as it is. Eager and compile only.
         backend: ``"eager"``, ``"compile"`` or ``"onnxruntime"`` (CPU only; needs ``onnx`` and
             ``onnxruntime``, the ``test`` extra); see the module docstring.
 
@@ -102,6 +109,8 @@ def measure_latency(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     call = as_call_args(example_inputs)
+    if memory_format is not None:
+        model, call = _in_layout(model, call, memory_format, backend)
     synchronize = _synchronizer(call, model)
     if backend == "compile":
         warmup = max(warmup, 1)  # the first call compiles: never time it
@@ -132,6 +141,35 @@ def measure_latency(
         repeats=repeats,
         batch_size=_batch_size(call),
     )
+
+
+LAYOUT_RANKS = {torch.channels_last: 4, torch.channels_last_3d: 5, torch.contiguous_format: None}
+"""The layouts ``measure_latency(memory_format=...)`` takes, with the rank of the inputs each
+converts (None: every tensor made contiguous)."""
+
+
+def _in_layout(
+    model: nn.Module, call: CallArgs, memory_format: torch.memory_format, backend: str
+) -> tuple[nn.Module, CallArgs]:
+    """A copy of ``model`` and ``call`` in ``memory_format`` (the caller's model untouched)."""
+    if memory_format not in LAYOUT_RANKS:
+        raise ValueError(
+            "memory_format must be torch.channels_last, torch.channels_last_3d or "
+            f"torch.contiguous_format, got {memory_format!r}"
+        )
+    if backend == "onnxruntime":
+        raise ValueError(
+            "memory_format is for the eager and compile backends; onnxruntime "
+            "chooses its own layout"
+        )
+    rank = LAYOUT_RANKS[memory_format]
+
+    def convert(x: torch.Tensor) -> torch.Tensor:
+        if rank is None:
+            return x.contiguous()
+        return x.contiguous(memory_format=memory_format) if x.dim() == rank else x
+
+    return copy.deepcopy(model).to(memory_format=memory_format), map_tensors(convert, call)
 
 
 def _forward(model: nn.Module, call: CallArgs, backend: str, threads: int) -> Callable[[], object]:

@@ -129,18 +129,20 @@ def _results(summary: RunSummary) -> list[str]:
     ]
     if summary.latency_ms_before:
         rows = []
+        layouts = summary.latency_layouts
         for batch in sorted(summary.latency_ms_before):
             speedup = summary.speedup(batch)
-            rows.append(
-                [
-                    str(batch),
-                    f"{summary.latency_ms_before[batch]:.3f}",
-                    f"{summary.latency_ms_after[batch]:.3f}",
-                    f"{speedup:.2f}x",
-                    f"{summary.macs_ratio:.2f}x",
-                    f"{speedup / summary.macs_ratio:.2f}",
-                ]
-            )
+            row = [
+                str(batch),
+                f"{summary.latency_ms_before[batch]:.3f}",
+                f"{summary.latency_ms_after[batch]:.3f}",
+                f"{speedup:.2f}x",
+                f"{summary.macs_ratio:.2f}x",
+                f"{speedup / summary.macs_ratio:.2f}",
+            ]
+            if layouts:
+                row.append(f"{layouts['before'][batch]} / {layouts['after'][batch]}")
+            rows.append(row)
         lines += [
             "### Latency (eager PyTorch on this machine, median per forward call)",
             "",
@@ -152,12 +154,21 @@ def _results(summary: RunSummary) -> list[str]:
                     "measured speedup",
                     "MACs ratio",
                     "speedup / MACs ratio",
+                    *(["layout before / after"] if layouts else []),
                 ],
                 rows,
             ),
             "",
-            "The MACs ratio is the speedup the removed work allows; the last column is the share "
-            "of it the pruned model actually delivers on the machine above.",
+            "The MACs ratio is the speedup the removed work allows; the speedup / MACs ratio "
+            "column is the share of it the pruned model actually delivers on the machine above.",
+            *(
+                [
+                    "Both models were timed in interleaved rounds, in both memory layouts "
+                    "(contiguous NCHW and channels_last); each is shown in its faster one."
+                ]
+                if layouts
+                else []
+            ),
             "",
         ]
     return lines

@@ -45,6 +45,9 @@ class RunSummary:
         params_after: parameters of the pruned model.
         latency_ms_before: ``{batch size: median latency in ms}``, unpruned (e.g. batch 1 and 64).
         latency_ms_after: the same batch sizes, pruned.
+        latency_layouts: ``{"before"|"after": {batch size: "contiguous"|"channels_last"}}``,
+            the memory layout each figure was measured in (each model in its faster one);
+            empty in summaries written before layouts were compared.
         layer_widths: ``{layer: (width before, width after)}``, see ``width_changes``.
         phase_time_s: wall time per phase in seconds (``{"sparsify": 812.3, ...}``).
         ratio: the channel ratio asked for, if the target was a ratio.
@@ -82,6 +85,7 @@ class RunSummary:
     weight_sparsity: float = 0.0
     acc_baseline: list[float] | None = None
     removal: dict[str, Any] | None = None
+    latency_layouts: dict[str, dict[int, str]] = field(default_factory=dict)
     machine: str = field(default_factory=describe_machine)
     schema_version: int = SCHEMA_VERSION
 
@@ -166,6 +170,10 @@ class RunSummary:
             raise ValueError(f"summary is missing fields {missing}")
         for name in ("latency_ms_before", "latency_ms_after"):
             data[name] = {int(batch): float(ms) for batch, ms in data[name].items()}
+        data["latency_layouts"] = {
+            which: {int(batch): str(layout) for batch, layout in per_batch.items()}
+            for which, per_batch in data.get("latency_layouts", {}).items()
+        }
         data["layer_widths"] = {
             layer: (int(pair[0]), int(pair[1])) for layer, pair in data["layer_widths"].items()
         }
