@@ -86,8 +86,9 @@ def measure_latency(
         memory_format: ``torch.channels_last`` (or ``channels_last_3d``) times a copy of the
             model converted to that layout, with its 4-D (5-D) input tensors converted too; the
             caller's model stays as it is. oneDNN's convolutions run natively in NHWC, so a
-            pruned model with narrow layers often runs faster that way at large batches
-            (docs/latency.md). ``None`` times the model as it is. Eager and compile only.
+            pruned model with narrow layers often runs faster that way at large batches (the
+            run report times both layouts). ``None`` times the model as it is. Eager and
+            compile only.
         backend: ``"eager"``, ``"compile"`` or ``"onnxruntime"`` (CPU only; needs ``onnx`` and
             ``onnxruntime``, the ``test`` extra); see the module docstring.
 

@@ -21,8 +21,8 @@ from regprune.report import RunSummary, width_changes
 LATENCY_ROUNDS = 4
 """Interleaved rounds per batch size (our choice): the original and the pruned model take turns,
 each round timing ``latency_repeats / LATENCY_ROUNDS`` calls of each, so a change of machine load
-during the measurement hits both alike (timed one after the other, the quickstart once read
-0.89x at batch 64 where interleaved rounds on a quiet machine measure 1.9x)."""
+during the measurement hits both alike (timed one after the other, the README's quickstart once
+read 0.89x at batch 64; interleaved, its re-measurements read 1.43-1.67x)."""
 
 
 def compare_latency(
@@ -32,9 +32,9 @@ def compare_latency(
 
     4-D image inputs are timed in both memory layouts (contiguous NCHW and channels_last), and
     each model is reported in its faster one (our choice): a deployment picks its layout, and
-    narrow pruned layers often run much faster in oneDNN's native NHWC at large batches
-    (quickstart, batch 64, two threads: 1.9x contiguous, 2.4x with both in channels_last),
-    while an unpruned model may not; comparing each at its best is what a user would get.
+    narrow pruned layers often run faster in oneDNN's native NHWC at large batches while an
+    unpruned model may not (the README's quickstart: both models faster in channels_last at
+    batch 64); comparing each at its best is what a user would get.
     """
     section = ctx.config.report
     generator = torch.Generator().manual_seed(ctx.config.seed)  # leaves the global RNG alone
